@@ -1,0 +1,99 @@
+/**
+ * The agent API: what crosses the wire between the init agent on a machine and the server.
+ * Defined once, as TypeBox schemas; imported by the server's routes and by the agent (init/agent).
+ *
+ *   POST /agent/v1/hello   Hello        → WorkflowSpec   (Authorization: Bearer <workflow token>)
+ *   POST /agent/v1/events  EventBatch   → { accepted }    (same token)
+ */
+import { Type, type Static } from '@sinclair/typebox';
+
+export const AGENT_API_PREFIX = '/agent/v1';
+
+export const Inventory = Type.Object({
+  cpus: Type.Optional(Type.Object({ count: Type.Integer(), model: Type.Optional(Type.String()) })),
+  memoryBytes: Type.Optional(Type.Integer()),
+  disks: Type.Optional(Type.Array(Type.Object({
+    name: Type.String(), sizeBytes: Type.Integer(), model: Type.Optional(Type.String()),
+    serial: Type.Optional(Type.String()), rotational: Type.Optional(Type.Boolean()),
+  }))),
+  nics: Type.Optional(Type.Array(Type.Object({
+    name: Type.String(), mac: Type.String(), driver: Type.Optional(Type.String()),
+    carrier: Type.Optional(Type.Boolean()), speedMbps: Type.Optional(Type.Integer()),
+  }))),
+  dmi: Type.Optional(Type.Object({
+    vendor: Type.Optional(Type.String()), product: Type.Optional(Type.String()), serial: Type.Optional(Type.String()),
+    uuid: Type.Optional(Type.String()), biosVersion: Type.Optional(Type.String()),
+  })),
+  firmware: Type.Optional(Type.Union([Type.Literal('bios'), Type.Literal('uefi')])),
+  kernel: Type.Optional(Type.String()),
+}, { additionalProperties: true });
+export type Inventory = Static<typeof Inventory>;
+
+export const Hello = Type.Object({
+  workflowId: Type.String({ minLength: 1 }),
+  mac: Type.String({ minLength: 1 }),
+  ip: Type.Optional(Type.String()),
+  inventory: Type.Optional(Inventory),
+  agentVersion: Type.Optional(Type.String()),
+});
+export type Hello = Static<typeof Hello>;
+
+export const AfterAction = Type.Union([Type.Literal('shell'), Type.Literal('reboot'), Type.Literal('poweroff'), Type.Literal('wait')]);
+
+/** What the agent must do: returned by hello. */
+export const WorkflowSpec = Type.Object({
+  workflowId: Type.String(),
+  machine: Type.Object({ mac: Type.String(), hostname: Type.Union([Type.String(), Type.Null()]) }),
+  image: Type.Object({
+    id: Type.String(),
+    name: Type.String(),
+    format: Type.String(),                 // filesystem of the disk: ext4
+    url: Type.String(),                    // zstd-compressed disk
+    rawUrl: Type.String(),                 // uncompressed disk
+    compressedSize: Type.Integer(),
+    compressedSha256: Type.String(),
+    rawSize: Type.Integer(),
+    rawSha256: Type.String(),              // verified by the agent over the decompressed bytes
+  }),
+  target: Type.String(),                   // /dev/sda, /dev/disk/by-id/…, or "ram"
+  after: AfterAction,
+  entrypoint: Type.Array(Type.String()),   // already merged: workflow override, else image Entrypoint
+  cmd: Type.Array(Type.String()),          // workflow args, else image Cmd
+  env: Type.Array(Type.String()),          // KEY=VALUE: image Env with workflow env on top
+  workingDir: Type.Union([Type.String(), Type.Null()]),
+  user: Type.Union([Type.String(), Type.Null()]),
+  dns: Type.Array(Type.String()),
+});
+export type WorkflowSpec = Static<typeof WorkflowSpec>;
+
+/** States the agent reports; the server moves the workflow accordingly. */
+export const AgentState = Type.Union([
+  Type.Literal('streaming'), Type.Literal('verifying'), Type.Literal('mounted'), Type.Literal('running'),
+  Type.Literal('succeeded'), Type.Literal('failed'),
+]);
+export type AgentState = Static<typeof AgentState>;
+
+export const AgentEvent = Type.Object({
+  /** A state change; omitted for progress and log events. */
+  state: Type.Optional(AgentState),
+  message: Type.Optional(Type.String()),
+  bytesDone: Type.Optional(Type.Integer({ minimum: 0 })),
+  bytesTotal: Type.Optional(Type.Integer({ minimum: 0 })),
+  /** Entrypoint output lines, in order. */
+  log: Type.Optional(Type.Array(Type.Object({
+    stream: Type.Union([Type.Literal('stdout'), Type.Literal('stderr')]),
+    line: Type.String(),
+  }))),
+  exitCode: Type.Optional(Type.Integer()),
+  payload: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+});
+export type AgentEvent = Static<typeof AgentEvent>;
+
+export const EventBatch = Type.Object({
+  workflowId: Type.String({ minLength: 1 }),
+  events: Type.Array(AgentEvent, { minItems: 1, maxItems: 1000 }),
+});
+export type EventBatch = Static<typeof EventBatch>;
+
+export const EventBatchReply = Type.Object({ accepted: Type.Integer(), state: Type.String() });
+export type EventBatchReply = Static<typeof EventBatchReply>;

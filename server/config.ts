@@ -1,0 +1,173 @@
+/**
+ * Settings of `ironboot serve`: each is a flag, an IRONBOOT_… environment variable and a key of an optional
+ * JSON config file (--config / IRONBOOT_CONFIG). Precedence: flag > environment > file > default.
+ * deploy/ironboot.example.json documents every key.
+ */
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+
+export type DhcpMode = 'reservation' | 'proxy' | 'full';
+
+export interface ServeConfig {
+  dataDir: string;
+  httpListen: { host: string; port: number };
+  publicUrl: string | null;
+  dhcp: boolean;
+  dhcpMode: DhcpMode;
+  dhcpInterfaces: string[];
+  dhcpPool: { start: string; end: string } | null;
+  dhcpPoolUnknown: boolean;
+  dhcpLeaseSeconds: number;
+  dhcpRouter: string | null;
+  dhcpDns: string[];
+  dhcpPort: number;
+  proxyPort: number;
+  tftp: boolean;
+  tftpListen: { host: string; port: number };
+  ipxeDir: string;
+  artifactsDir: string | null;
+  buildArtifacts: boolean;
+  logLevel: string;
+}
+
+export class ConfigError extends Error {
+  constructor(public key: string, message: string) {
+    super(`${key}: ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+interface Spec {
+  key: keyof ServeConfig;
+  flag: string;
+  kind: 'string' | 'bool' | 'list' | 'int';
+  help: string;
+}
+
+export const SERVE_SETTINGS: Spec[] = [
+  { key: 'dataDir', flag: 'data-dir', kind: 'string', help: 'data directory: database, token, images, artifacts (default ./var)' },
+  { key: 'httpListen', flag: 'http-listen', kind: 'string', help: 'HTTP address:port (default 0.0.0.0:8080)' },
+  { key: 'publicUrl', flag: 'public-url', kind: 'string', help: 'how machines reach the HTTP side (default: from the serving interface)' },
+  { key: 'dhcp', flag: 'dhcp', kind: 'bool', help: 'serve DHCP (--no-dhcp to turn off)' },
+  { key: 'dhcpMode', flag: 'dhcp-mode', kind: 'string', help: 'reservation (default) | proxy | full' },
+  { key: 'dhcpInterfaces', flag: 'dhcp-interface', kind: 'list', help: 'interface to serve DHCP on (repeatable; required with DHCP on)' },
+  { key: 'dhcpPool', flag: 'dhcp-pool', kind: 'string', help: 'full mode: dynamic pool START-END, e.g. 10.77.0.100-10.77.0.199' },
+  { key: 'dhcpPoolUnknown', flag: 'dhcp-pool-unknown', kind: 'bool', help: 'full mode: also lease to MACs that are not registered' },
+  { key: 'dhcpLeaseSeconds', flag: 'dhcp-lease-time', kind: 'int', help: 'lease time in seconds when a reservation has none (default 3600)' },
+  { key: 'dhcpRouter', flag: 'dhcp-router', kind: 'string', help: 'router option for pool leases' },
+  { key: 'dhcpDns', flag: 'dhcp-dns', kind: 'list', help: 'DNS server option for pool leases (repeatable)' },
+  { key: 'dhcpPort', flag: 'dhcp-port', kind: 'int', help: 'DHCP server port (default 67; tests only)' },
+  { key: 'proxyPort', flag: 'proxy-port', kind: 'int', help: 'PXE proxyDHCP port (default 4011)' },
+  { key: 'tftp', flag: 'tftp', kind: 'bool', help: 'serve TFTP (--no-tftp to turn off)' },
+  { key: 'tftpListen', flag: 'tftp-listen', kind: 'string', help: 'TFTP address:port (default 0.0.0.0:69)' },
+  { key: 'ipxeDir', flag: 'ipxe-dir', kind: 'string', help: 'directory of iPXE binaries (default /usr/lib/ipxe)' },
+  { key: 'artifactsDir', flag: 'artifacts-dir', kind: 'string', help: 'kernel + initramfs directory (default DATA_DIR/artifacts)' },
+  { key: 'buildArtifacts', flag: 'build-artifacts', kind: 'bool', help: 'build the kernel + initramfs at start when missing (default on)' },
+  { key: 'logLevel', flag: 'log-level', kind: 'string', help: 'trace | debug | info | warn | error (default info)' },
+];
+
+export const envName = (flag: string): string => 'IRONBOOT_' + flag.toUpperCase().replaceAll('-', '_');
+
+function parseHostPort(key: string, v: string, defPort: number): { host: string; port: number } {
+  const m = /^(?:\[?([^\]]*)\]?:)?(\d+)$/.exec(v) ?? /^([^:]+)$/.exec(v);
+  if (!m) throw new ConfigError(key, `"${v}" is not ADDRESS:PORT`);
+  const host = m.length === 3 ? (m[1] || '0.0.0.0') : m[1];
+  const port = m.length === 3 ? Number(m[2]) : defPort;
+  if (!(port >= 0 && port <= 65535)) throw new ConfigError(key, `port ${port} out of range`);
+  return { host, port };
+}
+
+/** Parses argv (after the subcommand), the environment and the config file into a ServeConfig. */
+export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ServeConfig {
+  const flags = new Map<string, unknown>();
+  let configFile: string | undefined = env.IRONBOOT_CONFIG;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) throw new ConfigError(a, 'unexpected argument');
+    let [name, value] = a.slice(2).split(/=(.*)/s, 2) as [string, string | undefined];
+    if (name === 'config') { configFile = value ?? argv[++i]; continue; }
+    let negate = false;
+    let spec = SERVE_SETTINGS.find((s) => s.flag === name);
+    if (!spec && name.startsWith('no-')) { spec = SERVE_SETTINGS.find((s) => s.flag === name.slice(3) && s.kind === 'bool'); negate = true; }
+    if (!spec) throw new ConfigError(`--${name}`, 'unknown flag (see ironboot serve --help)');
+    if (spec.kind === 'bool') {
+      flags.set(spec.key, negate ? false : value === undefined ? true : !/^(0|false|no|off)$/i.test(value));
+      continue;
+    }
+    if (value === undefined) {
+      value = argv[++i];
+      if (value === undefined) throw new ConfigError(`--${name}`, 'needs a value');
+    }
+    if (spec.kind === 'list') flags.set(spec.key, [...((flags.get(spec.key) as string[]) ?? []), value]);
+    else flags.set(spec.key, value);
+  }
+  let file: Record<string, unknown> = {};
+  if (configFile) {
+    try {
+      file = JSON.parse(readFileSync(configFile, 'utf8'));
+    } catch (err) {
+      throw new ConfigError('--config', `cannot read ${configFile}: ${(err as Error).message}`);
+    }
+    for (const k of Object.keys(file)) {
+      if (!SERVE_SETTINGS.some((s) => s.key === k)) throw new ConfigError(`${configFile}: ${k}`, 'unknown key');
+    }
+  }
+  const raw = (spec: Spec): unknown => {
+    if (flags.has(spec.key)) return flags.get(spec.key);
+    const e = env[envName(spec.flag)];
+    if (e !== undefined && e !== '') {
+      if (spec.kind === 'bool') return !/^(0|false|no|off)$/i.test(e);
+      if (spec.kind === 'list') return e.split(',').map((s) => s.trim()).filter(Boolean);
+      return e;
+    }
+    return file[spec.key];
+  };
+  const get = (key: keyof ServeConfig) => raw(SERVE_SETTINGS.find((s) => s.key === key)!);
+  const str = (key: keyof ServeConfig, def: string | null) => { const v = get(key); return v === undefined || v === null ? def : String(v); };
+  const int = (key: keyof ServeConfig, def: number) => {
+    const v = get(key);
+    if (v === undefined || v === null) return def;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new ConfigError(key, `"${v}" is not a non-negative integer`);
+    return n;
+  };
+  const bool = (key: keyof ServeConfig, def: boolean) => { const v = get(key); return v === undefined ? def : Boolean(v); };
+  const list = (key: keyof ServeConfig) => { const v = get(key); return v === undefined ? [] : Array.isArray(v) ? v.map(String) : [String(v)]; };
+
+  const dhcpMode = str('dhcpMode', 'reservation') as DhcpMode;
+  if (!['reservation', 'proxy', 'full'].includes(dhcpMode)) throw new ConfigError('dhcp-mode', `"${dhcpMode}" is not one of reservation, proxy, full`);
+  let dhcpPool: ServeConfig['dhcpPool'] = null;
+  const pool = str('dhcpPool', null);
+  if (pool) {
+    const m = /^(\d+\.\d+\.\d+\.\d+)\s*-\s*(\d+\.\d+\.\d+\.\d+)$/.exec(pool);
+    if (!m) throw new ConfigError('dhcp-pool', `"${pool}" is not START-END (e.g. 10.77.0.100-10.77.0.199)`);
+    dhcpPool = { start: m[1], end: m[2] };
+  }
+  if (dhcpMode === 'full' && !dhcpPool) throw new ConfigError('dhcp-pool', 'full mode needs a pool (--dhcp-pool START-END)');
+  const logLevel = str('logLevel', 'info')!;
+  if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(logLevel)) throw new ConfigError('log-level', `"${logLevel}" is not a log level`);
+  const publicUrl = str('publicUrl', null);
+  if (publicUrl && !/^https?:\/\/[^/]+/.test(publicUrl)) throw new ConfigError('public-url', `"${publicUrl}" is not an http(s) URL`);
+
+  return {
+    dataDir: resolve(str('dataDir', './var')!),
+    httpListen: parseHostPort('http-listen', str('httpListen', '0.0.0.0:8080')!, 8080),
+    publicUrl: publicUrl ? publicUrl.replace(/\/+$/, '') : null,
+    dhcp: bool('dhcp', true),
+    dhcpMode,
+    dhcpInterfaces: list('dhcpInterfaces'),
+    dhcpPool,
+    dhcpPoolUnknown: bool('dhcpPoolUnknown', false),
+    dhcpLeaseSeconds: int('dhcpLeaseSeconds', 3600),
+    dhcpRouter: str('dhcpRouter', null),
+    dhcpDns: list('dhcpDns'),
+    dhcpPort: int('dhcpPort', 67),
+    proxyPort: int('proxyPort', 4011),
+    tftp: bool('tftp', true),
+    tftpListen: parseHostPort('tftp-listen', str('tftpListen', '0.0.0.0:69')!, 69),
+    ipxeDir: str('ipxeDir', '/usr/lib/ipxe')!,
+    artifactsDir: str('artifactsDir', null),
+    buildArtifacts: bool('buildArtifacts', true),
+    logLevel,
+  };
+}

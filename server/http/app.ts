@@ -1,0 +1,84 @@
+/**
+ * The HTTP side: one fastify instance, a plugin per surface.
+ *   /api/v1/*      REST API for operators (Bearer admin token)   routes/api/*.ts
+ *   /api/docs      OpenAPI document and browsable page
+ *   /agent/v1/*    the init agent (Bearer workflow token)        routes/agent.ts
+ *   /boot/*        iPXE scripts for machines                     routes/boot.ts
+ *   /artifacts/*   kernel + initramfs                            routes/artifacts.ts
+ *   /images/*      container disks                               routes/image-files.ts
+ *   /healthz, /metrics, / (web page)
+ */
+import Fastify, { type FastifyInstance, type FastifyPluginAsync } from 'fastify';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import type { Store } from '../store/index.ts';
+import type { WorkflowService } from '../workflows/service.ts';
+import { errorHandler, ApiError } from './errors.ts';
+import { bearer, tokenMatches } from './auth.ts';
+import { ErrorReply } from './schemas.ts';
+import healthRoutes from './routes/health.ts';
+import machinesRoutes from './routes/api/machines.ts';
+import imagesRoutes from './routes/api/images.ts';
+import workflowsRoutes from './routes/api/workflows.ts';
+import eventsRoutes from './routes/api/events.ts';
+import agentRoutes from './routes/agent.ts';
+import artifactsRoutes from './routes/artifacts.ts';
+
+/** What the container-disk side offers the HTTP app (server/images/). */
+export interface ImageFiles {
+  removeFiles(id: string): void;
+}
+
+export interface AppDeps {
+  store: Store;
+  workflows: WorkflowService;
+  log: Logger;
+  registry: Registry;
+  adminToken: string;
+  artifactsDir: string;
+  version: string;
+  images?: ImageFiles;
+  /** Extra plugins (boot scripts, image files, image builds) registered by the composition root. */
+  plugins?: { plugin: FastifyPluginAsync<AppDeps>; prefix?: string }[];
+}
+
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: deps.log.child({ svc: 'http' }) as never,
+    trustProxy: false,
+    bodyLimit: 1 << 20,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  app.setErrorHandler(errorHandler as never);
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: 'Not Found', message: `no route ${req.method} ${req.url.split('?')[0]}` }));
+  app.addSchema(ErrorReply);
+
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'ironboot API', version: deps.version, description: 'Bare-metal provisioning: machines, container disks, workflows.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/api/docs' });
+
+  await app.register(healthRoutes, deps);
+  await app.register(async (api) => {
+    api.addHook('onRequest', async (req) => {
+      const presented = bearer(req.headers.authorization) ?? (req.url.startsWith('/api/v1/events/stream') ? (req.query as { token?: string }).token : undefined);
+      if (!tokenMatches(presented, deps.adminToken)) throw new ApiError(401, 'authorization', 'missing or wrong bearer token (Authorization: Bearer <admin token>)');
+    });
+    await api.register(machinesRoutes, deps);
+    await api.register(imagesRoutes, deps);
+    await api.register(workflowsRoutes, deps);
+    await api.register(eventsRoutes, deps);
+  }, { prefix: '/api/v1' });
+  await app.register(agentRoutes, { ...deps, prefix: '/agent/v1' });
+  await app.register(artifactsRoutes, deps);
+  for (const p of deps.plugins ?? []) await app.register(p.plugin, { ...deps, ...(p.prefix ? { prefix: p.prefix } : {}) });
+  return app;
+}

@@ -1,0 +1,61 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { Type } from '@sinclair/typebox';
+import type { Workflow as WorkflowRow } from '../../../store/workflows.ts';
+import type { WorkflowEvent } from '../../../store/events.ts';
+import { notFound } from '../../errors.ts';
+import { Workflow, WorkflowCreate, WorkflowListQuery, WorkflowWithEvents, IdParams, ErrorReply } from '../../schemas.ts';
+import { macParam } from './machines.ts';
+import type { AppDeps } from '../../app.ts';
+
+export const workflowView = (w: WorkflowRow) => ({
+  id: w.id, machine: w.machineMac, image: w.imageId, state: w.state, target: w.target, after: w.after,
+  entrypoint: w.entrypoint, args: w.args, env: w.env, kernelArgs: w.kernelArgs, reason: w.reason, exitCode: w.exitCode,
+  timeoutSeconds: w.timeoutSeconds, createdAt: w.createdAt, updatedAt: w.updatedAt, startedAt: w.startedAt, finishedAt: w.finishedAt,
+});
+
+export const eventView = (e: WorkflowEvent) => ({
+  seq: e.seq, workflowId: e.workflowId, at: e.at, kind: e.kind, state: e.state, message: e.message,
+  bytesDone: e.bytesDone, bytesTotal: e.bytesTotal, payload: e.payload,
+});
+
+/** /api/v1/workflows: what a machine does on its next boot, and what it did. */
+const workflowsRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, workflows }) => {
+  const errors = { 400: ErrorReply, 401: ErrorReply, 404: ErrorReply, 409: ErrorReply };
+
+  app.post('/workflows', { schema: { tags: ['workflows'], summary: 'Assign a container disk to a machine', body: WorkflowCreate, response: { 201: Workflow, ...errors } } },
+    async (req, reply) => {
+      const b = req.body;
+      const wf = workflows.create({
+        mac: macParam(b.machine, 'machine'), image: b.image, target: b.target, after: b.after, entrypoint: b.entrypoint,
+        args: b.args, env: b.env, kernelArgs: b.kernelArgs, timeoutSeconds: b.timeoutSeconds,
+      });
+      return reply.code(201).send(workflowView(wf));
+    });
+
+  app.get('/workflows', { schema: { tags: ['workflows'], summary: 'List workflows', querystring: WorkflowListQuery, response: { 200: Type.Array(Workflow), ...errors } } },
+    async (req) => {
+      let machineId: number | undefined;
+      if (req.query.machine !== undefined) {
+        const mac = macParam(req.query.machine, 'machine');
+        const m = store.machines.getByMac(mac);
+        if (!m) return [];
+        machineId = m.id;
+      }
+      return store.workflows.list({ machineId, state: req.query.state }).map(workflowView);
+    });
+
+  app.get('/workflows/:id', { schema: { tags: ['workflows'], summary: 'Get a workflow with its events', params: IdParams, response: { 200: WorkflowWithEvents, ...errors } } },
+    async (req) => {
+      const wf = store.workflows.get(req.params.id);
+      if (!wf) throw notFound('id', `no workflow ${req.params.id}`);
+      return { ...workflowView(wf), events: store.events.list(wf.id).map(eventView) };
+    });
+
+  app.post('/workflows/:id/cancel', { schema: { tags: ['workflows'], summary: 'Cancel an active workflow', params: IdParams, response: { 200: Workflow, ...errors } } },
+    async (req) => workflowView(workflows.cancel(req.params.id)));
+
+  app.post('/workflows/:id/retry', { schema: { tags: ['workflows'], summary: 'Start a new workflow like a finished one', params: IdParams, response: { 201: Workflow, ...errors } } },
+    async (req, reply) => reply.code(201).send(workflowView(workflows.retry(req.params.id))));
+};
+
+export default workflowsRoutes;

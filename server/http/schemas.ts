@@ -1,0 +1,116 @@
+/** TypeBox schemas of the REST API (/api/v1). The agent API's are in server/agent/api.ts. */
+import { Type, type Static } from '@sinclair/typebox';
+import { WORKFLOW_STATES } from '../workflows/states.ts';
+
+export const ErrorReply = Type.Object({
+  error: Type.String(), field: Type.Optional(Type.String()), message: Type.String(),
+}, { $id: 'ErrorReply' });
+
+const Hostname = Type.String({ pattern: '^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$', description: 'RFC 1123 host name' });
+const Ipv4 = Type.String({ format: 'ipv4' });
+
+export const Ipv4Input = Type.Object({
+  address: Ipv4,
+  prefix: Type.Optional(Type.Integer({ minimum: 1, maximum: 32 })),
+  netmask: Type.Optional(Ipv4),
+  gateway: Type.Optional(Ipv4),
+  dns: Type.Optional(Type.Array(Ipv4, { maxItems: 8 })),
+  leaseSeconds: Type.Optional(Type.Integer({ minimum: 60, maximum: 31536000 })),
+  domain: Type.Optional(Hostname),
+}, { additionalProperties: false });
+export type Ipv4Input = Static<typeof Ipv4Input>;
+
+const Arch = Type.Union([Type.Literal('auto'), Type.Literal('bios'), Type.Literal('uefi-x64'), Type.Literal('uefi-arm64')]);
+const EfiBinary = Type.Union([Type.Literal('ipxe.efi'), Type.Literal('snponly.efi')]);
+const Labels = Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.\\/-]{1,63}$' }), Type.String({ maxLength: 256 }));
+
+export const MachineCreate = Type.Object({
+  mac: Type.String({ description: 'any common notation: 52:54:00:12:34:56, 52-54-00-12-34-56, 525400123456' }),
+  hostname: Type.Optional(Type.Union([Hostname, Type.Null()])),
+  ipv4: Type.Optional(Type.Union([Ipv4Input, Type.Null()])),
+  arch: Type.Optional(Arch),
+  efiBinary: Type.Optional(EfiBinary),
+  allowPxe: Type.Optional(Type.Boolean()),
+  labels: Type.Optional(Labels),
+}, { additionalProperties: false });
+export type MachineCreate = Static<typeof MachineCreate>;
+
+export const MachineUpdate = Type.Partial(Type.Omit(MachineCreate, ['mac']), { additionalProperties: false });
+export type MachineUpdate = Static<typeof MachineUpdate>;
+
+export const Machine = Type.Object({
+  id: Type.Integer(),
+  mac: Type.String(),
+  hostname: Type.Union([Type.String(), Type.Null()]),
+  ipv4: Type.Union([Type.Object({
+    address: Type.String(), prefix: Type.Integer(), gateway: Type.Optional(Type.String()), dns: Type.Array(Type.String()),
+    leaseSeconds: Type.Optional(Type.Integer()), domain: Type.Optional(Type.String()),
+  }), Type.Null()]),
+  arch: Type.String(),
+  efiBinary: Type.String(),
+  allowPxe: Type.Boolean(),
+  labels: Type.Record(Type.String(), Type.String()),
+  createdAt: Type.String(),
+  updatedAt: Type.String(),
+});
+
+export const MacParams = Type.Object({ mac: Type.String() });
+export const IdParams = Type.Object({ id: Type.String() });
+
+export const MachineListQuery = Type.Object({
+  label: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())], { description: 'key=value, repeatable' })),
+});
+
+export const Image = Type.Object({
+  id: Type.String(), name: Type.String(), source: Type.Union([Type.String(), Type.Null()]),
+  digest: Type.Union([Type.String(), Type.Null()]), state: Type.String(), error: Type.Union([Type.String(), Type.Null()]),
+  format: Type.String(), rawSize: Type.Union([Type.Integer(), Type.Null()]), rawSha256: Type.Union([Type.String(), Type.Null()]),
+  compressedSize: Type.Union([Type.Integer(), Type.Null()]), compressedSha256: Type.Union([Type.String(), Type.Null()]),
+  config: Type.Object({
+    entrypoint: Type.Array(Type.String()), cmd: Type.Array(Type.String()), env: Type.Array(Type.String()),
+    workingDir: Type.Union([Type.String(), Type.Null()]), user: Type.Union([Type.String(), Type.Null()]),
+  }),
+  progress: Type.Record(Type.String(), Type.Unknown()),
+  createdAt: Type.String(), updatedAt: Type.String(),
+});
+
+export const WorkflowState = Type.Union(WORKFLOW_STATES.map((s) => Type.Literal(s)));
+const After = Type.Union([Type.Literal('shell'), Type.Literal('reboot'), Type.Literal('poweroff'), Type.Literal('wait')]);
+
+export const WorkflowCreate = Type.Object({
+  machine: Type.String({ description: 'MAC address of the machine' }),
+  image: Type.String({ minLength: 1, description: 'image id or name' }),
+  target: Type.String({ pattern: '^(ram|/dev/[A-Za-z0-9._:+/-]+)$', description: 'a block device (/dev/sda, /dev/disk/by-id/…) or "ram"' }),
+  after: Type.Optional(After),
+  entrypoint: Type.Optional(Type.Array(Type.String(), { minItems: 1 })),
+  args: Type.Optional(Type.Array(Type.String())),
+  env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String())),
+  kernelArgs: Type.Optional(Type.String({ maxLength: 2048 })),
+  timeoutSeconds: Type.Optional(Type.Integer({ minimum: 10, maximum: 604800 })),
+}, { additionalProperties: false });
+export type WorkflowCreate = Static<typeof WorkflowCreate>;
+
+export const Workflow = Type.Object({
+  id: Type.String(), machine: Type.String(), image: Type.String(), state: WorkflowState,
+  target: Type.String(), after: Type.String(),
+  entrypoint: Type.Union([Type.Array(Type.String()), Type.Null()]), args: Type.Union([Type.Array(Type.String()), Type.Null()]),
+  env: Type.Record(Type.String(), Type.String()), kernelArgs: Type.String(),
+  reason: Type.Union([Type.String(), Type.Null()]), exitCode: Type.Union([Type.Integer(), Type.Null()]),
+  timeoutSeconds: Type.Integer(),
+  createdAt: Type.String(), updatedAt: Type.String(),
+  startedAt: Type.Union([Type.String(), Type.Null()]), finishedAt: Type.Union([Type.String(), Type.Null()]),
+});
+
+export const Event = Type.Object({
+  seq: Type.Integer(), workflowId: Type.String(), at: Type.String(), kind: Type.String(),
+  state: Type.Union([Type.String(), Type.Null()]), message: Type.Union([Type.String(), Type.Null()]),
+  bytesDone: Type.Union([Type.Integer(), Type.Null()]), bytesTotal: Type.Union([Type.Integer(), Type.Null()]),
+  payload: Type.Record(Type.String(), Type.Unknown()),
+});
+
+export const WorkflowWithEvents = Type.Intersect([Workflow, Type.Object({ events: Type.Array(Event) })]);
+
+export const WorkflowListQuery = Type.Object({
+  machine: Type.Optional(Type.String()),
+  state: Type.Optional(WorkflowState),
+});

@@ -1,0 +1,75 @@
+import Database from 'better-sqlite3';
+import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export type Db = Database.Database;
+
+export const MIGRATIONS_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'migrations');
+
+export interface Migration { version: number; name: string; sql: string }
+
+/** Reads `NNN_name.sql` files in version order. */
+export function loadMigrations(dir = MIGRATIONS_DIR): Migration[] {
+  const out: Migration[] = [];
+  for (const file of readdirSync(dir)) {
+    const m = /^(\d{3,})_([\w-]+)\.sql$/.exec(file);
+    if (!m) continue;
+    out.push({ version: Number(m[1]), name: m[2], sql: readFileSync(join(dir, file), 'utf8') });
+  }
+  out.sort((a, b) => a.version - b.version);
+  for (let i = 0; i < out.length; i++) {
+    if (out[i].version !== i + 1) throw new Error(`migrations: expected version ${i + 1}, found ${out[i].version}_${out[i].name}.sql`);
+  }
+  return out;
+}
+
+export class SchemaTooNewError extends Error {
+  constructor(public dbVersion: number, public codeVersion: number, path: string) {
+    super(`database ${path} is at schema version ${dbVersion}, but this ironboot only knows up to ${codeVersion}: ` +
+      `it was written by a newer ironboot. Upgrade ironboot, or point --data-dir at another directory.`);
+    this.name = 'SchemaTooNewError';
+  }
+}
+
+/** Applies pending migrations, each in its own transaction, recording them in schema_migrations. */
+export function migrate(db: Db, migrations: Migration[] = loadMigrations(), path = db.name): { applied: number[] } {
+  db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)`);
+  const current = (db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null }).v ?? 0;
+  const latest = migrations.length ? migrations[migrations.length - 1].version : 0;
+  if (current > latest) throw new SchemaTooNewError(current, latest, path);
+  const applied: number[] = [];
+  const record = db.prepare('INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)');
+  for (const m of migrations) {
+    if (m.version <= current) continue;
+    db.transaction(() => {
+      db.exec(m.sql);
+      record.run(m.version, m.name, new Date().toISOString());
+    })();
+    applied.push(m.version);
+  }
+  return { applied };
+}
+
+export function schemaVersion(db: Db): number {
+  return (db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null }).v ?? 0;
+}
+
+/** Opens (creating if needed) the database in the data directory, WAL mode, migrated. */
+export function openDb(dataDir: string, opts: { migrations?: Migration[] } = {}): Db {
+  mkdirSync(dataDir, { recursive: true });
+  const path = join(dataDir, 'ironboot.db');
+  const db = new Database(path);
+  try {
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = NORMAL');
+    db.pragma('foreign_keys = ON');
+    db.pragma('busy_timeout = 5000');
+    migrate(db, opts.migrations ?? loadMigrations(), path);
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+  return db;
+}

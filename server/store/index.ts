@@ -1,0 +1,35 @@
+import { openDb, type Db } from './db.ts';
+import { MachineRepository } from './machines.ts';
+import { ImageRepository } from './images.ts';
+import { WorkflowRepository } from './workflows.ts';
+import { EventRepository } from './events.ts';
+
+/** The one store: a SQLite database and a repository per table. */
+export class Store {
+  readonly machines: MachineRepository;
+  readonly images: ImageRepository;
+  readonly workflows: WorkflowRepository;
+  readonly events: EventRepository;
+
+  constructor(readonly db: Db) {
+    this.machines = new MachineRepository(db);
+    this.images = new ImageRepository(db);
+    this.workflows = new WorkflowRepository(db);
+    this.events = new EventRepository(db);
+  }
+
+  static open(dataDir: string): Store {
+    return new Store(openDb(dataDir));
+  }
+
+  /** Runs fn in one transaction: all of it is written, or none. */
+  tx<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}
+
+export type { Db };

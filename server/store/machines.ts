@@ -1,0 +1,166 @@
+import type { Db } from './db.ts';
+
+export interface Ipv4Reservation {
+  address: string;
+  prefix: number;
+  gateway?: string;
+  dns: string[];
+  leaseSeconds?: number;
+  domain?: string;
+}
+
+export type MachineArch = 'auto' | 'bios' | 'uefi-x64' | 'uefi-arm64';
+
+export interface Machine {
+  id: number;
+  mac: string;
+  hostname: string | null;
+  ipv4: Ipv4Reservation | null;
+  arch: MachineArch;
+  efiBinary: 'ipxe.efi' | 'snponly.efi';
+  allowPxe: boolean;
+  labels: Record<string, string>;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface MachineInput {
+  mac: string;
+  hostname?: string | null;
+  ipv4?: Ipv4Reservation | null;
+  arch?: MachineArch;
+  efiBinary?: 'ipxe.efi' | 'snponly.efi';
+  allowPxe?: boolean;
+  labels?: Record<string, string>;
+}
+
+interface Row {
+  id: number; mac: string; hostname: string | null;
+  ipv4_address: string | null; ipv4_prefix: number | null; ipv4_gateway: string | null; ipv4_dns: string;
+  lease_seconds: number | null; domain: string | null; arch: string | null; efi_binary: string | null;
+  allow_pxe: number; labels: string; created_at: string; updated_at: string;
+}
+
+function fromRow(r: Row): Machine {
+  return {
+    id: r.id,
+    mac: r.mac,
+    hostname: r.hostname,
+    ipv4: r.ipv4_address
+      ? {
+          address: r.ipv4_address,
+          prefix: r.ipv4_prefix ?? 24,
+          ...(r.ipv4_gateway ? { gateway: r.ipv4_gateway } : {}),
+          dns: JSON.parse(r.ipv4_dns),
+          ...(r.lease_seconds != null ? { leaseSeconds: r.lease_seconds } : {}),
+          ...(r.domain ? { domain: r.domain } : {}),
+        }
+      : null,
+    arch: (r.arch ?? 'auto') as MachineArch,
+    efiBinary: (r.efi_binary ?? 'ipxe.efi') as Machine['efiBinary'],
+    allowPxe: r.allow_pxe === 1,
+    labels: JSON.parse(r.labels),
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+function toParams(m: MachineInput) {
+  return {
+    mac: m.mac,
+    hostname: m.hostname ?? null,
+    ipv4_address: m.ipv4?.address ?? null,
+    ipv4_prefix: m.ipv4 ? m.ipv4.prefix : null,
+    ipv4_gateway: m.ipv4?.gateway ?? null,
+    ipv4_dns: JSON.stringify(m.ipv4?.dns ?? []),
+    lease_seconds: m.ipv4?.leaseSeconds ?? null,
+    domain: m.ipv4?.domain ?? null,
+    arch: m.arch ?? 'auto',
+    efi_binary: m.efiBinary ?? 'ipxe.efi',
+    allow_pxe: m.allowPxe === false ? 0 : 1,
+    labels: JSON.stringify(m.labels ?? {}),
+  };
+}
+
+export class DuplicateError extends Error {
+  constructor(public field: string, message: string) { super(message); this.name = 'DuplicateError'; }
+}
+
+/** The machines table: one row per MAC address. */
+export class MachineRepository {
+  constructor(private db: Db) {}
+
+  list(filter: { labels?: Record<string, string> } = {}): Machine[] {
+    const rows = this.db.prepare('SELECT * FROM machines ORDER BY mac').all() as Row[];
+    let out = rows.map(fromRow);
+    if (filter.labels) {
+      const want = Object.entries(filter.labels);
+      out = out.filter((m) => want.every(([k, v]) => m.labels[k] === v));
+    }
+    return out;
+  }
+
+  getByMac(mac: string): Machine | undefined {
+    const r = this.db.prepare('SELECT * FROM machines WHERE mac = ?').get(mac) as Row | undefined;
+    return r && fromRow(r);
+  }
+
+  getById(id: number): Machine | undefined {
+    const r = this.db.prepare('SELECT * FROM machines WHERE id = ?').get(id) as Row | undefined;
+    return r && fromRow(r);
+  }
+
+  getByIpv4(address: string): Machine | undefined {
+    const r = this.db.prepare('SELECT * FROM machines WHERE ipv4_address = ?').get(address) as Row | undefined;
+    return r && fromRow(r);
+  }
+
+  create(input: MachineInput): Machine {
+    const now = new Date().toISOString();
+    return this.db.transaction(() => {
+      if (this.getByMac(input.mac)) throw new DuplicateError('mac', `a machine with MAC ${input.mac} already exists`);
+      if (input.ipv4 && this.getByIpv4(input.ipv4.address)) {
+        throw new DuplicateError('ipv4.address', `address ${input.ipv4.address} is already reserved for another machine`);
+      }
+      const p = toParams(input);
+      const info = this.db.prepare(`INSERT INTO machines (mac, hostname, ipv4_address, ipv4_prefix, ipv4_gateway, ipv4_dns,
+        lease_seconds, domain, arch, efi_binary, allow_pxe, labels, created_at, updated_at)
+        VALUES (@mac, @hostname, @ipv4_address, @ipv4_prefix, @ipv4_gateway, @ipv4_dns, @lease_seconds, @domain, @arch,
+        @efi_binary, @allow_pxe, @labels, @now, @now)`).run({ ...p, now });
+      return this.getById(Number(info.lastInsertRowid))!;
+    })();
+  }
+
+  /** Replaces the given fields; fields left out keep their value. */
+  update(mac: string, patch: Partial<Omit<MachineInput, 'mac'>>): Machine | undefined {
+    return this.db.transaction(() => {
+      const cur = this.getByMac(mac);
+      if (!cur) return undefined;
+      const next: MachineInput = {
+        mac,
+        hostname: patch.hostname !== undefined ? patch.hostname : cur.hostname,
+        ipv4: patch.ipv4 !== undefined ? patch.ipv4 : cur.ipv4,
+        arch: patch.arch ?? cur.arch,
+        efiBinary: patch.efiBinary ?? cur.efiBinary,
+        allowPxe: patch.allowPxe ?? cur.allowPxe,
+        labels: patch.labels ?? cur.labels,
+      };
+      if (next.ipv4) {
+        const other = this.getByIpv4(next.ipv4.address);
+        if (other && other.id !== cur.id) {
+          throw new DuplicateError('ipv4.address', `address ${next.ipv4.address} is already reserved for ${other.mac}`);
+        }
+      }
+      const p = toParams(next);
+      this.db.prepare(`UPDATE machines SET hostname=@hostname, ipv4_address=@ipv4_address, ipv4_prefix=@ipv4_prefix,
+        ipv4_gateway=@ipv4_gateway, ipv4_dns=@ipv4_dns, lease_seconds=@lease_seconds, domain=@domain, arch=@arch,
+        efi_binary=@efi_binary, allow_pxe=@allow_pxe, labels=@labels, updated_at=@now WHERE mac=@mac`)
+        .run({ ...p, now: new Date().toISOString() });
+      return this.getByMac(mac);
+    })();
+  }
+
+  delete(id: number): boolean {
+    return this.db.prepare('DELETE FROM machines WHERE id = ?').run(id).changes > 0;
+  }
+}

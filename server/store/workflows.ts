@@ -1,0 +1,128 @@
+import type { Db } from './db.ts';
+import type { WorkflowState } from '../workflows/states.ts';
+
+export type AfterAction = 'shell' | 'reboot' | 'poweroff' | 'wait';
+
+export interface Workflow {
+  id: string;
+  machineId: number;
+  machineMac: string;
+  imageId: string;
+  entrypoint: string[] | null;
+  args: string[] | null;
+  env: Record<string, string>;
+  kernelArgs: string;
+  target: string;
+  after: AfterAction;
+  token: string;
+  state: WorkflowState;
+  reason: string | null;
+  exitCode: number | null;
+  timeoutSeconds: number;
+  createdAt: string;
+  updatedAt: string;
+  startedAt: string | null;
+  finishedAt: string | null;
+}
+
+export interface WorkflowInput {
+  id: string;
+  machineId: number;
+  imageId: string;
+  entrypoint?: string[] | null;
+  args?: string[] | null;
+  env?: Record<string, string>;
+  kernelArgs?: string;
+  target: string;
+  after: AfterAction;
+  token: string;
+  timeoutSeconds?: number;
+}
+
+interface Row {
+  id: string; machine_id: number; mac: string; image_id: string; entrypoint: string | null; args: string | null;
+  env: string; kernel_args: string; target: string; after: string; token: string; state: string;
+  reason: string | null; exit_code: number | null; timeout_seconds: number; created_at: string; updated_at: string;
+  started_at: string | null; finished_at: string | null;
+}
+
+function fromRow(r: Row): Workflow {
+  return {
+    id: r.id, machineId: r.machine_id, machineMac: r.mac, imageId: r.image_id,
+    entrypoint: r.entrypoint ? JSON.parse(r.entrypoint) : null, args: r.args ? JSON.parse(r.args) : null,
+    env: JSON.parse(r.env), kernelArgs: r.kernel_args, target: r.target, after: r.after as AfterAction,
+    token: r.token, state: r.state as WorkflowState, reason: r.reason, exitCode: r.exit_code,
+    timeoutSeconds: r.timeout_seconds, createdAt: r.created_at, updatedAt: r.updated_at,
+    startedAt: r.started_at, finishedAt: r.finished_at,
+  };
+}
+
+const SELECT = 'SELECT w.*, m.mac AS mac FROM workflows w JOIN machines m ON m.id = w.machine_id';
+const ACTIVE = "w.state NOT IN ('succeeded','failed','timed-out','cancelled')";
+
+/** The workflows table. State changes go through WorkflowService, which also records events. */
+export class WorkflowRepository {
+  constructor(private db: Db) {}
+
+  get(id: string): Workflow | undefined {
+    const r = this.db.prepare(`${SELECT} WHERE w.id = ?`).get(id) as Row | undefined;
+    return r && fromRow(r);
+  }
+
+  list(filter: { machineId?: number; state?: WorkflowState } = {}): Workflow[] {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (filter.machineId !== undefined) { where.push('w.machine_id = ?'); params.push(filter.machineId); }
+    if (filter.state !== undefined) { where.push('w.state = ?'); params.push(filter.state); }
+    const sql = `${SELECT}${where.length ? ' WHERE ' + where.join(' AND ') : ''} ORDER BY w.created_at, w.id`;
+    return (this.db.prepare(sql).all(...params) as Row[]).map(fromRow);
+  }
+
+  activeForMachine(machineId: number): Workflow | undefined {
+    const r = this.db.prepare(`${SELECT} WHERE w.machine_id = ? AND ${ACTIVE}`).get(machineId) as Row | undefined;
+    return r && fromRow(r);
+  }
+
+  /** The most recent workflow of a machine, active or not. */
+  latestForMachine(machineId: number): Workflow | undefined {
+    const r = this.db.prepare(`${SELECT} WHERE w.machine_id = ? ORDER BY w.created_at DESC, w.rowid DESC LIMIT 1`)
+      .get(machineId) as Row | undefined;
+    return r && fromRow(r);
+  }
+
+  listActive(): Workflow[] {
+    return (this.db.prepare(`${SELECT} WHERE ${ACTIVE}`).all() as Row[]).map(fromRow);
+  }
+
+  countForMachine(machineId: number): number {
+    return (this.db.prepare('SELECT COUNT(*) AS n FROM workflows WHERE machine_id = ?').get(machineId) as { n: number }).n;
+  }
+
+  insert(w: WorkflowInput): Workflow {
+    const now = new Date().toISOString();
+    this.db.prepare(`INSERT INTO workflows (id, machine_id, image_id, entrypoint, args, env, kernel_args, target, after,
+      token, state, timeout_seconds, created_at, updated_at) VALUES (@id, @machineId, @imageId, @entrypoint, @args, @env,
+      @kernelArgs, @target, @after, @token, 'pending', @timeoutSeconds, @now, @now)`).run({
+      id: w.id, machineId: w.machineId, imageId: w.imageId,
+      entrypoint: w.entrypoint ? JSON.stringify(w.entrypoint) : null, args: w.args ? JSON.stringify(w.args) : null,
+      env: JSON.stringify(w.env ?? {}), kernelArgs: w.kernelArgs ?? '', target: w.target, after: w.after,
+      token: w.token, timeoutSeconds: w.timeoutSeconds ?? 3600, now,
+    });
+    return this.get(w.id)!;
+  }
+
+  setState(id: string, state: WorkflowState, fields: { reason?: string | null; exitCode?: number | null; final?: boolean; started?: boolean } = {}): void {
+    const now = new Date().toISOString();
+    this.db.prepare(`UPDATE workflows SET state = @state, updated_at = @now,
+      reason = CASE WHEN @setReason THEN @reason ELSE reason END,
+      exit_code = CASE WHEN @setExit THEN @exitCode ELSE exit_code END,
+      started_at = CASE WHEN @started AND started_at IS NULL THEN @now ELSE started_at END,
+      finished_at = CASE WHEN @final THEN @now ELSE finished_at END
+      WHERE id = @id`).run({
+      id, state, now,
+      setReason: fields.reason !== undefined ? 1 : 0, reason: fields.reason ?? null,
+      setExit: fields.exitCode !== undefined ? 1 : 0, exitCode: fields.exitCode ?? null,
+      started: fields.started ? 1 : 0, final: fields.final ? 1 : 0,
+    });
+  }
+}

@@ -1,0 +1,144 @@
+import { EventEmitter } from 'node:events';
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Store } from '../store/index.ts';
+import type { Workflow, AfterAction } from '../store/workflows.ts';
+import type { WorkflowEvent, EventInput } from '../store/events.ts';
+import { canTransition, isFinal, type WorkflowState } from './states.ts';
+
+export class WorkflowError extends Error {
+  constructor(public status: 400 | 404 | 409, public field: string | null, message: string) {
+    super(message);
+    this.name = 'WorkflowError';
+  }
+}
+
+export interface CreateWorkflowInput {
+  mac: string;                 // canonical
+  image: string;               // id or name
+  target: string;
+  after?: AfterAction;
+  entrypoint?: string[];
+  args?: string[];
+  env?: Record<string, string>;
+  kernelArgs?: string;
+  timeoutSeconds?: number;
+}
+
+/**
+ * Where a workflow changes state. Every change is one transaction (the row and its event), is logged at info
+ * with the MAC, and is published on `events` ('event', WorkflowEvent) for the live stream.
+ */
+export class WorkflowService {
+  readonly events = new EventEmitter();
+
+  constructor(private store: Store, private log: Logger) {
+    this.events.setMaxListeners(0);
+  }
+
+  create(input: CreateWorkflowInput): Workflow {
+    const { store } = this;
+    let created: Workflow;
+    let first: WorkflowEvent;
+    store.tx(() => {
+      const machine = store.machines.getByMac(input.mac);
+      if (!machine) throw new WorkflowError(404, 'machine', `no machine with MAC ${input.mac}`);
+      const image = store.images.find(input.image);
+      if (!image) throw new WorkflowError(404, 'image', `no image with id or name "${input.image}"`);
+      if (image.state !== 'ready') {
+        throw new WorkflowError(409, 'image', `image ${image.name} is ${image.state}, not ready`);
+      }
+      const active = store.workflows.activeForMachine(machine.id);
+      if (active) {
+        throw new WorkflowError(409, 'machine', `machine ${machine.mac} already has an active workflow ${active.id} (${active.state}); cancel it first`);
+      }
+      created = store.workflows.insert({
+        id: randomUUID(), machineId: machine.id, imageId: image.id, entrypoint: input.entrypoint ?? null,
+        args: input.args ?? null, env: input.env ?? {}, kernelArgs: input.kernelArgs ?? '', target: input.target,
+        after: input.after ?? 'wait', token: randomBytes(24).toString('base64url'), timeoutSeconds: input.timeoutSeconds,
+      });
+      first = store.events.append({ workflowId: created.id, kind: 'state', state: 'pending', message: `created for image ${image.name}` });
+    });
+    this.log.info({ mac: input.mac, workflow: created!.id, state: 'pending' }, 'workflow created');
+    this.events.emit('event', first!);
+    return created!;
+  }
+
+  /**
+   * Moves a workflow to `to` if the state machine allows it. Returns the updated workflow, or throws a
+   * 409 WorkflowError naming the current state.
+   */
+  transition(id: string, to: WorkflowState, detail: { message?: string; reason?: string; exitCode?: number; payload?: Record<string, unknown> } = {}): Workflow {
+    let ev: WorkflowEvent;
+    let wf: Workflow;
+    this.store.tx(() => {
+      const cur = this.store.workflows.get(id);
+      if (!cur) throw new WorkflowError(404, 'id', `no workflow ${id}`);
+      if (!canTransition(cur.state, to)) {
+        throw new WorkflowError(409, 'state', `workflow ${id} is ${cur.state}; it cannot become ${to}`);
+      }
+      this.store.workflows.setState(id, to, {
+        reason: detail.reason !== undefined ? detail.reason : (isFinal(to) ? undefined : null),
+        exitCode: detail.exitCode,
+        final: isFinal(to),
+        started: to === 'booting' || to === 'agent-online',
+      });
+      ev = this.store.events.append({
+        workflowId: id, kind: 'state', state: to, message: detail.message ?? detail.reason ?? null,
+        payload: { from: cur.state, ...(detail.exitCode !== undefined ? { exitCode: detail.exitCode } : {}), ...(detail.payload ?? {}) },
+      });
+      wf = this.store.workflows.get(id)!;
+    });
+    this.log.info({ mac: wf!.machineMac, workflow: id, from: ev!.payload.from, state: to, reason: detail.reason }, `workflow ${to}`);
+    this.events.emit('event', ev!);
+    return wf!;
+  }
+
+  /** Like transition, but a no-op (returning undefined) when the move is not allowed. */
+  tryTransition(id: string, to: WorkflowState, detail: Parameters<WorkflowService['transition']>[2] = {}): Workflow | undefined {
+    try {
+      return this.transition(id, to, detail);
+    } catch (err) {
+      if (err instanceof WorkflowError && err.status === 409) return undefined;
+      throw err;
+    }
+  }
+
+  /** Appends a non-state event (progress, log lines, info). */
+  record(e: EventInput): WorkflowEvent {
+    const ev = this.store.events.append(e);
+    this.events.emit('event', ev);
+    return ev;
+  }
+
+  cancel(id: string): Workflow {
+    const cur = this.store.workflows.get(id);
+    if (!cur) throw new WorkflowError(404, 'id', `no workflow ${id}`);
+    if (isFinal(cur.state)) throw new WorkflowError(409, 'state', `workflow ${id} is already ${cur.state}`);
+    return this.transition(id, 'cancelled', { reason: 'cancelled by operator' });
+  }
+
+  /** A new workflow with the same machine, image and overrides as a finished one. */
+  retry(id: string): Workflow {
+    const cur = this.store.workflows.get(id);
+    if (!cur) throw new WorkflowError(404, 'id', `no workflow ${id}`);
+    if (!isFinal(cur.state)) throw new WorkflowError(409, 'state', `workflow ${id} is still ${cur.state}; only a finished workflow can be retried`);
+    return this.create({
+      mac: cur.machineMac, image: cur.imageId, target: cur.target, after: cur.after,
+      entrypoint: cur.entrypoint ?? undefined, args: cur.args ?? undefined, env: cur.env,
+      kernelArgs: cur.kernelArgs, timeoutSeconds: cur.timeoutSeconds,
+    });
+  }
+
+  /** Marks active workflows whose time ran out as timed-out. Returns how many. */
+  expire(now = Date.now()): number {
+    let n = 0;
+    for (const w of this.store.workflows.listActive()) {
+      const since = Date.parse(w.startedAt ?? w.createdAt);
+      if (w.state !== 'pending' && now - since > w.timeoutSeconds * 1000) {
+        if (this.tryTransition(w.id, 'timed-out', { reason: `no completion within ${w.timeoutSeconds}s` })) n++;
+      }
+    }
+    return n;
+  }
+}
