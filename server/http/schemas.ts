@@ -22,7 +22,7 @@ export type Ipv4Input = Static<typeof Ipv4Input>;
 
 const Arch = Type.Union([Type.Literal('auto'), Type.Literal('bios'), Type.Literal('uefi-x64'), Type.Literal('uefi-arm64')]);
 const EfiBinary = Type.Union([Type.Literal('ipxe.efi'), Type.Literal('snponly.efi')]);
-const Labels = Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.\\/-]{1,63}$' }), Type.String({ maxLength: 256 }));
+const Labels = Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.\\/-]{1,63}$' }), Type.String({ maxLength: 256 }), { additionalProperties: false });
 
 export const MachineCreate = Type.Object({
   mac: Type.String({ description: 'any common notation: 52:54:00:12:34:56, 52-54-00-12-34-56, 525400123456' }),
@@ -84,7 +84,7 @@ export const WorkflowCreate = Type.Object({
   after: Type.Optional(After),
   entrypoint: Type.Optional(Type.Array(Type.String(), { minItems: 1 })),
   args: Type.Optional(Type.Array(Type.String())),
-  env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String())),
+  env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String(), { additionalProperties: false })),
   kernelArgs: Type.Optional(Type.String({ maxLength: 2048 })),
   timeoutSeconds: Type.Optional(Type.Integer({ minimum: 10, maximum: 604800 })),
 }, { additionalProperties: false });

@@ -1,0 +1,277 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { inProcessApp, readyImage } from '../helpers/daemon.ts';
+
+type Ctx = Awaited<ReturnType<typeof inProcessApp>>;
+
+async function setup(t: { after(fn: () => unknown): void }): Promise<Ctx> {
+  const ctx = await inProcessApp();
+  t.after(() => ctx.close());
+  return ctx;
+}
+
+const count = (ctx: Ctx, table: string) => (ctx.store.db.prepare(`SELECT COUNT(*) AS n FROM ${table}`).get() as { n: number }).n;
+
+test('every /api/v1 route answers 401 without the admin token, and with a wrong one', async (t) => {
+  const ctx = await setup(t);
+  const routes: [string, string][] = [
+    ['GET', '/api/v1/machines'], ['POST', '/api/v1/machines'], ['GET', '/api/v1/machines/525400000001'],
+    ['PATCH', '/api/v1/machines/525400000001'], ['DELETE', '/api/v1/machines/525400000001'],
+    ['GET', '/api/v1/images'], ['GET', '/api/v1/images/x'], ['DELETE', '/api/v1/images/x'],
+    ['GET', '/api/v1/workflows'], ['POST', '/api/v1/workflows'], ['GET', '/api/v1/workflows/x'],
+    ['POST', '/api/v1/workflows/x/cancel'], ['POST', '/api/v1/workflows/x/retry'], ['GET', '/api/v1/events/stream'],
+  ];
+  for (const [method, url] of routes) {
+    for (const headers of [{}, { authorization: 'Bearer nope' }, { authorization: ctx.adminToken }]) {
+      const r = await ctx.app.inject({ method: method as 'GET', url, headers, payload: method === 'POST' || method === 'PATCH' ? {} : undefined });
+      assert.equal(r.statusCode, 401, `${method} ${url} ${JSON.stringify(headers)}`);
+      assert.equal(r.json().field, 'authorization');
+    }
+  }
+  assert.equal(count(ctx, 'machines'), 0);
+});
+
+test('machines: create, get in any MAC notation, list by label, update, delete', async (t) => {
+  const ctx = await setup(t);
+  const body = {
+    mac: '52:54:00:12:34:56', hostname: 'node-1',
+    ipv4: { address: '10.77.0.21', prefix: 24, gateway: '10.77.0.1', dns: ['10.77.0.1'] }, allowPxe: true, labels: { rack: 'r1' },
+  };
+  const c = await ctx.app.inject({ method: 'POST', url: '/api/v1/machines', headers: ctx.auth, payload: body });
+  assert.equal(c.statusCode, 201, c.body);
+  assert.equal(c.json().mac, '52:54:00:12:34:56');
+  assert.deepEqual(c.json().ipv4, { address: '10.77.0.21', prefix: 24, gateway: '10.77.0.1', dns: ['10.77.0.1'] });
+  await ctx.app.inject({ method: 'POST', url: '/api/v1/machines', headers: ctx.auth, payload: { mac: '52-54-00-00-00-02', labels: { rack: 'r2' } } });
+  for (const form of ['52:54:00:12:34:56', '52-54-00-12-34-56', '525400123456', '52-54-00-12-34-56'.toUpperCase()]) {
+    const g = await ctx.app.inject({ method: 'GET', url: `/api/v1/machines/${form}`, headers: ctx.auth });
+    assert.equal(g.statusCode, 200, form);
+    assert.equal(g.json().hostname, 'node-1');
+  }
+  const l = await ctx.app.inject({ method: 'GET', url: '/api/v1/machines?label=rack=r2', headers: ctx.auth });
+  assert.deepEqual(l.json().map((m: { mac: string }) => m.mac), ['52:54:00:00:00:02']);
+  const all = await ctx.app.inject({ method: 'GET', url: '/api/v1/machines', headers: ctx.auth });
+  assert.equal(all.json().length, 2);
+  const u = await ctx.app.inject({ method: 'PATCH', url: '/api/v1/machines/52-54-00-12-34-56', headers: ctx.auth, payload: { allowPxe: false, ipv4: { address: '10.77.0.22', netmask: '255.255.255.0' } } });
+  assert.equal(u.statusCode, 200, u.body);
+  assert.equal(u.json().allowPxe, false);
+  assert.equal(u.json().hostname, 'node-1');
+  assert.equal(u.json().ipv4.prefix, 24);
+  const d = await ctx.app.inject({ method: 'DELETE', url: '/api/v1/machines/525400123456', headers: ctx.auth });
+  assert.equal(d.statusCode, 204);
+  const g = await ctx.app.inject({ method: 'GET', url: '/api/v1/machines/525400123456', headers: ctx.auth });
+  assert.equal(g.statusCode, 404);
+  assert.equal(g.json().field, 'mac');
+});
+
+test('machines: bad input is 400 naming the field, and nothing is written', async (t) => {
+  const ctx = await setup(t);
+  const cases: [unknown, string][] = [
+    [{ mac: 'zz' }, 'mac'],
+    [{}, 'mac'],
+    [{ mac: '52:54:00:00:00:01', hostname: 'bad host!' }, 'hostname'],
+    [{ mac: '52:54:00:00:00:01', ipv4: { address: '10.0.0.300', prefix: 24 } }, 'ipv4.address'],
+    [{ mac: '52:54:00:00:00:01', ipv4: { address: '10.0.0.3', prefix: 33 } }, 'ipv4.prefix'],
+    [{ mac: '52:54:00:00:00:01', ipv4: { address: '10.0.0.3' } }, 'ipv4.prefix'],
+    [{ mac: '52:54:00:00:00:01', ipv4: { address: '10.0.0.3', netmask: '255.0.255.0' } }, 'ipv4.netmask'],
+    [{ mac: '52:54:00:00:00:01', ipv4: { address: '10.0.0.3', prefix: 24, gateway: '10.0.1.1' } }, 'ipv4.gateway'],
+    [{ mac: '52:54:00:00:00:01', ipv4: { address: '10.0.0.255', prefix: 24 } }, 'ipv4.address'],
+    [{ mac: '52:54:00:00:00:01', ipv4: { address: '10.0.0.3', prefix: 24, dns: ['x'] } }, 'ipv4.dns.0'],
+    [{ mac: '52:54:00:00:00:01', allowPxe: 'maybe' }, 'allowPxe'],
+    [{ mac: '52:54:00:00:00:01', arch: 'sparc' }, 'arch'],
+    [{ mac: '52:54:00:00:00:01', labels: { rack: 5 } }, 'labels.rack'],
+    [{ mac: '52:54:00:00:00:01', colour: 'red' }, 'colour'],
+  ];
+  for (const [payload, field] of cases) {
+    const r = await ctx.app.inject({ method: 'POST', url: '/api/v1/machines', headers: ctx.auth, payload: payload as object });
+    assert.equal(r.statusCode, 400, `${JSON.stringify(payload)} → ${r.body}`);
+    assert.equal(r.json().field, field, JSON.stringify(payload));
+    assert.ok(r.json().message.length > 5);
+  }
+  const bad = await ctx.app.inject({ method: 'POST', url: '/api/v1/machines', headers: { ...ctx.auth, 'content-type': 'application/json' }, payload: '{"mac": ' });
+  assert.equal(bad.statusCode, 400);
+  assert.equal(count(ctx, 'machines'), 0);
+  const g = await ctx.app.inject({ method: 'GET', url: '/api/v1/machines/not-a-mac', headers: ctx.auth });
+  assert.equal(g.statusCode, 400);
+  assert.equal(g.json().field, 'mac');
+});
+
+test('machines: duplicate MAC or reserved address is 409, and the first row is unchanged', async (t) => {
+  const ctx = await setup(t);
+  const first = { mac: '52:54:00:00:00:01', hostname: 'a', ipv4: { address: '10.0.0.5', prefix: 24 } };
+  assert.equal((await ctx.app.inject({ method: 'POST', url: '/api/v1/machines', headers: ctx.auth, payload: first })).statusCode, 201);
+  const dup = await ctx.app.inject({ method: 'POST', url: '/api/v1/machines', headers: ctx.auth, payload: { mac: '52-54-00-00-00-01', hostname: 'b' } });
+  assert.equal(dup.statusCode, 409);
+  assert.equal(dup.json().field, 'mac');
+  const ip = await ctx.app.inject({ method: 'POST', url: '/api/v1/machines', headers: ctx.auth, payload: { mac: '52:54:00:00:00:02', ipv4: { address: '10.0.0.5', prefix: 24 } } });
+  assert.equal(ip.statusCode, 409);
+  assert.equal(ip.json().field, 'ipv4.address');
+  await ctx.app.inject({ method: 'POST', url: '/api/v1/machines', headers: ctx.auth, payload: { mac: '52:54:00:00:00:03' } });
+  const upd = await ctx.app.inject({ method: 'PATCH', url: '/api/v1/machines/52:54:00:00:00:03', headers: ctx.auth, payload: { hostname: 'c', ipv4: { address: '10.0.0.5', prefix: 24 } } });
+  assert.equal(upd.statusCode, 409);
+  const m3 = ctx.store.machines.getByMac('52:54:00:00:00:03')!;
+  assert.equal(m3.hostname, null, 'a refused update writes nothing, not even the valid fields');
+  assert.equal(ctx.store.machines.getByMac('52:54:00:00:00:01')!.hostname, 'a');
+  assert.equal(count(ctx, 'machines'), 2);
+});
+
+test('images: list, get by id or name, delete; 404; refused while an active workflow uses it', async (t) => {
+  const ctx = await setup(t);
+  ctx.store.images.insert(readyImage({ id: 'abc123', name: 'web' }));
+  ctx.store.images.insert(readyImage({ id: 'def456', name: 'other' }));
+  const l = await ctx.app.inject({ method: 'GET', url: '/api/v1/images', headers: ctx.auth });
+  assert.deepEqual(l.json().map((i: { name: string }) => i.name), ['other', 'web']);
+  const g = await ctx.app.inject({ method: 'GET', url: '/api/v1/images/web', headers: ctx.auth });
+  assert.equal(g.json().id, 'abc123');
+  assert.deepEqual(g.json().config.entrypoint, ['/bin/httpd']);
+  assert.equal((await ctx.app.inject({ method: 'GET', url: '/api/v1/images/abc123', headers: ctx.auth })).json().name, 'web');
+  assert.equal((await ctx.app.inject({ method: 'GET', url: '/api/v1/images/nope', headers: ctx.auth })).statusCode, 404);
+  ctx.store.machines.create({ mac: '52:54:00:00:00:01' });
+  const wf = ctx.workflows.create({ mac: '52:54:00:00:00:01', image: 'web', target: '/dev/sda' });
+  const refused = await ctx.app.inject({ method: 'DELETE', url: '/api/v1/images/web', headers: ctx.auth });
+  assert.equal(refused.statusCode, 409);
+  assert.ok(ctx.store.images.get('abc123'));
+  const d = await ctx.app.inject({ method: 'DELETE', url: '/api/v1/images/other', headers: ctx.auth });
+  assert.equal(d.statusCode, 204);
+  assert.equal(ctx.store.images.get('def456'), undefined);
+  assert.equal((await ctx.app.inject({ method: 'DELETE', url: '/api/v1/images/other', headers: ctx.auth })).statusCode, 404);
+  void wf;
+});
+
+test('workflows: create, list by machine and state, get with events, cancel, retry, and their errors', async (t) => {
+  const ctx = await setup(t);
+  ctx.store.images.insert(readyImage({ id: 'img1', name: 'web' }));
+  ctx.store.images.insert(readyImage({ id: 'img2', name: 'wip', state: 'building' }));
+  await ctx.app.inject({ method: 'POST', url: '/api/v1/machines', headers: ctx.auth, payload: { mac: '52:54:00:12:34:56' } });
+  await ctx.app.inject({ method: 'POST', url: '/api/v1/machines', headers: ctx.auth, payload: { mac: '52:54:00:12:34:57' } });
+  const body = { machine: '52-54-00-12-34-56', image: 'web', target: '/dev/vda', after: 'wait', entrypoint: ['/bin/httpd'], args: ['-f', '-p', '80'], env: { A: '1' } };
+  const c = await ctx.app.inject({ method: 'POST', url: '/api/v1/workflows', headers: ctx.auth, payload: body });
+  assert.equal(c.statusCode, 201, c.body);
+  const wf = c.json();
+  assert.equal(wf.state, 'pending');
+  assert.equal(wf.machine, '52:54:00:12:34:56');
+  assert.equal(wf.image, 'img1');
+  assert.equal(wf.token, undefined, 'the agent token is not shown in the API');
+
+  const errs: [object, number, string][] = [
+    [{ ...body }, 409, 'machine'],                                   // one active workflow per machine
+    [{ ...body, machine: '52:54:00:99:99:99' }, 404, 'machine'],
+    [{ ...body, machine: 'xx' }, 400, 'machine'],
+    [{ ...body, machine: '52:54:00:12:34:57', image: 'nope' }, 404, 'image'],
+    [{ ...body, machine: '52:54:00:12:34:57', image: 'wip' }, 409, 'image'],
+    [{ ...body, machine: '52:54:00:12:34:57', target: 'sda' }, 400, 'target'],
+    [{ ...body, machine: '52:54:00:12:34:57', after: 'explode' }, 400, 'after'],
+    [{ ...body, machine: '52:54:00:12:34:57', env: { 'A-B': '1' } }, 400, 'env.A-B'],
+    [{ ...body, machine: '52:54:00:12:34:57', entrypoint: [] }, 400, 'entrypoint'],
+  ];
+  for (const [payload, status, field] of errs) {
+    const r = await ctx.app.inject({ method: 'POST', url: '/api/v1/workflows', headers: ctx.auth, payload });
+    assert.equal(r.statusCode, status, `${JSON.stringify(payload)} → ${r.body}`);
+    assert.equal(r.json().field, field, r.body);
+  }
+  assert.equal(count(ctx, 'workflows'), 1);
+
+  const byMachine = await ctx.app.inject({ method: 'GET', url: '/api/v1/workflows?machine=525400123456', headers: ctx.auth });
+  assert.deepEqual(byMachine.json().map((w: { id: string }) => w.id), [wf.id]);
+  assert.deepEqual((await ctx.app.inject({ method: 'GET', url: '/api/v1/workflows?state=running', headers: ctx.auth })).json(), []);
+  assert.equal((await ctx.app.inject({ method: 'GET', url: '/api/v1/workflows?state=bogus', headers: ctx.auth })).statusCode, 400);
+  const g = await ctx.app.inject({ method: 'GET', url: `/api/v1/workflows/${wf.id}`, headers: ctx.auth });
+  assert.deepEqual(g.json().events.map((e: { state: string }) => e.state), ['pending']);
+  assert.equal((await ctx.app.inject({ method: 'GET', url: '/api/v1/workflows/nope', headers: ctx.auth })).statusCode, 404);
+
+  assert.equal((await ctx.app.inject({ method: 'POST', url: `/api/v1/workflows/${wf.id}/retry`, headers: ctx.auth })).statusCode, 409);
+  const cancel = await ctx.app.inject({ method: 'POST', url: `/api/v1/workflows/${wf.id}/cancel`, headers: ctx.auth });
+  assert.equal(cancel.json().state, 'cancelled');
+  assert.equal((await ctx.app.inject({ method: 'POST', url: `/api/v1/workflows/${wf.id}/cancel`, headers: ctx.auth })).statusCode, 409);
+  const retry = await ctx.app.inject({ method: 'POST', url: `/api/v1/workflows/${wf.id}/retry`, headers: ctx.auth });
+  assert.equal(retry.statusCode, 201);
+  assert.equal(retry.json().state, 'pending');
+  assert.deepEqual(retry.json().args, ['-f', '-p', '80']);
+  assert.equal((await ctx.app.inject({ method: 'POST', url: '/api/v1/workflows/nope/cancel', headers: ctx.auth })).statusCode, 404);
+  // a machine with history cannot be deleted while active; after cancel it can, with its history
+  assert.equal((await ctx.app.inject({ method: 'DELETE', url: '/api/v1/machines/525400123456', headers: ctx.auth })).statusCode, 409);
+});
+
+test('agent API: token per workflow, hello returns the merged spec, events move the workflow and record logs', async (t) => {
+  const ctx = await setup(t);
+  ctx.store.images.insert(readyImage({ id: 'img1', name: 'web', config: { entrypoint: ['/bin/httpd'], cmd: ['-f'], env: ['PATH=/bin', 'A=image'], workingDir: '/srv', user: 'www' } }));
+  ctx.store.machines.create({ mac: '52:54:00:12:34:56', hostname: 'n1', ipv4: { address: '10.0.0.5', prefix: 24, dns: ['10.0.0.1'] } });
+  const wf = ctx.workflows.create({ mac: '52:54:00:12:34:56', image: 'web', target: '/dev/vda', env: { A: 'wf', B: '2' }, args: ['-p', '80'] });
+  const hello = { workflowId: wf.id, mac: '52-54-00-12-34-56', ip: '10.0.0.5', inventory: { cpus: { count: 1 }, memoryBytes: 1 << 30 } };
+  const noTok = await ctx.app.inject({ method: 'POST', url: '/agent/v1/hello', payload: hello });
+  assert.equal(noTok.statusCode, 401);
+  const admin = await ctx.app.inject({ method: 'POST', url: '/agent/v1/hello', headers: ctx.auth, payload: hello });
+  assert.equal(admin.statusCode, 401, 'the admin token is not a workflow token');
+  const auth = { authorization: `Bearer ${wf.token}` };
+  const wrongMac = await ctx.app.inject({ method: 'POST', url: '/agent/v1/hello', headers: auth, payload: { ...hello, mac: '52:54:00:00:00:09' } });
+  assert.equal(wrongMac.statusCode, 403);
+  const h = await ctx.app.inject({ method: 'POST', url: '/agent/v1/hello', headers: { ...auth, host: 'srv:8080' }, payload: hello });
+  assert.equal(h.statusCode, 200, h.body);
+  const spec = h.json();
+  assert.equal(spec.image.url, 'http://srv:8080/images/img1.ext4.zst');
+  assert.equal(spec.image.rawSha256, 'b'.repeat(64));
+  assert.deepEqual(spec.entrypoint, ['/bin/httpd']);
+  assert.deepEqual(spec.cmd, ['-p', '80']);
+  assert.deepEqual(spec.env, ['PATH=/bin', 'A=wf', 'B=2']);
+  assert.equal(spec.workingDir, '/srv');
+  assert.equal(spec.user, 'www');
+  assert.deepEqual(spec.dns, ['10.0.0.1']);
+  assert.equal(ctx.store.workflows.get(wf.id)!.state, 'agent-online');
+
+  const post = (events: object[]) => ctx.app.inject({ method: 'POST', url: '/agent/v1/events', headers: auth, payload: { workflowId: wf.id, events } });
+  assert.equal((await post([{ state: 'streaming' }, { bytesDone: 10, bytesTotal: 100 }, { state: 'verifying' }, { state: 'mounted' }, { state: 'running' }])).statusCode, 200);
+  assert.equal((await post([{ state: 'running' }])).statusCode, 200, 'a repeated report is accepted');
+  assert.equal((await post([{ state: 'streaming' }])).statusCode, 409, 'no going back');
+  await post([{ log: [{ stream: 'stdout', line: 'hello' }, { stream: 'stderr', line: 'oops' }] }]);
+  const fin = await post([{ state: 'succeeded', exitCode: 3 }]);
+  assert.equal(fin.json().state, 'failed', 'a non-zero exit code is a failure');
+  const w = ctx.store.workflows.get(wf.id)!;
+  assert.equal(w.exitCode, 3);
+  assert.match(w.reason!, /exited with code 3/);
+  const kinds = ctx.store.events.list(wf.id).map((e) => `${e.kind}:${e.state ?? ''}`);
+  assert.deepEqual(kinds, ['state:pending', 'state:agent-online', 'state:streaming', 'progress:streaming', 'state:verifying', 'state:mounted', 'state:running', 'log:', 'state:failed']);
+  const log = ctx.store.events.list(wf.id).find((e) => e.kind === 'log')!;
+  assert.deepEqual(log.payload.lines, [{ stream: 'stdout', line: 'hello' }, { stream: 'stderr', line: 'oops' }]);
+  const bad = await ctx.app.inject({ method: 'POST', url: '/agent/v1/events', headers: auth, payload: { workflowId: wf.id, events: [{ state: 'exploded' }] } });
+  assert.equal(bad.statusCode, 400);
+});
+
+test('the event stream delivers workflow events live as server-sent events', async (t) => {
+  const ctx = await setup(t);
+  await ctx.app.listen({ host: '127.0.0.1', port: 0 });
+  const port = (ctx.app.server.address() as { port: number }).port;
+  ctx.store.images.insert(readyImage({ id: 'img1' }));
+  ctx.store.machines.create({ mac: '52:54:00:12:34:56' });
+  const ac = new AbortController();
+  const res = await fetch(`http://127.0.0.1:${port}/api/v1/events/stream`, { headers: ctx.auth, signal: ac.signal });
+  assert.equal(res.headers.get('content-type'), 'text/event-stream');
+  const reader = res.body!.getReader();
+  const wf = ctx.workflows.create({ mac: '52:54:00:12:34:56', image: 'img1', target: 'ram' });
+  ctx.workflows.transition(wf.id, 'booting');
+  let text = '';
+  while (!(text.match(/event: workflow/g)?.length === 2)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += new TextDecoder().decode(value);
+  }
+  ac.abort();
+  const datas = [...text.matchAll(/^data: (.*)$/gm)].map((m) => JSON.parse(m[1]));
+  assert.deepEqual(datas.map((d) => [d.workflowId, d.state]), [[wf.id, 'pending'], [wf.id, 'booting']]);
+});
+
+test('/healthz, /metrics and the OpenAPI document need no token', async (t) => {
+  const ctx = await setup(t);
+  const h = await ctx.app.inject({ method: 'GET', url: '/healthz' });
+  assert.equal(h.statusCode, 200);
+  assert.equal(h.json().status, 'ok');
+  const m = await ctx.app.inject({ method: 'GET', url: '/metrics' });
+  assert.match(m.body, /ironboot_process_cpu_seconds_total/);
+  const doc = await ctx.app.inject({ method: 'GET', url: '/api/docs/json' });
+  assert.equal(doc.statusCode, 200);
+  const paths = Object.keys(doc.json().paths);
+  for (const p of ['/api/v1/machines', '/api/v1/machines/{mac}', '/api/v1/workflows', '/api/v1/workflows/{id}/cancel', '/api/v1/images/{id}', '/agent/v1/hello']) {
+    assert.ok(paths.includes(p), p);
+  }
+  const page = await ctx.app.inject({ method: 'GET', url: '/api/docs/' });
+  assert.equal(page.statusCode, 200);
+  assert.match(page.body, /swagger/i);
+});

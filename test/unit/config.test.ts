@@ -1,0 +1,46 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadServeConfig, SERVE_SETTINGS } from '../../server/config.ts';
+import { tempDir, ROOT } from '../helpers/daemon.ts';
+import { readFileSync } from 'node:fs';
+
+test('defaults are the safe ones', () => {
+  const c = loadServeConfig([], {});
+  assert.equal(c.dhcpMode, 'reservation');
+  assert.deepEqual(c.httpListen, { host: '0.0.0.0', port: 8080 });
+  assert.deepEqual(c.tftpListen, { host: '0.0.0.0', port: 69 });
+  assert.equal(c.dhcpPoolUnknown, false);
+  assert.match(c.dataDir, /\/var$/);
+});
+
+test('flag beats environment beats file', (t) => {
+  const dir = tempDir(); t.after(dir.remove);
+  const file = join(dir.path, 'c.json');
+  writeFileSync(file, JSON.stringify({ httpListen: '127.0.0.1:1', dhcpMode: 'proxy', dhcpInterfaces: ['a', 'b'], tftp: false }));
+  let c = loadServeConfig(['--config', file], {});
+  assert.deepEqual(c.httpListen, { host: '127.0.0.1', port: 1 });
+  assert.equal(c.dhcpMode, 'proxy');
+  assert.deepEqual(c.dhcpInterfaces, ['a', 'b']);
+  assert.equal(c.tftp, false);
+  c = loadServeConfig(['--config', file], { IRONBOOT_HTTP_LISTEN: '127.0.0.1:2', IRONBOOT_DHCP_INTERFACE: 'x,y' });
+  assert.deepEqual(c.httpListen, { host: '127.0.0.1', port: 2 });
+  assert.deepEqual(c.dhcpInterfaces, ['x', 'y']);
+  c = loadServeConfig(['--config', file, '--http-listen=127.0.0.1:3', '--dhcp-interface', 'z', '--tftp'], { IRONBOOT_HTTP_LISTEN: '127.0.0.1:2' });
+  assert.deepEqual(c.httpListen, { host: '127.0.0.1', port: 3 });
+  assert.deepEqual(c.dhcpInterfaces, ['z']);
+  assert.equal(c.tftp, true);
+  writeFileSync(file, JSON.stringify({ httpListn: 'x' }));
+  assert.throws(() => loadServeConfig(['--config', file], {}), /httpListn: unknown key/);
+});
+
+test('the example config documents every setting and loads', () => {
+  const example = JSON.parse(readFileSync(join(ROOT, 'deploy', 'ironboot.example.json'), 'utf8'));
+  const doc = readFileSync(join(ROOT, 'deploy', 'ironboot.example.md'), 'utf8');
+  for (const s of SERVE_SETTINGS) {
+    assert.ok(s.key in example, `example has ${s.key}`);
+    assert.ok(doc.includes(`\`${s.key}\``) || doc.includes(`\`${s.key}\`,`), `documented: ${s.key}`);
+  }
+  loadServeConfig(['--config', join(ROOT, 'deploy', 'ironboot.example.json')], {});
+});
