@@ -26,6 +26,7 @@ import workflowsRoutes from './routes/api/workflows.ts';
 import eventsRoutes from './routes/api/events.ts';
 import agentRoutes from './routes/agent.ts';
 import artifactsRoutes from './routes/artifacts.ts';
+import uiRoutes from './routes/ui.ts';
 
 /** What the container-disk side offers the HTTP app (server/images/). */
 export interface ImageFiles {
@@ -79,6 +80,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   }, { prefix: '/api/v1' });
   await app.register(agentRoutes, { ...deps, prefix: '/agent/v1' });
   await app.register(artifactsRoutes, deps);
+  await app.register(uiRoutes);
   for (const p of deps.plugins ?? []) await app.register(p.plugin, { ...deps, ...(p.prefix ? { prefix: p.prefix } : {}) });
   return app;
 }

@@ -275,3 +275,11 @@ test('/healthz, /metrics and the OpenAPI document need no token', async (t) => {
   assert.equal(page.statusCode, 200);
   assert.match(page.body, /swagger/i);
 });
+
+test('the web page is served at / and talks to the API it documents', async (t) => {
+  const ctx = await setup(t);
+  const r = await ctx.app.inject({ method: 'GET', url: '/' });
+  assert.equal(r.statusCode, 200);
+  assert.match(r.headers['content-type'] as string, /text\/html/);
+  for (const path of ["'/machines'", "'/images'", "'/workflows'", '/api/v1/events/stream?token=']) assert.ok(r.body.includes(path), path);
+});
