@@ -82,5 +82,5 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(artifactsRoutes, deps);
   await app.register(uiRoutes);
   for (const p of deps.plugins ?? []) await app.register(p.plugin, { ...deps, ...(p.prefix ? { prefix: p.prefix } : {}) });
-  return app;
+  return app as unknown as FastifyInstance;
 }

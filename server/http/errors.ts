@@ -35,8 +35,7 @@ export function errorHandler(err: FastifyError | ApiError | WorkflowError | Dupl
   let field: string | null = null;
   let message = 'internal error';
   if (err instanceof ApiError || err instanceof WorkflowError) {
-    status = err.statusCode ?? (err as WorkflowError).status;
-    if (err instanceof WorkflowError) status = err.status;
+    status = err instanceof WorkflowError ? err.status : err.statusCode;
     field = err.field;
     message = err.message;
   } else if (err instanceof DuplicateError) {

@@ -1,6 +1,6 @@
 /** TypeBox schemas of the REST API (/api/v1). The agent API's are in server/agent/api.ts. */
 import { Type, type Static } from '@sinclair/typebox';
-import { WORKFLOW_STATES } from '../workflows/states.ts';
+import { WORKFLOW_STATES, type WorkflowState as State } from '../workflows/states.ts';
 
 export const ErrorReply = Type.Object({
   error: Type.String(), field: Type.Optional(Type.String()), message: Type.String(),
@@ -74,7 +74,7 @@ export const Image = Type.Object({
   createdAt: Type.String(), updatedAt: Type.String(),
 });
 
-export const WorkflowState = Type.Union(WORKFLOW_STATES.map((s) => Type.Literal(s)));
+export const WorkflowState = Type.Unsafe<State>({ type: 'string', enum: [...WORKFLOW_STATES] });
 const After = Type.Union([Type.Literal('shell'), Type.Literal('reboot'), Type.Literal('poweroff'), Type.Literal('wait')]);
 
 export const WorkflowCreate = Type.Object({

@@ -2,6 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import type { Workflow as WorkflowRow } from '../../../store/workflows.ts';
 import type { WorkflowEvent } from '../../../store/events.ts';
+import type { WorkflowState as WorkflowStateName } from '../../../workflows/states.ts';
 import { notFound } from '../../errors.ts';
 import { Workflow, WorkflowCreate, WorkflowListQuery, WorkflowWithEvents, IdParams, ErrorReply } from '../../schemas.ts';
 import { macParam } from './machines.ts';
@@ -41,7 +42,7 @@ const workflowsRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store,
         if (!m) return [];
         machineId = m.id;
       }
-      return store.workflows.list({ machineId, state: req.query.state }).map(workflowView);
+      return store.workflows.list({ machineId, state: req.query.state as WorkflowStateName | undefined }).map(workflowView);
     });
 
   app.get('/workflows/:id', { schema: { tags: ['workflows'], summary: 'Get a workflow with its events', params: IdParams, response: { 200: WorkflowWithEvents, ...errors } } },

@@ -1,0 +1,86 @@
+/**
+ * GET /boot/<mac>.ipxe — the iPXE script DHCP hands to iPXE (`${publicUrl}/boot/${mac}.ipxe`), any MAC notation
+ * (52:54:00:12:34:56, 52-54-00-12-34-56 as iPXE's ${mac:hexhyp}, 525400123456). Always 200 with a script: a 404
+ * would drop iPXE into its interactive shell. Serving a provisioning script moves the workflow to `booting`.
+ *
+ * GET /boot/boot.ipxe — a generic entry script for DHCP servers that cannot put the MAC in the URL (an existing
+ * DHCP server or dnsmasq pointing iPXE at ironboot): it chains to the per-MAC script.
+ */
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
+import { Counter, type Registry } from 'prom-client';
+import type { AppDeps } from '../app.ts';
+import { parseMac } from '../../mac.ts';
+import { renderBootScript, type BootTemplates, type BootScriptOptions, type BootTarget } from '../../boot/ipxe.ts';
+
+export interface BootRouteOptions extends AppDeps {
+  templates: BootTemplates;
+  /** How machines reach the HTTP side; null/absent: from the request's Host header. */
+  publicUrl?: string | null;
+  /** Retry and pause settings passed to the templates. */
+  script?: Omit<BootScriptOptions, 'publicUrl'>;
+}
+
+function scriptsCounter(registry: Registry): Counter<'kind'> {
+  const name = 'ironboot_boot_scripts_total';
+  return (registry.getSingleMetric(name) as Counter<'kind'> | undefined) ?? new Counter({
+    name, help: 'iPXE boot scripts served, by kind (provision, local-boot, unknown, entry)', labelNames: ['kind'], registers: [registry],
+  });
+}
+
+function baseUrl(req: FastifyRequest, publicUrl: string | null | undefined): string {
+  if (publicUrl) return publicUrl.replace(/\/+$/, '');
+  return `${req.protocol}://${req.headers.host ?? req.hostname}`;
+}
+
+const bootRoutes: FastifyPluginAsync<BootRouteOptions> = async (app, opts) => {
+  const { store, workflows, log, templates, registry } = opts;
+  const served = scriptsCounter(registry);
+
+  app.get<{ Params: { file: string } }>('/boot/:file', {
+    schema: {
+      tags: ['boot'], summary: 'iPXE script for a machine: /boot/<mac>.ipxe',
+      params: { type: 'object', properties: { file: { type: 'string' } }, required: ['file'] },
+    },
+  }, async (req, reply) => {
+    const file = req.params.file;
+    if (!file.endsWith('.ipxe')) return reply.code(404).send({ error: 'Not Found', message: `no boot file ${file}; scripts are /boot/<mac>.ipxe` });
+    const server = baseUrl(req, opts.publicUrl);
+    reply.header('content-type', 'text/plain; charset=utf-8').header('cache-control', 'no-store');
+    const stem = file.slice(0, -'.ipxe'.length);
+    const mac = parseMac(stem);
+    if (!mac) {
+      served.inc({ kind: 'entry' });
+      // not a MAC: the generic entry script (also for /boot/boot.ipxe); iPXE fills in its own MAC
+      // its exit status is the per-MAC script's, so the firmware carries on the same way as without this hop
+      return `#!ipxe\necho ironboot: ${stem === 'boot' ? 'entry script' : `"${stem}" is not a MAC address`}, chaining to the script for \${mac}\n`
+        + `chain --autofree ${server}/boot/\${mac}.ipxe\n`;
+    }
+    const machine = store.machines.getByMac(mac);
+    const target: BootTarget = { mac, machine };
+    if (machine) {
+      target.workflow = store.workflows.activeForMachine(machine.id) ?? store.workflows.latestForMachine(machine.id);
+      if (target.workflow) target.image = store.images.get(target.workflow.imageId);
+    }
+    const out = renderBootScript(templates, target, { ...opts.script, publicUrl: server });
+    served.inc({ kind: out.kind });
+    log.info({ mac, kind: out.kind, workflow: out.workflowId, from: req.ip, reason: out.reason }, `boot script ${out.kind}`);
+    if (out.kind === 'provision' && out.workflowId) {
+      workflows.tryTransition(out.workflowId, 'booting', {
+        message: `iPXE script served to ${req.ip}`,
+        payload: { ip: req.ip, userAgent: req.headers['user-agent'] ?? null },
+      });
+    }
+    return out.script;
+  });
+};
+
+export default bootRoutes;
+
+/**
+ * For the composition root: a plugin in the shape of AppDeps.plugins, with the templates (loaded and checked at
+ * start by loadBootTemplates) and the public URL bound in.
+ *   deps.plugins.push({ plugin: bootPlugin(loadBootTemplates(dir), config.publicUrl) })
+ */
+export function bootPlugin(templates: BootTemplates, publicUrl: string | null, script?: BootRouteOptions['script']): FastifyPluginAsync<AppDeps> {
+  return async (app, deps) => bootRoutes(app, { ...deps, templates, publicUrl, script });
+}

@@ -1,0 +1,32 @@
+/**
+ * GET/HEAD /images/<id>.ext4.zst and /images/<id>.ext4: container disks for machines (Range for resume,
+ * ETag = the file's sha256, Content-Length), via send-file.ts's validators and a large-buffer body writer.
+ */
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import type { AppDeps } from '../app.ts';
+import type { ImageService } from '../../images/index.ts';
+import { sendDisk } from '../../images/serve.ts';
+
+export type ImageFilesOptions = AppDeps & { imageService?: ImageService };
+
+const FILE = /^([a-z0-9]{1,64})\.ext4(\.zst)?$/;
+
+const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts) => {
+  const svc = opts.imageService ?? (opts.images as ImageService | undefined);
+  if (!svc || typeof svc.filePath !== 'function') throw new Error('image-files: no imageService given');
+  const { store } = opts;
+  const handler = async (req: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply) => {
+    const m = FILE.exec(req.params.file);
+    if (!m) return reply.code(404).send({ error: 'Not Found', message: 'expected /images/<id>.ext4 or /images/<id>.ext4.zst' });
+    const img = store.images.get(m[1]);
+    if (!img || img.state !== 'ready') return reply.code(404).send({ error: 'Not Found', message: img ? `image ${img.id} is ${img.state}` : `no image ${m[1]}` });
+    const kind = m[2] ? 'zst' : 'raw';
+    return sendDisk(req, reply, svc.filePath(img.id, kind), {
+      etag: (kind === 'zst' ? img.compressedSha256 : img.rawSha256) ?? undefined,
+      contentType: kind === 'zst' ? 'application/zstd' : 'application/octet-stream',
+    });
+  };
+  app.get('/images/:file', { schema: { hide: true } as never, logLevel: 'warn' }, handler);
+};
+
+export default imageFilesRoutes;
