@@ -1,0 +1,140 @@
+/**
+ * One request, bytes in → reply bytes and destination out: decode, look up the machine and its address,
+ * decide, apply the lease change, encode. Socket-free (server.ts feeds it and sends what it returns).
+ */
+import type { Logger } from 'pino';
+import { Counter, type Registry } from 'prom-client';
+import type { Store } from '../store/index.ts';
+import type { DhcpMode } from '../config.ts';
+import {
+  decodeDhcpPacket, encodeDhcpPacket, clientMac, messageType, messageTypeName, maxMessageSize, optIp, Opt,
+  MessageType, type DhcpPacket,
+} from './packet.ts';
+import { decide, type Decision } from './decide.ts';
+import type { DhcpLeases, Link } from './leases.ts';
+import { sameSubnet } from '../ipv4.ts';
+
+/** A serving interface as the handler sees it. */
+export interface ServingInterface {
+  name: string;
+  /** IPv4 addresses of the interface; the first is the primary (server id, next-server by default). */
+  addresses: { address: string; prefix: number }[];
+}
+
+export interface RequestMeta {
+  iface: ServingInterface;
+  /** 'dhcp' = port 67 socket, 'proxy' = port 4011 socket. */
+  port: 'dhcp' | 'proxy';
+  from: { address: string; port: number };
+}
+
+export interface Outgoing { data: Buffer; address: string; port: number; broadcast: boolean }
+
+export interface HandlerDeps {
+  store: Store;
+  leases: DhcpLeases;
+  log: Logger;
+  registry: Registry;
+  mode: DhcpMode;
+  /** Server port (67, or the test port): relays are answered on it, clients on port + 1. */
+  serverPort: number;
+  /** Base URL of the HTTP side for an interface address (publicUrl, or http://ADDRESS:httpPort). */
+  publicUrlFor: (interfaceAddress: string) => string;
+}
+
+export interface DhcpMetrics {
+  requests: Counter<'type' | 'outcome'>;
+  malformed: Counter<'reason'>;
+}
+
+function counter<L extends string>(registry: Registry, name: string, help: string, labelNames: L[]): Counter<L> {
+  const existing = registry.getSingleMetric(name);
+  if (existing) return existing as Counter<L>;
+  return new Counter({ name, help, labelNames, registers: [registry] });
+}
+
+export function dhcpMetrics(registry: Registry): DhcpMetrics {
+  return {
+    requests: counter(registry, 'ironboot_dhcp_requests_total', 'DHCP requests by message type and outcome (offer, ack, nak, ignore, release, decline, error)', ['type', 'outcome']),
+    malformed: counter(registry, 'ironboot_dhcp_malformed_total', 'DHCP packets dropped because they could not be decoded, by reason', ['reason']),
+  };
+}
+
+/** Where a reply goes (RFC 2131 4.1): relay, ciaddr, or broadcast. */
+export function replyDestination(req: DhcpPacket, reply: DhcpPacket, meta: RequestMeta, serverPort: number): { address: string; port: number; broadcast: boolean } {
+  const clientPort = serverPort + 1;
+  if (req.giaddr !== '0.0.0.0') return { address: req.giaddr, port: serverPort, broadcast: false };
+  if (meta.port === 'proxy') return { address: meta.from.address, port: meta.from.port, broadcast: false };
+  const type = reply.options.get(Opt.MESSAGE_TYPE)?.[0];
+  if (type !== MessageType.NAK && req.ciaddr !== '0.0.0.0') return { address: req.ciaddr, port: clientPort, broadcast: false };
+  // Without ARP injection (no raw socket) a unicast to yiaddr cannot reach a client that has no address yet:
+  // broadcast, which every client accepts.
+  return { address: '255.255.255.255', port: clientPort, broadcast: true };
+}
+
+export type RequestHandler = (data: Buffer, meta: RequestMeta) => Outgoing | null;
+
+export function createRequestHandler(deps: HandlerDeps): RequestHandler {
+  const metrics = dhcpMetrics(deps.registry);
+  const { log } = deps;
+  return (data, meta) => {
+    const debug = log.isLevelEnabled('debug');
+    const decoded = decodeDhcpPacket(data);
+    if (!decoded.ok) {
+      metrics.malformed.inc({ reason: decoded.error.reason });
+      if (debug) log.debug({ iface: meta.iface.name, from: `${meta.from.address}:${meta.from.port}`, reason: decoded.error.message }, 'dhcp: malformed packet dropped');
+      return null;
+    }
+    const req = decoded.packet;
+    const type = messageType(req);
+    const typeName = messageTypeName(type);
+    const mac = clientMac(req);
+    if (req.op !== 1) { metrics.requests.inc({ type: typeName, outcome: 'ignore' }); return null; }
+    if (!mac) {
+      metrics.requests.inc({ type: typeName, outcome: 'ignore' });
+      if (debug) log.debug({ iface: meta.iface.name, htype: req.htype, hlen: req.hlen }, 'dhcp: ignored, not an Ethernet client');
+      return null;
+    }
+    const machine = deps.leases.machines.byMac(mac);
+    const relay = req.giaddr !== '0.0.0.0' ? req.giaddr : null;
+    const link: Link = { interfaceAddresses: meta.iface.addresses, relay };
+    const preferred = optIp(req, Opt.REQUESTED_IP) ?? (req.ciaddr !== '0.0.0.0' ? req.ciaddr : null);
+    const needsAddress = deps.mode !== 'proxy' && meta.port === 'dhcp';
+    const resolution = needsAddress ? deps.leases.resolve(mac, machine, link, preferred) : { binding: null, why: 'proxy mode: no addresses' };
+
+    // Server id: the interface address the client named, else the one on the client's subnet, else the primary.
+    const named = optIp(req, Opt.SERVER_ID);
+    const addrs = meta.iface.addresses;
+    const serverId = addrs.find((a) => a.address === named)?.address
+      ?? (resolution.binding && !relay ? addrs.find((a) => sameSubnet(a.address, resolution.binding!.address, a.prefix))?.address : undefined)
+      ?? addrs[0]?.address ?? '0.0.0.0';
+
+    let decision: Decision;
+    try {
+      decision = decide({
+        mode: deps.mode, port: meta.port, request: req, mac, machine, binding: resolution.binding, bindingWhy: resolution.why,
+        serverId, boot: { publicUrl: deps.publicUrlFor(serverId), tftpServer: serverId },
+      });
+      deps.leases.apply(mac, decision.lease, machine?.hostname ?? null);
+    } catch (err) {
+      metrics.requests.inc({ type: typeName, outcome: 'error' });
+      log.warn({ mac, type: typeName, err }, 'dhcp: request failed');
+      return null;
+    }
+    const outcome = decision.action === 'reply' ? messageTypeName(decision.type)
+      : decision.lease.kind === 'release' || decision.lease.kind === 'decline' ? decision.lease.kind : 'ignore';
+    metrics.requests.inc({ type: typeName, outcome });
+    if (debug) log.debug({ mac, type: typeName, iface: meta.iface.name, relay, port: meta.port, outcome, why: decision.why }, `dhcp: ${typeName} from ${mac}: ${outcome}`);
+    if (decision.action !== 'reply') return null;
+    let bytes: Buffer;
+    try {
+      bytes = encodeDhcpPacket(decision.reply, { maxSize: maxMessageSize(req) });
+    } catch (err) {
+      metrics.requests.inc({ type: typeName, outcome: 'error' });
+      log.warn({ mac, err }, 'dhcp: reply could not be encoded');
+      return null;
+    }
+    const dest = replyDestination(req, decision.reply, meta, deps.serverPort);
+    return { data: bytes, ...dest };
+  };
+}

@@ -1,0 +1,316 @@
+/**
+ * Addresses for DHCP clients: reservations (machines.ipv4) and, in full mode, the dynamic pool, persisted in
+ * dhcp_leases. The pool state is mirrored in memory (one daemon owns the table) so that choosing an address is
+ * cheap; every bind, release and decline is written through before the reply leaves.
+ */
+import type { Machine } from '../store/machines.ts';
+import type { Store } from '../store/index.ts';
+import { LeaseRepository, type PoolLease } from '../store/leases.ts';
+import { ipToInt, intToIp, prefixToMask } from '../ipv4.ts';
+import type { AddressBinding, LeaseAction } from './decide.ts';
+import type { DhcpMode } from '../config.ts';
+
+/** Where a request came from: the serving interface's addresses, or the relay's giaddr. */
+export interface Link {
+  /** Addresses (with prefix) of the serving interface; empty is allowed (no direct subnet). */
+  interfaceAddresses: { address: string; prefix: number }[];
+  /** giaddr of a relayed request, else null. */
+  relay: string | null;
+}
+
+export interface LeasePolicy {
+  mode: DhcpMode;
+  pool: { start: string; end: string } | null;
+  /** Prefix of the pool's subnet. */
+  poolPrefix: number;
+  poolUnknown: boolean;
+  leaseSeconds: number;
+  router: string | null;
+  dns: string[];
+  /** Addresses never handed out from the pool (the server's own, for example). */
+  exclude?: string[];
+  /** How long an OFFER holds a pool address (ms). */
+  offerHoldMs?: number;
+  /** How long a DECLINEd address stays out of the pool (ms). */
+  declineQuarantineMs?: number;
+}
+
+export interface Resolution { binding: AddressBinding | null; why: string }
+
+interface PoolEntry { mac: string | null; state: 'offered' | 'bound' | 'released' | 'declined'; expiresAt: number; hostname: string | null }
+
+/** Longest common prefix of the pool's ends, at most /24 (a guess used when no interface holds the pool). */
+export function guessPoolPrefix(start: string, end: string): number {
+  const x = (ipToInt(start) ^ ipToInt(end)) >>> 0;
+  const common = x === 0 ? 32 : Math.clz32(x);
+  return Math.min(common, 24);
+}
+
+/**
+ * store.machines.getByMac on the hot path: answers from memory while the database is unchanged. Checked per
+ * packet: total_changes() (any write through this connection, e.g. the HTTP API; ~0.1 µs); checked at most every
+ * 100 ms: data_version (commits by other processes, e.g. a CLI on the same file; ~4 µs, so not per packet).
+ */
+export class MachineLookup {
+  private readonly changesStmt;
+  private readonly dataVersionStmt;
+  private readonly cache = new Map<string, Machine | null>();
+  private readonly reservedCache = new Map<string, string | null>();
+  private readonly reservedStmt;
+  private changes = -1;
+  private dataVersion = -1;
+  private dataVersionCheckedAt = 0;
+  constructor(private store: Store, private now: () => number = Date.now) {
+    this.changesStmt = store.db.prepare('SELECT total_changes()').pluck();
+    this.dataVersionStmt = store.db.prepare('PRAGMA data_version').pluck();
+    this.reservedStmt = store.db.prepare('SELECT mac FROM machines WHERE ipv4_address = ?').pluck();
+  }
+
+  /** Call right after a write of our own (lease rows): it does not invalidate the machine cache. */
+  ownWrite(): void { this.changes = this.changesStmt.get() as number; }
+
+  private refresh(): void {
+    const changes = this.changesStmt.get() as number;
+    if (changes !== this.changes) { this.clear(); this.changes = changes; }
+    const t = this.now();
+    if (t - this.dataVersionCheckedAt >= 100) {
+      this.dataVersionCheckedAt = t;
+      const v = this.dataVersionStmt.get() as number;
+      if (v !== this.dataVersion) { this.clear(); this.dataVersion = v; }
+    }
+  }
+
+  private clear(): void { this.cache.clear(); this.reservedCache.clear(); }
+
+  /** MAC of the machine that has this address reserved, or null. */
+  reservedBy(address: string): string | null {
+    this.refresh();
+    let mac = this.reservedCache.get(address);
+    if (mac === undefined) {
+      mac = (this.reservedStmt.get(address) as string | undefined) ?? null;
+      if (this.reservedCache.size > 200_000) this.reservedCache.clear();
+      this.reservedCache.set(address, mac);
+    }
+    return mac;
+  }
+
+  byMac(mac: string): Machine | null {
+    this.refresh();
+    let m = this.cache.get(mac);
+    if (m === undefined) {
+      m = this.store.machines.getByMac(mac) ?? null;
+      if (this.cache.size > 200_000) this.cache.clear();
+      this.cache.set(mac, m);
+    }
+    return m;
+  }
+}
+
+/** ipToInt, memoized (the same few addresses are parsed for every packet). */
+const ipCache = new Map<string, number>();
+function ipInt(ip: string): number {
+  let n = ipCache.get(ip);
+  if (n === undefined) {
+    n = ipToInt(ip);
+    if (ipCache.size > 100_000) ipCache.clear();
+    ipCache.set(ip, n);
+  }
+  return n;
+}
+function onSubnet(a: string, b: string, prefix: number): boolean {
+  const m = prefixToMask(prefix);
+  return ((ipInt(a) & m) >>> 0) === ((ipInt(b) & m) >>> 0);
+}
+
+export class DhcpLeases {
+  readonly repo: LeaseRepository;
+  /** Machines by MAC, cached while the store is unchanged (shared with the request handler). */
+  readonly machines: MachineLookup;
+  private readonly start: number;
+  private readonly end: number;
+  private readonly entries = new Map<number, PoolEntry>();
+  private readonly byMac = new Map<string, number>();
+  private cursor: number;
+  private readonly offerHoldMs: number;
+  private readonly quarantineMs: number;
+  private readonly excluded: Set<number>;
+  /** Lease rows changed in memory, not yet written (see flush). */
+  private readonly pending = new Map<string, PoolLease>();
+
+  constructor(private store: Store, private policy: LeasePolicy, private now: () => number = Date.now) {
+    this.repo = new LeaseRepository(store.db);
+    this.machines = new MachineLookup(store, now);
+    this.start = policy.pool ? ipToInt(policy.pool.start) : 0;
+    this.end = policy.pool ? ipToInt(policy.pool.end) : -1;
+    if (policy.pool && this.end < this.start) throw new Error(`dhcp-pool: ${policy.pool.start} is after ${policy.pool.end}`);
+    this.cursor = this.start;
+    this.offerHoldMs = policy.offerHoldMs ?? 30_000;
+    this.quarantineMs = policy.declineQuarantineMs ?? 600_000;
+    this.excluded = new Set((policy.exclude ?? []).map(ipToInt));
+    for (const l of this.repo.list()) {
+      const n = ipToInt(l.address);
+      this.entries.set(n, { mac: l.mac, state: l.state, expiresAt: l.expiresAt, hostname: l.hostname });
+      if (l.mac && l.state !== 'declined') {
+        const prev = this.byMac.get(l.mac);
+        if (prev === undefined || this.entries.get(prev)!.state !== 'bound') this.byMac.set(l.mac, n);
+      }
+    }
+  }
+
+  /** Persisted pool leases (for the API / tests). */
+  list(): PoolLease[] { this.flush(); return this.repo.list(); }
+
+  /** Whether lease changes wait for flush(). */
+  get dirty(): boolean { return this.pending.size > 0; }
+
+  /**
+   * Writes the pending lease changes in one transaction (group commit). The server calls it before sending the
+   * replies of a batch, so no ACK leaves before its lease is in the store. Throws if the store cannot be written.
+   */
+  flush(): void {
+    if (!this.pending.size) return;
+    const rows = [...this.pending.values()];
+    this.pending.clear();
+    if (rows.length === 1) this.repo.put(rows[0]); else this.repo.putMany(rows);
+    this.machines.ownWrite();
+  }
+
+  /**
+   * The address this MAC may have on this link: its reservation if that lies on the link, else (full mode) its
+   * pool lease, its previous pool address, the address it asks for if free, or the next free one.
+   */
+  resolve(mac: string, machine: Machine | null, link: Link, preferred: string | null = null): Resolution {
+    const res = machine?.ipv4;
+    if (res) {
+      if (this.onLink(res.address, res.prefix, link)) {
+        return {
+          binding: {
+            address: res.address, prefix: res.prefix, router: res.gateway ?? null, dns: res.dns ?? [],
+            domain: res.domain ?? null, hostname: machine.hostname, leaseSeconds: res.leaseSeconds ?? this.policy.leaseSeconds,
+            source: 'reservation',
+          },
+          why: 'reservation',
+        };
+      }
+      if (this.policy.mode !== 'full') return { binding: null, why: `reservation ${res.address}/${res.prefix} is not on this link (${describeLink(link)})` };
+    }
+    if (this.policy.mode !== 'full') {
+      return { binding: null, why: machine ? 'registered but no IPv4 reservation (reservation mode)' : 'unknown MAC (reservation mode)' };
+    }
+    if (!machine && !this.policy.poolUnknown) return { binding: null, why: 'unknown MAC and dhcp-pool-unknown is off' };
+    if (!this.policy.pool) return { binding: null, why: 'no dhcp-pool configured' };
+    if (!this.onLink(this.policy.pool.start, this.policy.poolPrefix, link)) {
+      return { binding: null, why: `pool ${this.policy.pool.start}-${this.policy.pool.end} is not on this link (${describeLink(link)})` };
+    }
+    const address = this.pick(mac, preferred);
+    if (address === null) return { binding: null, why: 'pool exhausted' };
+    return {
+      binding: {
+        address: intToIp(address), prefix: this.policy.poolPrefix, router: this.policy.router, dns: this.policy.dns,
+        domain: null, hostname: machine?.hostname ?? null, leaseSeconds: this.policy.leaseSeconds, source: 'pool',
+      },
+      why: 'pool',
+    };
+  }
+
+  /** Applies a decision's lease action (pool addresses only; reservations need no state). */
+  apply(mac: string, action: LeaseAction, hostname: string | null = null): void {
+    if (action.kind === 'none') return;
+    const n = ipInt(action.address);
+    if (!this.inPool(n)) return;
+    const now = this.now();
+    const cur = this.entries.get(n);
+    switch (action.kind) {
+      case 'offer':
+        if (cur?.state === 'bound' && cur.mac === mac) return; // keep the lease as is
+        this.entries.set(n, { mac, state: 'offered', expiresAt: now + this.offerHoldMs, hostname });
+        this.byMac.set(mac, n);
+        this.advance(n);
+        return;
+      case 'unoffer':
+        if (cur?.state === 'offered' && cur.mac === mac) this.entries.delete(n);
+        return;
+      case 'bind': {
+        const writes: PoolLease[] = [];
+        const prev = this.byMac.get(mac);
+        if (prev !== undefined && prev !== n) {
+          const old = this.entries.get(prev);
+          if (old && old.mac === mac && old.state === 'bound') {
+            this.entries.set(prev, { ...old, state: 'released', expiresAt: now });
+            writes.push({ address: intToIp(prev), mac, state: 'released', expiresAt: now, hostname: old.hostname, updatedAt: now });
+          }
+        }
+        const expiresAt = now + action.leaseSeconds * 1000;
+        this.entries.set(n, { mac, state: 'bound', expiresAt, hostname });
+        this.byMac.set(mac, n);
+        this.advance(n);
+        writes.push({ address: action.address, mac, state: 'bound', expiresAt, hostname, updatedAt: now });
+        for (const w of writes) this.pending.set(w.address, w);
+        return;
+      }
+      case 'release':
+        if (!cur || cur.mac !== mac) return;
+        this.entries.set(n, { ...cur, state: 'released', expiresAt: now });
+        this.pending.set(action.address, { address: action.address, mac, state: 'released', expiresAt: now, hostname: cur.hostname, updatedAt: now });
+        return;
+      case 'decline':
+        if (cur && cur.mac !== mac && cur.state === 'bound' && cur.expiresAt > now) return; // someone else's live lease
+        this.entries.set(n, { mac: null, state: 'declined', expiresAt: now + this.quarantineMs, hostname: null });
+        if (this.byMac.get(mac) === n) this.byMac.delete(mac);
+        this.pending.set(action.address, { address: action.address, mac: null, state: 'declined', expiresAt: now + this.quarantineMs, hostname: null, updatedAt: now });
+        return;
+    }
+  }
+
+  /** Next fit continues after the last address handed out. */
+  private advance(n: number): void { this.cursor = n + 1 > this.end ? this.start : n + 1; }
+
+  private inPool(n: number): boolean { return n >= this.start && n <= this.end; }
+
+  private onLink(address: string, prefix: number, link: Link): boolean {
+    if (link.relay) return onSubnet(address, link.relay, prefix);
+    return link.interfaceAddresses.some((a) => onSubnet(address, a.address, a.prefix));
+  }
+
+  /** Whether n can go to mac now. */
+  private usableBy(n: number, mac: string, now: number): boolean {
+    if (!this.inPool(n) || this.excluded.has(n)) return false;
+    const e = this.entries.get(n);
+    if (e && e.mac !== mac && e.expiresAt > now && e.state !== 'released') return false; // offered/bound/declined
+    if (e && e.state === 'declined' && e.expiresAt > now) return false;
+    const owner = this.machines.reservedBy(intToIp(n));
+    return owner === null || owner === mac;
+  }
+
+  private pick(mac: string, preferred: string | null): number | null {
+    const now = this.now();
+    const mine = this.byMac.get(mac);
+    if (mine !== undefined && this.usableBy(mine, mac, now)) return mine;
+    if (preferred) {
+      let p: number | null = null;
+      try { p = ipToInt(preferred); } catch { /* not an address */ }
+      if (p !== null && this.usableBy(p, mac, now)) {
+        const e = this.entries.get(p);
+        if (!e || e.mac === mac || e.expiresAt <= now || e.state === 'released') return p;
+      }
+    }
+    // Next fit: first address never used or whose lease ran out, then previously released ones.
+    const size = this.end - this.start + 1;
+    let fallback: number | null = null;
+    for (let i = 0; i < size; i++) {
+      const n = this.start + ((this.cursor - this.start + i) % size);
+      const e = this.entries.get(n);
+      if (e && e.state === 'released' && e.mac !== mac) {
+        if (fallback === null && this.usableBy(n, mac, now)) fallback = n;
+        continue;
+      }
+      if (this.usableBy(n, mac, now)) return n;
+    }
+    return fallback;
+  }
+}
+
+function describeLink(link: Link): string {
+  if (link.relay) return `relay ${link.relay}`;
+  return link.interfaceAddresses.map((a) => `${a.address}/${a.prefix}`).join(', ') || 'no IPv4 address';
+}

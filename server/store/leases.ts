@@ -1,0 +1,69 @@
+import type { Db } from './db.ts';
+
+export type LeaseState = 'bound' | 'released' | 'declined';
+
+/** One DHCP pool address as persisted (full mode). Times are unix milliseconds. */
+export interface PoolLease {
+  address: string;
+  mac: string | null;
+  state: LeaseState;
+  expiresAt: number;
+  hostname: string | null;
+  updatedAt: number;
+}
+
+interface Row { address: string; mac: string | null; state: LeaseState; expires_at: number; hostname: string | null; updated_at: number }
+
+const fromRow = (r: Row): PoolLease => ({
+  address: r.address, mac: r.mac, state: r.state, expiresAt: r.expires_at, hostname: r.hostname, updatedAt: r.updated_at,
+});
+
+/**
+ * The dhcp_leases table. Statements are prepared once (this is on the DHCP hot path: one write per ACK in
+ * full mode); each write is its own transaction (WAL, synchronous=NORMAL as set by openDb).
+ */
+export class LeaseRepository {
+  private readonly upsertStmt;
+  private readonly deleteStmt;
+  private readonly allStmt;
+  private readonly byMacStmt;
+  private readonly byAddressStmt;
+
+  constructor(private db: Db) {
+    this.upsertStmt = db.prepare(`INSERT INTO dhcp_leases (address, mac, state, expires_at, hostname, updated_at)
+      VALUES (@address, @mac, @state, @expiresAt, @hostname, @updatedAt)
+      ON CONFLICT(address) DO UPDATE SET mac=excluded.mac, state=excluded.state, expires_at=excluded.expires_at,
+      hostname=excluded.hostname, updated_at=excluded.updated_at`);
+    this.deleteStmt = db.prepare('DELETE FROM dhcp_leases WHERE address = ?');
+    this.allStmt = db.prepare('SELECT * FROM dhcp_leases ORDER BY address');
+    this.byMacStmt = db.prepare('SELECT * FROM dhcp_leases WHERE mac = ? ORDER BY updated_at DESC');
+    this.byAddressStmt = db.prepare('SELECT * FROM dhcp_leases WHERE address = ?');
+  }
+
+  list(): PoolLease[] {
+    return (this.allStmt.all() as Row[]).map(fromRow);
+  }
+
+  getByMac(mac: string): PoolLease[] {
+    return (this.byMacStmt.all(mac) as Row[]).map(fromRow);
+  }
+
+  get(address: string): PoolLease | undefined {
+    const r = this.byAddressStmt.get(address) as Row | undefined;
+    return r && fromRow(r);
+  }
+
+  /** Writes the lease of one address (insert or replace). */
+  put(lease: PoolLease): void {
+    this.upsertStmt.run(lease);
+  }
+
+  delete(address: string): boolean {
+    return this.deleteStmt.run(address).changes > 0;
+  }
+
+  /** Several changes in one transaction (e.g. a client moving from one address to another). */
+  putMany(leases: PoolLease[]): void {
+    this.db.transaction(() => { for (const l of leases) this.upsertStmt.run(l); })();
+  }
+}
