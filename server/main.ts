@@ -53,7 +53,7 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
 
     const artifactsDir = config.artifactsDir ?? join(config.dataDir, 'artifacts');
     const deps: AppDeps = {
-      store, workflows, log, registry, adminToken: token.token, artifactsDir, version: VERSION,
+      store, workflows, log, registry, adminToken: token.token, artifactsDir, ipxeDir: config.ipxeDir, version: VERSION,
     };
     const extras = await extraHttpPlugins(deps, config);
     deps.plugins = extras.plugins;

@@ -138,7 +138,7 @@ export class DhcpLeases {
   private readonly pending = new Map<string, PoolLease>();
 
   constructor(private store: Store, private policy: LeasePolicy, private now: () => number = Date.now) {
-    this.repo = new LeaseRepository(store.db);
+    this.repo = store.leases;
     this.machines = new MachineLookup(store, now);
     this.start = policy.pool ? ipToInt(policy.pool.start) : 0;
     this.end = policy.pool ? ipToInt(policy.pool.end) : -1;

@@ -40,6 +40,8 @@ export interface AppDeps {
   registry: Registry;
   adminToken: string;
   artifactsDir: string;
+  /** iPXE binaries (served under /ipxe/ for UEFI HTTP boot). */
+  ipxeDir?: string;
   version: string;
   images?: ImageFiles;
   /** Extra plugins (boot scripts, image files, image builds) registered by the composition root. */

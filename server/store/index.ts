@@ -3,6 +3,7 @@ import { MachineRepository } from './machines.ts';
 import { ImageRepository } from './images.ts';
 import { WorkflowRepository } from './workflows.ts';
 import { EventRepository } from './events.ts';
+import { LeaseRepository } from './leases.ts';
 
 /** The one store: a SQLite database and a repository per table. */
 export class Store {
@@ -10,12 +11,14 @@ export class Store {
   readonly images: ImageRepository;
   readonly workflows: WorkflowRepository;
   readonly events: EventRepository;
+  readonly leases: LeaseRepository;
 
   constructor(readonly db: Db) {
     this.machines = new MachineRepository(db);
     this.images = new ImageRepository(db);
     this.workflows = new WorkflowRepository(db);
     this.events = new EventRepository(db);
+    this.leases = new LeaseRepository(db);
   }
 
   static open(dataDir: string): Store {

@@ -88,10 +88,18 @@ export class DuplicateError extends Error {
 
 /** The machines table: one row per MAC address. */
 export class MachineRepository {
+  private statements = new Map<string, ReturnType<Db['prepare']>>();
   constructor(private db: Db) {}
 
+  /** Statements are prepared once: DHCP looks machines up on every packet. */
+  private q(sql: string): ReturnType<Db['prepare']> {
+    let st = this.statements.get(sql);
+    if (!st) { st = this.db.prepare(sql); this.statements.set(sql, st); }
+    return st;
+  }
+
   list(filter: { labels?: Record<string, string> } = {}): Machine[] {
-    const rows = this.db.prepare('SELECT * FROM machines ORDER BY mac').all() as Row[];
+    const rows = this.q('SELECT * FROM machines ORDER BY mac').all() as Row[];
     let out = rows.map(fromRow);
     if (filter.labels) {
       const want = Object.entries(filter.labels);
@@ -101,17 +109,17 @@ export class MachineRepository {
   }
 
   getByMac(mac: string): Machine | undefined {
-    const r = this.db.prepare('SELECT * FROM machines WHERE mac = ?').get(mac) as Row | undefined;
+    const r = this.q('SELECT * FROM machines WHERE mac = ?').get(mac) as Row | undefined;
     return r && fromRow(r);
   }
 
   getById(id: number): Machine | undefined {
-    const r = this.db.prepare('SELECT * FROM machines WHERE id = ?').get(id) as Row | undefined;
+    const r = this.q('SELECT * FROM machines WHERE id = ?').get(id) as Row | undefined;
     return r && fromRow(r);
   }
 
   getByIpv4(address: string): Machine | undefined {
-    const r = this.db.prepare('SELECT * FROM machines WHERE ipv4_address = ?').get(address) as Row | undefined;
+    const r = this.q('SELECT * FROM machines WHERE ipv4_address = ?').get(address) as Row | undefined;
     return r && fromRow(r);
   }
 
@@ -123,7 +131,7 @@ export class MachineRepository {
         throw new DuplicateError('ipv4.address', `address ${input.ipv4.address} is already reserved for another machine`);
       }
       const p = toParams(input);
-      const info = this.db.prepare(`INSERT INTO machines (mac, hostname, ipv4_address, ipv4_prefix, ipv4_gateway, ipv4_dns,
+      const info = this.q(`INSERT INTO machines (mac, hostname, ipv4_address, ipv4_prefix, ipv4_gateway, ipv4_dns,
         lease_seconds, domain, arch, efi_binary, allow_pxe, labels, created_at, updated_at)
         VALUES (@mac, @hostname, @ipv4_address, @ipv4_prefix, @ipv4_gateway, @ipv4_dns, @lease_seconds, @domain, @arch,
         @efi_binary, @allow_pxe, @labels, @now, @now)`).run({ ...p, now });
@@ -152,7 +160,7 @@ export class MachineRepository {
         }
       }
       const p = toParams(next);
-      this.db.prepare(`UPDATE machines SET hostname=@hostname, ipv4_address=@ipv4_address, ipv4_prefix=@ipv4_prefix,
+      this.q(`UPDATE machines SET hostname=@hostname, ipv4_address=@ipv4_address, ipv4_prefix=@ipv4_prefix,
         ipv4_gateway=@ipv4_gateway, ipv4_dns=@ipv4_dns, lease_seconds=@lease_seconds, domain=@domain, arch=@arch,
         efi_binary=@efi_binary, allow_pxe=@allow_pxe, labels=@labels, updated_at=@now WHERE mac=@mac`)
         .run({ ...p, now: new Date().toISOString() });
@@ -161,6 +169,6 @@ export class MachineRepository {
   }
 
   delete(id: number): boolean {
-    return this.db.prepare('DELETE FROM machines WHERE id = ?').run(id).changes > 0;
+    return this.q('DELETE FROM machines WHERE id = ?').run(id).changes > 0;
   }
 }

@@ -1,7 +1,7 @@
 /**
  * One QEMU machine at a time across all test files of a run (TCG on 2 cores: two VMs at once only make both
- * slower and their timeouts flaky). A held flock(1) on a lock file; released when the holder process ends, so a
- * crashed test never leaves it held.
+ * slower and their timeouts flaky). The lock is a flock(1) held by a small process group that lives only as long
+ * as this test process: released by release(), and also when the test process dies.
  *
  *   const release = await acquireQemuLock();
  *   try { ...run the VM... } finally { await release(); }
@@ -12,14 +12,15 @@ export const QEMU_LOCK_FILE = process.env.IRONBOOT_QEMU_LOCK ?? '/tmp/ironboot-q
 
 export function acquireQemuLock(file = QEMU_LOCK_FILE): Promise<() => Promise<void>> {
   return new Promise((resolve, reject) => {
-    const holder = spawn('flock', ['-x', file, '-c', 'echo locked; exec sleep 86400'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const watch = `echo locked; while kill -0 ${process.pid} 2>/dev/null; do sleep 0.5; done`;
+    const holder = spawn('flock', ['-o', '-x', file, 'sh', '-c', watch], { stdio: ['ignore', 'pipe', 'inherit'], detached: true });
     holder.once('error', reject);
     holder.stdout!.once('data', () => {
       holder.stdout!.destroy();
       resolve(() => new Promise<void>((done) => {
         if (holder.exitCode !== null || holder.signalCode !== null) return done();
         holder.once('exit', () => done());
-        holder.kill('SIGKILL');
+        try { process.kill(-holder.pid!, 'SIGKILL'); } catch { done(); }
       }));
     });
     holder.unref();

@@ -283,3 +283,25 @@ test('the web page is served at / and talks to the API it documents', async (t) 
   assert.match(r.headers['content-type'] as string, /text\/html/);
   for (const path of ["'/machines'", "'/images'", "'/workflows'", '/api/v1/events/stream?token=']) assert.ok(r.body.includes(path), path);
 });
+
+test('iPXE binaries are served over HTTP for UEFI HTTP boot, and nothing outside their directory', async (t) => {
+  const { mkdirSync, writeFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tempDir } = await import('../helpers/daemon.ts');
+  const dir = tempDir(); t.after(dir.remove);
+  mkdirSync(join(dir.path, 'ipxe'));
+  writeFileSync(join(dir.path, 'ipxe', 'ipxe.efi'), Buffer.alloc(1000, 7));
+  writeFileSync(join(dir.path, 'secret.efi'), 'x');
+  const ctx = await inProcessApp({ extra: { ipxeDir: join(dir.path, 'ipxe') } });
+  t.after(() => ctx.close());
+  const r = await ctx.app.inject({ method: 'GET', url: '/ipxe/ipxe.efi' });
+  assert.equal(r.statusCode, 200);
+  assert.equal(r.rawPayload.length, 1000);
+  const part = await ctx.app.inject({ method: 'GET', url: '/ipxe/ipxe.efi', headers: { range: 'bytes=10-19' } });
+  assert.equal(part.statusCode, 206);
+  assert.equal(part.headers['content-range'], 'bytes 10-19/1000');
+  for (const bad of ['/ipxe/..%2Fsecret.efi', '/ipxe/%2E%2E%2Fsecret.efi', '/ipxe/passwd']) {
+    const b = await ctx.app.inject({ method: 'GET', url: bad });
+    assert.ok([400, 404].includes(b.statusCode), `${bad} → ${b.statusCode}`);
+  }
+});

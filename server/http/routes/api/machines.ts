@@ -104,6 +104,7 @@ const machinesRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, 
         const active = store.workflows.activeForMachine(m.id);
         if (active) throw conflict('mac', `machine ${mac} has an active workflow ${active.id} (${active.state}); cancel it first`);
         store.db.prepare('DELETE FROM workflows WHERE machine_id = ?').run(m.id);
+        store.db.prepare('DELETE FROM dhcp_leases WHERE mac = ?').run(mac);
         store.machines.delete(m.id);
       });
       log.info({ mac }, 'machine deleted');
