@@ -1,0 +1,30 @@
+/**
+ * The TFTP side of `ironboot serve`: read-only TFTP on config.tftpListen serving virtual files, the iPXE
+ * binaries (config.ipxeDir) and the boot artifacts.
+ */
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import type { ServeConfig } from '../config.ts';
+import { ipxeRoot, type TftpVirtualFiles } from './files.ts';
+import { createTftpServer } from './server.ts';
+
+export type { TftpVirtualFile, TftpVirtualFiles, TftpFileRequest } from './files.ts';
+
+export async function startTftpService(deps: {
+  log: Logger;
+  registry: Registry;
+  config: ServeConfig;
+  artifactsDir: string;
+  virtualFiles?: TftpVirtualFiles;
+}): Promise<{ close(): Promise<void>; address(): { address: string; port: number } }> {
+  const { config } = deps;
+  const server = await createTftpServer({
+    log: deps.log.child({ component: 'tftp' }),
+    registry: deps.registry,
+    host: config.tftpListen.host,
+    port: config.tftpListen.port,
+    roots: [await ipxeRoot(config.ipxeDir), { dir: deps.artifactsDir }],
+    virtualFiles: deps.virtualFiles,
+  });
+  return { close: () => server.close(), address: () => server.address() };
+}

@@ -1,0 +1,471 @@
+/**
+ * TFTP sockets: the request socket (port 69) and one fresh ephemeral socket per transfer.
+ *
+ * - Read requests only; a write request gets ERROR 2. Malformed datagrams are counted, logged at debug and
+ *   dropped (a malformed request gets ERROR 4); nothing a peer sends can throw out of a handler.
+ * - Every packet on a transfer socket is checked against the client's address AND port: a stray sender gets
+ *   ERROR 5 "unknown transfer ID" and the transfer goes on undisturbed.
+ * - Caps on concurrent transfers per client address and in total; a vanished client's transfer ends after
+ *   its retransmission tries and frees the slot.
+ * - The decisions live in session.ts (one transfer's state machine); what is served in files.ts.
+ */
+import dgram from 'node:dgram';
+import type { Logger } from 'pino';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import {
+  decodePacket, encodeData, encodeError, encodeOack, parseMode, TFTP_ERROR,
+  type RequestPacket,
+} from './packet.ts';
+import { negotiateOptions, TransferSession, type SessionAction, type TransferOutcome } from './session.ts';
+import { openRequestedFile, TftpFileError, type ByteSource, type ServedRoot, type TftpVirtualFiles } from './files.ts';
+import { maxBlksizeTowards } from './mtu.ts';
+
+export interface TftpServerOptions {
+  log: Logger;
+  registry: Registry;
+  host: string;
+  port: number;
+  /** Disk roots in lookup order. */
+  roots: ServedRoot[];
+  virtualFiles?: TftpVirtualFiles;
+  /** Concurrent transfers in total (default 256) and per client address (default 16). */
+  maxTransfers?: number;
+  maxTransfersPerClient?: number;
+  /** Retransmission timeout when the client asks for none (default 1000 ms). */
+  defaultTimeoutMs?: number;
+  /** Timeouts in a row before a transfer is given up (default 5, i.e. 6 tries). */
+  maxRetries?: number;
+  /** Largest window granted, in blocks (default 64) and in bytes (default 64 KiB, at least one block). */
+  maxWindowsize?: number;
+  maxWindowBytes?: number;
+  /** Largest block granted; by default found from the MTU of the path to each client. */
+  maxBlksize?: (client: { address: string; port: number }) => Promise<number> | number;
+}
+
+export interface TftpMetrics {
+  requests: Counter<'kind'>;
+  transfers: Counter<'outcome'>;
+  sentBytes: Counter;
+  retransmittedBlocks: Counter;
+  badPackets: Counter<'reason'>;
+  duration: Histogram<'outcome'>;
+  active: Gauge;
+}
+
+function metric<T>(registry: Registry, name: string, make: () => T): T {
+  return (registry.getSingleMetric(name) as T | undefined) ?? make();
+}
+
+export function tftpMetrics(registry: Registry): TftpMetrics {
+  const registers = [registry];
+  return {
+    requests: metric(registry, 'ironboot_tftp_requests_total', () => new Counter({
+      name: 'ironboot_tftp_requests_total', help: 'TFTP requests received on the request port, by kind (rrq, wrq, malformed, other)', labelNames: ['kind'] as const, registers })),
+    transfers: metric(registry, 'ironboot_tftp_transfers_total', () => new Counter({
+      name: 'ironboot_tftp_transfers_total', help: 'TFTP read requests by outcome (complete, aborted, timeout, failed, refused, not_found, busy)', labelNames: ['outcome'] as const, registers })),
+    sentBytes: metric(registry, 'ironboot_tftp_sent_bytes_total', () => new Counter({
+      name: 'ironboot_tftp_sent_bytes_total', help: 'TFTP DATA payload bytes sent, retransmissions included', registers })),
+    retransmittedBlocks: metric(registry, 'ironboot_tftp_retransmitted_blocks_total', () => new Counter({
+      name: 'ironboot_tftp_retransmitted_blocks_total', help: 'TFTP DATA blocks sent again after a timeout or a reported gap', registers })),
+    badPackets: metric(registry, 'ironboot_tftp_bad_packets_total', () => new Counter({
+      name: 'ironboot_tftp_bad_packets_total', help: 'TFTP datagrams dropped: malformed, unknown_tid (wrong sender), unexpected (valid but out of place)', labelNames: ['reason'] as const, registers })),
+    duration: metric(registry, 'ironboot_tftp_transfer_duration_seconds', () => new Histogram({
+      name: 'ironboot_tftp_transfer_duration_seconds', help: 'TFTP transfer time from request to the end', labelNames: ['outcome'] as const,
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300], registers })),
+    active: metric(registry, 'ironboot_tftp_active_transfers', () => new Gauge({
+      name: 'ironboot_tftp_active_transfers', help: 'TFTP transfers in progress', registers })),
+  };
+}
+
+type Peer = { address: string; port: number };
+
+/** IP literals only: resolve synchronously so a send goes straight to the kernel (no DNS round trip). */
+const literalLookup = ((address: string, _family: unknown, cb: (err: Error | null, address: string, family: number) => void) =>
+  cb(null, address, address.includes(':') ? 6 : 4)) as unknown as dgram.SocketOptions['lookup'];
+
+const socketType = (host: string): dgram.SocketType => (host.includes(':') ? 'udp6' : 'udp4');
+
+interface TransferInfo {
+  file: string;
+  origin: string;
+  mac: string | null;
+  mode: string;
+  requested: Record<string, string>;
+}
+
+/** One read transfer: its socket, timer and byte source around a TransferSession. */
+class Transfer {
+  readonly startedAt = process.hrtime.bigint();
+  private readonly timer: NodeJS.Timeout;
+  private readonly cache = new Map<number, Buffer>(); // absolute block → DATA packet, for retransmission
+  private queue: number[] = [];
+  private queueHead = 0;
+  private pumping = false;
+  private finished = false;
+  /** True once the client answered anything (then a repeated request is a new one). */
+  progressed = false;
+  private oackPacket: Buffer | null = null;
+  /** An ERROR to send to the client; when the transfer ends, the socket closes once it has left. */
+  private pendingError: Buffer | null = null;
+
+  constructor(
+    readonly peer: Peer,
+    readonly requestBytes: Buffer,
+    private readonly socket: dgram.Socket,
+    private readonly session: TransferSession,
+    private readonly source: ByteSource,
+    private readonly timeoutMs: number,
+    readonly info: TransferInfo,
+    private readonly metrics: TftpMetrics,
+    private readonly log: Logger,
+    private readonly onEnd: (t: Transfer) => void,
+  ) {
+    this.timer = setTimeout(() => this.safely(() => this.run(this.session.timeout())), timeoutMs);
+    this.timer.unref();
+    socket.on('message', (msg, rinfo) => this.safely(() => this.onMessage(msg, rinfo)));
+    socket.on('error', (err) => this.log.debug({ err, client: this.client }, 'tftp transfer socket error'));
+  }
+
+  get client(): string { return `${this.peer.address}:${this.peer.port}`; }
+
+  begin(): void { this.run(this.session.start()); }
+
+  /** Ends the transfer without telling the client (server shutdown). */
+  abort(): void { this.end('failed', 'server closing'); }
+
+  private safely(f: () => void): void {
+    try {
+      f();
+    } catch (err) {
+      this.log.error({ err, client: this.client }, 'tftp transfer failed unexpectedly');
+      if (!this.finished) this.end('failed', (err as Error).message);
+    }
+  }
+
+  private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    if (rinfo.address !== this.peer.address || rinfo.port !== this.peer.port) {
+      this.metrics.badPackets.inc({ reason: 'unknown_tid' });
+      this.log.debug({ from: `${rinfo.address}:${rinfo.port}`, client: this.client }, 'tftp packet from a stranger on a transfer port');
+      this.socket.send(encodeError(TFTP_ERROR.unknownTransferId, 'unknown transfer ID'), rinfo.port, rinfo.address);
+      return;
+    }
+    if (this.finished) return;
+    // the hot path: an ACK (opcode 4), read without building a packet object
+    if (msg.length >= 4 && msg[0] === 0 && msg[1] === 4) {
+      this.onAck(msg.readUInt16BE(2));
+      return;
+    }
+    const packet = decodePacket(msg);
+    if (packet.op === 'error') {
+      this.progressed = true;
+      this.run(this.session.peerError(packet.code, packet.message));
+    } else {
+      this.metrics.badPackets.inc({ reason: packet.op === 'malformed' ? 'malformed' : 'unexpected' });
+      this.log.debug({ client: this.client, op: packet.op, reason: 'reason' in packet ? packet.reason : undefined }, 'tftp packet ignored on a transfer port');
+    }
+  }
+
+  private onAck(block: number): void {
+    this.progressed = true;
+    const before = this.session.acked;
+    const actions = this.session.ack(block);
+    const acked = this.session.acked;
+    if (acked > before) {
+      for (const b of this.cache.keys()) if (b <= acked) this.cache.delete(b); else break;
+      this.source.release(acked * this.session.params.blksize);
+    }
+    this.run(actions);
+  }
+
+  private run(actions: SessionAction[]): void {
+    let sent = false;
+    for (const a of actions) {
+      switch (a.type) {
+        case 'send-oack':
+          this.oackPacket ??= encodeOack(a.options);
+          this.socket.send(this.oackPacket, this.peer.port, this.peer.address);
+          sent = true;
+          break;
+        case 'send-data':
+          this.sendBlocks(a.first, a.last);
+          sent = true;
+          break;
+        case 'send-error':
+          this.pendingError = encodeError(a.code, a.message);
+          break;
+        case 'finish':
+          this.end(a.outcome, a.reason);
+          return;
+      }
+    }
+    if (this.pendingError) {
+      this.socket.send(this.pendingError, this.peer.port, this.peer.address);
+      this.pendingError = null;
+    }
+    if (sent) this.timer.refresh();
+  }
+
+  /** Sends blocks first..last now if their bytes are buffered; the rest goes to the queue that pump() reads for. */
+  private sendBlocks(first: number, last: number): void {
+    let b = first;
+    if (!this.pumping) {
+      const { blksize, size } = this.session.params;
+      let sentBytes = 0;
+      for (; b <= last; b++) {
+        let packet = this.cache.get(b);
+        if (packet) this.metrics.retransmittedBlocks.inc();
+        else {
+          const pos = (b - 1) * blksize;
+          const data = this.source.peek(pos, Math.min(blksize, size - pos));
+          if (!data) break;
+          packet = encodeData(b, data);
+          this.cache.set(b, packet);
+        }
+        sentBytes += packet.length - 4;
+        this.socket.send(packet, this.peer.port, this.peer.address);
+      }
+      if (sentBytes) this.metrics.sentBytes.inc(sentBytes);
+    }
+    if (b > last) return;
+    for (; b <= last; b++) this.queue.push(b);
+    if (!this.pumping) void this.pump();
+  }
+
+  /** Sends queued blocks in order; reads from the source only when the bytes are not buffered yet. */
+  private async pump(): Promise<void> {
+    this.pumping = true;
+    const { blksize, size } = this.session.params;
+    let sentBytes = 0;
+    try {
+      while (this.queueHead < this.queue.length) {
+        const block = this.queue[this.queueHead++];
+        if (block <= this.session.acked) continue;
+        let packet = this.cache.get(block);
+        if (!packet) {
+          const pos = (block - 1) * blksize;
+          const len = Math.min(blksize, size - pos);
+          const data = this.source.peek(pos, len) ?? (await this.source.read(pos, len));
+          if (this.finished) return;
+          packet = encodeData(block, data);
+          this.cache.set(block, packet);
+        } else {
+          this.metrics.retransmittedBlocks.inc();
+        }
+        sentBytes += packet.length - 4;
+        this.socket.send(packet, this.peer.port, this.peer.address);
+      }
+      this.queue = [];
+      this.queueHead = 0;
+    } catch (err) {
+      if (!this.finished) this.run(this.session.fail(`read error: ${(err as Error).message}`));
+    } finally {
+      this.pumping = false;
+      this.metrics.sentBytes.inc(sentBytes);
+    }
+  }
+
+  private end(outcome: TransferOutcome, reason: string): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.session.done = true;
+    clearTimeout(this.timer);
+    this.cache.clear();
+    const closeSocket = () => { try { this.socket.close(); } catch { /* closed */ } };
+    if (this.pendingError) {
+      // the ERROR must leave before the socket closes
+      this.socket.send(this.pendingError, this.peer.port, this.peer.address, closeSocket);
+      this.pendingError = null;
+    } else closeSocket();
+    void this.source.close().catch(() => {});
+    const ms = Number(process.hrtime.bigint() - this.startedAt) / 1e6;
+    const s = this.session;
+    this.metrics.transfers.inc({ outcome });
+    this.metrics.duration.observe({ outcome }, ms / 1000);
+    const entry = {
+      client: this.client, file: this.info.file, origin: this.info.origin, mac: this.info.mac ?? undefined, mode: this.info.mode,
+      options: this.info.requested, blksize: s.params.blksize, windowsize: s.params.windowsize,
+      size: s.params.size, bytes: s.bytesAcked, ms: Math.round(ms * 10) / 10, retransmitted: s.retransmitted, outcome, reason,
+    };
+    if (outcome === 'complete' || outcome === 'aborted') this.log.info(entry, `tftp ${this.info.file} to ${this.client}: ${outcome}`);
+    else this.log.warn(entry, `tftp ${this.info.file} to ${this.client}: ${outcome}`);
+    this.onEnd(this);
+  }
+}
+
+export class TftpServer {
+  private socket: dgram.Socket | null = null;
+  private readonly transfers = new Set<Transfer>();
+  private readonly byEndpoint = new Map<string, Transfer>();
+  /** Slots held per client address, including requests still opening their file. */
+  private readonly perClient = new Map<string, number>();
+  private slotsInUse = 0;
+  private readonly metrics: TftpMetrics;
+  private readonly log: Logger;
+  private closing = false;
+
+  constructor(private readonly opts: TftpServerOptions) {
+    this.metrics = tftpMetrics(opts.registry);
+    this.log = opts.log;
+  }
+
+  get activeTransfers(): number { return this.transfers.size; }
+
+  async listen(): Promise<void> {
+    const socket = dgram.createSocket({ type: socketType(this.opts.host), lookup: literalLookup });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind(this.opts.port, this.opts.host, () => { socket.off('error', reject); resolve(); });
+    });
+    socket.on('error', (err) => this.log.warn({ err }, 'tftp request socket error'));
+    socket.on('message', (msg, rinfo) => {
+      this.onRequest(msg, rinfo).catch((err) => this.log.error({ err, client: `${rinfo.address}:${rinfo.port}` }, 'tftp request failed unexpectedly'));
+    });
+    this.socket = socket;
+    const a = socket.address();
+    this.log.info({ address: a.address, port: a.port, roots: this.opts.roots.map((r) => r.dir) }, 'tftp listening');
+  }
+
+  address(): { address: string; port: number } {
+    if (!this.socket) throw new Error('tftp server is not listening');
+    const a = this.socket.address();
+    return { address: a.address, port: a.port };
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    for (const t of [...this.transfers]) t.abort();
+    const s = this.socket;
+    this.socket = null;
+    if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
+  }
+
+  private replyError(to: Peer, code: number, message: string): void {
+    this.socket?.send(encodeError(code, message), to.port, to.address);
+  }
+
+  private async onRequest(msg: Buffer, rinfo: dgram.RemoteInfo): Promise<void> {
+    const peer: Peer = { address: rinfo.address, port: rinfo.port };
+    const packet = decodePacket(msg);
+    if (packet.op === 'malformed') {
+      this.metrics.requests.inc({ kind: 'malformed' });
+      this.metrics.badPackets.inc({ reason: 'malformed' });
+      this.log.debug({ client: `${peer.address}:${peer.port}`, reason: packet.reason }, 'tftp malformed packet dropped');
+      const opcode = msg.length >= 2 ? msg.readUInt16BE(0) : 0;
+      if (opcode === 1 || opcode === 2) this.replyError(peer, TFTP_ERROR.illegalOperation, `malformed request: ${packet.reason}`);
+      return;
+    }
+    if (packet.op === 'wrq') {
+      this.metrics.requests.inc({ kind: 'wrq' });
+      this.metrics.transfers.inc({ outcome: 'refused' });
+      this.log.info({ client: `${peer.address}:${peer.port}`, file: packet.filename }, 'tftp write request refused');
+      this.replyError(peer, TFTP_ERROR.accessViolation, 'this server is read-only: write requests are refused');
+      return;
+    }
+    if (packet.op !== 'rrq') {
+      this.metrics.requests.inc({ kind: 'other' });
+      this.metrics.badPackets.inc({ reason: 'unexpected' });
+      this.log.debug({ client: `${peer.address}:${peer.port}`, op: packet.op }, 'tftp non-request packet on the request port dropped');
+      return;
+    }
+    this.metrics.requests.inc({ kind: 'rrq' });
+    await this.startRead(packet, msg, peer);
+  }
+
+  private async startRead(request: RequestPacket, raw: Buffer, peer: Peer): Promise<void> {
+    const endpoint = `${peer.address}:${peer.port}`;
+    const existing = this.byEndpoint.get(endpoint);
+    if (existing && !existing.progressed && existing.requestBytes.equals(raw)) {
+      // the client repeated its request before our first answer reached it: that transfer answers it
+      this.log.debug({ client: endpoint, file: request.filename }, 'tftp repeated request ignored');
+      return;
+    }
+    const mode = parseMode(request.mode);
+    if (!mode) {
+      this.metrics.transfers.inc({ outcome: 'refused' });
+      this.replyError(peer, TFTP_ERROR.illegalOperation, `transfer mode "${request.mode}" is not supported (octet, netascii)`);
+      return;
+    }
+    const maxTotal = this.opts.maxTransfers ?? 256;
+    const maxPerClient = this.opts.maxTransfersPerClient ?? 16;
+    const held = this.perClient.get(peer.address) ?? 0;
+    if (this.slotsInUse >= maxTotal || held >= maxPerClient) {
+      this.metrics.transfers.inc({ outcome: 'busy' });
+      const why = held >= maxPerClient ? `${held} transfers to ${peer.address} already (limit ${maxPerClient})` : `${this.slotsInUse} transfers already (limit ${maxTotal})`;
+      this.log.warn({ client: endpoint, file: request.filename }, `tftp request refused: ${why}`);
+      this.replyError(peer, TFTP_ERROR.notDefined, `server busy: ${why}; try again later`);
+      return;
+    }
+    // hold the slot from now on, so concurrent requests cannot overshoot the caps while files open
+    this.slotsInUse++;
+    this.perClient.set(peer.address, held + 1);
+    let slotHandedOver = false;
+    let source: ByteSource | null = null;
+    try {
+      const opened = await openRequestedFile(request.filename, mode, peer, { roots: this.opts.roots, virtualFiles: this.opts.virtualFiles });
+      source = opened.source;
+      const maxBlksize = 'blksize' in request.options
+        ? await (this.opts.maxBlksize ?? ((c: Peer) => maxBlksizeTowards(c.address, c.port)))(peer)
+        : 512;
+      const negotiated = negotiateOptions(request.options, source.size, {
+        maxBlksize,
+        maxWindowsize: this.opts.maxWindowsize ?? 64,
+        maxWindowBytes: this.opts.maxWindowBytes,
+        defaultTimeoutMs: this.opts.defaultTimeoutMs ?? 1000,
+      });
+      const session = new TransferSession({
+        size: source.size, blksize: negotiated.blksize, windowsize: negotiated.windowsize, oack: negotiated.oack,
+        maxRetries: this.opts.maxRetries ?? 5,
+      });
+      const socket = dgram.createSocket({ type: socketType(this.opts.host), lookup: literalLookup });
+      await new Promise<void>((resolve, reject) => {
+        socket.once('error', reject);
+        socket.bind(0, this.opts.host, () => { socket.off('error', reject); resolve(); });
+      });
+      if (this.closing) {
+        socket.close();
+        throw new Error('server closing');
+      }
+      const transfer = new Transfer(peer, raw, socket, session, source, negotiated.timeoutMs,
+        { file: opened.name, origin: opened.origin, mac: opened.mac, mode, requested: request.options },
+        this.metrics, this.log, (t) => this.release(t, endpoint));
+      slotHandedOver = true;
+      this.transfers.add(transfer);
+      this.byEndpoint.set(endpoint, transfer);
+      this.metrics.active.set(this.transfers.size);
+      transfer.begin();
+    } catch (err) {
+      if (source) void source.close().catch(() => {});
+      if (err instanceof TftpFileError) {
+        this.metrics.transfers.inc({ outcome: err.code === TFTP_ERROR.fileNotFound ? 'not_found' : 'refused' });
+        this.log.info({ client: endpoint, file: request.filename, code: err.code }, `tftp request refused: ${err.message}`);
+        this.replyError(peer, err.code, err.message);
+      } else {
+        this.metrics.transfers.inc({ outcome: 'failed' });
+        this.log.error({ err, client: endpoint, file: request.filename }, 'tftp request failed');
+        this.replyError(peer, TFTP_ERROR.notDefined, `server error: ${(err as Error).message}`);
+      }
+    } finally {
+      if (!slotHandedOver) this.freeSlot(peer.address);
+    }
+  }
+
+  private release(t: Transfer, endpoint: string): void {
+    this.transfers.delete(t);
+    if (this.byEndpoint.get(endpoint) === t) this.byEndpoint.delete(endpoint);
+    this.freeSlot(t.peer.address);
+    this.metrics.active.set(this.transfers.size);
+  }
+
+  private freeSlot(address: string): void {
+    this.slotsInUse--;
+    const n = (this.perClient.get(address) ?? 1) - 1;
+    if (n <= 0) this.perClient.delete(address);
+    else this.perClient.set(address, n);
+  }
+}
+
+export async function createTftpServer(opts: TftpServerOptions): Promise<TftpServer> {
+  const server = new TftpServer(opts);
+  await server.listen();
+  return server;
+}
