@@ -1,0 +1,219 @@
+/**
+ * iPXE boot scripts: which script a machine gets (pure) and rendering the operator-editable templates in
+ * templates/ipxe/ for it.
+ *
+ *   unknown MAC                          → unknown.ipxe     (says so, pauses, exits; never a 404)
+ *   registered, active workflow          → provision.ipxe   (kernel + initramfs + cmdline, retries, undionly fallback)
+ *   registered, no workflow / finished / PXE disabled → local-boot.ipxe (sanboot 0x80 on BIOS, exit on UEFI)
+ *
+ * Templates are Mustache (logic-less: operator input must not run code) with HTML escaping off. They are checked
+ * once, when the daemon starts (loadBootTemplates): a template that does not parse, names a variable that does not
+ * exist (a typo would silently render as nothing) or does not render to an `#!ipxe` script is refused with the
+ * file and the problem.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Mustache from 'mustache';
+import type { Machine } from '../store/machines.ts';
+import type { Workflow } from '../store/workflows.ts';
+import type { Image } from '../store/images.ts';
+import { macHyphen } from '../mac.ts';
+import { isFinal } from '../workflows/states.ts';
+import { DEFAULT_CONSOLES, kernelCmdline, oneLine } from './cmdline.ts';
+
+export type BootScriptKind = 'provision' | 'local-boot' | 'unknown';
+
+export const BOOT_TEMPLATE_FILES: Record<BootScriptKind, string> = {
+  provision: 'provision.ipxe',
+  'local-boot': 'local-boot.ipxe',
+  unknown: 'unknown.ipxe',
+};
+
+/** templates/ipxe/ of this source tree. */
+export const DEFAULT_TEMPLATES_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '../../templates/ipxe');
+
+export interface BootTemplates {
+  dir: string;
+  sources: Record<BootScriptKind, string>;
+}
+
+export class BootTemplateError extends Error {
+  constructor(readonly file: string, readonly problem: string) {
+    super(`boot template ${file}: ${problem}`);
+    this.name = 'BootTemplateError';
+  }
+}
+
+type View = Record<string, string | number>;
+
+const COMMON_SAMPLE: View = {
+  mac: '52:54:00:12:34:56', macHyphen: '52-54-00-12-34-56', hostname: 'node-1', serverUrl: 'http://192.0.2.1:8080',
+};
+
+/** Every variable a template may use, with sample values for the start-up check. */
+const SAMPLE_VIEWS: Record<BootScriptKind, View> = {
+  provision: {
+    ...COMMON_SAMPLE, workflowId: '00000000-0000-4000-8000-000000000000', imageName: 'sample',
+    kernelUrl: 'http://192.0.2.1:8080/artifacts/vmlinuz', initrdUrl: 'http://192.0.2.1:8080/artifacts/initramfs',
+    initrdName: 'initramfs', cmdline: 'initrd=initramfs console=ttyS0,115200 ironboot.server=http://192.0.2.1:8080',
+    token: 'sample-token', kernelArgs: '', maxAttempts: 3, retryDelaySeconds: 5,
+  },
+  'local-boot': { ...COMMON_SAMPLE, reason: 'no active workflow', workflowId: '', state: '' },
+  unknown: { mac: COMMON_SAMPLE.mac, macHyphen: COMMON_SAMPLE.macHyphen, serverUrl: COMMON_SAMPLE.serverUrl, pauseSeconds: 10 },
+};
+
+/** A provisioning template that never passes the token cannot boot anything: the agent could not say hello. */
+const REQUIRED: Partial<Record<BootScriptKind, string[][]>> = {
+  provision: [['cmdline', 'token']],
+};
+
+const escapeNothing = (s: unknown): string => String(s);
+
+function lineOf(source: string, index: number): number {
+  return source.slice(0, index).split('\n').length;
+}
+
+type Token = [string, string, number, number, Token[]?, ...unknown[]];
+
+/** Variable names a parsed template uses, with the line of each (sections included). */
+function usedNames(tokens: Token[], source: string, out: { name: string; line: number; type: string }[] = []) {
+  for (const t of tokens) {
+    const [type, value, start] = t;
+    if (type === 'name' || type === '&' || type === '{' || type === '#' || type === '^') {
+      out.push({ name: value, line: lineOf(source, start), type });
+    } else if (type === '>') {
+      out.push({ name: value, line: lineOf(source, start), type });
+    }
+    if ((type === '#' || type === '^') && Array.isArray(t[4])) usedNames(t[4], source, out);
+  }
+  return out;
+}
+
+/** Parses and test-renders one template; throws BootTemplateError naming the file and the problem. */
+export function checkBootTemplate(kind: BootScriptKind, file: string, source: string): void {
+  let tokens: Token[];
+  try {
+    tokens = Mustache.parse(source) as unknown as Token[];
+  } catch (err) {
+    throw new BootTemplateError(file, (err as Error).message);
+  }
+  const known = Object.keys(SAMPLE_VIEWS[kind]);
+  const names = usedNames(tokens, source);
+  for (const n of names) {
+    if (n.type === '>') throw new BootTemplateError(file, `line ${n.line}: partials ({{> ${n.name}}}) are not supported`);
+    const top = n.name.split('.')[0];
+    if (n.name !== '.' && !known.includes(top)) {
+      throw new BootTemplateError(file, `line ${n.line}: unknown variable {{${n.name}}} (known: ${known.join(', ')})`);
+    }
+  }
+  for (const anyOf of REQUIRED[kind] ?? []) {
+    if (!names.some((n) => anyOf.includes(n.name))) {
+      throw new BootTemplateError(file, `must use {{${anyOf.join('}} or {{')}}}: without it the agent cannot find its workflow`);
+    }
+  }
+  let out: string;
+  try {
+    out = Mustache.render(source, SAMPLE_VIEWS[kind], {}, { escape: escapeNothing });
+  } catch (err) {
+    throw new BootTemplateError(file, `rendering with sample data failed: ${(err as Error).message}`);
+  }
+  if (!out.startsWith('#!ipxe')) {
+    throw new BootTemplateError(file, 'does not start with "#!ipxe" (iPXE would refuse it as an unknown image format)');
+  }
+}
+
+/** Reads and checks templates/ipxe/{provision,local-boot,unknown}.ipxe from dir. Call once at daemon start. */
+export function loadBootTemplates(dir: string = DEFAULT_TEMPLATES_DIR): BootTemplates {
+  const sources = {} as Record<BootScriptKind, string>;
+  for (const [kind, name] of Object.entries(BOOT_TEMPLATE_FILES) as [BootScriptKind, string][]) {
+    const file = join(dir, name);
+    let source: string;
+    try {
+      source = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new BootTemplateError(file, `cannot read it: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+    checkBootTemplate(kind, file, source);
+    sources[kind] = source;
+  }
+  return { dir, sources };
+}
+
+/** What the server knows about the MAC in the URL. */
+export interface BootTarget {
+  mac: string;
+  machine?: Machine;
+  /** The machine's active workflow, else its latest one (finished), else none. */
+  workflow?: Workflow;
+  image?: Image;
+}
+
+export interface BootDecision {
+  kind: BootScriptKind;
+  reason: string;
+}
+
+/** Which script a machine gets (pure). */
+export function chooseBootScript(t: BootTarget): BootDecision {
+  if (!t.machine) return { kind: 'unknown', reason: 'not a registered machine' };
+  if (!t.machine.allowPxe) return { kind: 'local-boot', reason: 'network boot is disabled for this machine (allowPxe=false)' };
+  if (!t.workflow) return { kind: 'local-boot', reason: 'no workflow' };
+  if (isFinal(t.workflow.state)) return { kind: 'local-boot', reason: `workflow ${t.workflow.id} is ${t.workflow.state}` };
+  return { kind: 'provision', reason: `workflow ${t.workflow.id} is ${t.workflow.state}` };
+}
+
+export interface BootScriptOptions {
+  /** Base URL machines reach the HTTP side at, without a trailing slash. */
+  publicUrl: string;
+  /** Download attempts before giving up (then undionly on BIOS, then reboot). */
+  maxAttempts?: number;
+  retryDelaySeconds?: number;
+  /** Kernel panic=: reboot after this many seconds. */
+  panicSeconds?: number;
+  /** unknown.ipxe: pause before leaving the network boot. */
+  pauseSeconds?: number;
+  consoles?: string[];
+}
+
+export interface RenderedBootScript extends BootDecision {
+  script: string;
+  workflowId: string | null;
+}
+
+/** Renders the script for one machine. */
+export function renderBootScript(templates: BootTemplates, target: BootTarget, opts: BootScriptOptions): RenderedBootScript {
+  const decision = chooseBootScript(target);
+  const serverUrl = opts.publicUrl.replace(/\/+$/, '');
+  const common: View = {
+    mac: target.mac, macHyphen: macHyphen(target.mac), hostname: oneLine(target.machine?.hostname ?? ''), serverUrl,
+  };
+  let view: View;
+  let workflowId: string | null = null;
+  switch (decision.kind) {
+    case 'unknown':
+      view = { mac: common.mac, macHyphen: common.macHyphen, serverUrl, pauseSeconds: opts.pauseSeconds ?? 10 };
+      break;
+    case 'local-boot':
+      view = { ...common, reason: decision.reason, workflowId: target.workflow?.id ?? '', state: target.workflow?.state ?? '' };
+      break;
+    case 'provision': {
+      const wf = target.workflow!;
+      workflowId = wf.id;
+      const initrdName = 'initramfs';
+      view = {
+        ...common, workflowId: wf.id, imageName: oneLine(target.image?.name ?? wf.imageId),
+        kernelUrl: `${serverUrl}/artifacts/vmlinuz`, initrdUrl: `${serverUrl}/artifacts/${initrdName}`, initrdName,
+        cmdline: kernelCmdline({
+          serverUrl, workflowId: wf.id, token: wf.token, mac: target.mac, kernelArgs: wf.kernelArgs, initrdName,
+          panicSeconds: opts.panicSeconds ?? 10, consoles: opts.consoles ?? DEFAULT_CONSOLES,
+        }),
+        token: wf.token, kernelArgs: oneLine(wf.kernelArgs),
+        maxAttempts: opts.maxAttempts ?? 3, retryDelaySeconds: opts.retryDelaySeconds ?? 5,
+      };
+      break;
+    }
+  }
+  const script = Mustache.render(templates.sources[decision.kind], view, {}, { escape: escapeNothing });
+  return { ...decision, script, workflowId };
+}

@@ -1,0 +1,111 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { Registry } from 'prom-client';
+import type { FastifyInstance } from 'fastify';
+import { Store } from '../../server/store/index.ts';
+import { WorkflowService } from '../../server/workflows/service.ts';
+import { buildApp } from '../../server/http/app.ts';
+import { bootPlugin } from '../../server/http/routes/boot.ts';
+import { loadBootTemplates } from '../../server/boot/ipxe.ts';
+
+let dir: string;
+let store: Store;
+let workflows: WorkflowService;
+let app: FastifyInstance;
+let registry: Registry;
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'ib-boot-route-'));
+  store = Store.open(dir);
+  const log = pino({ level: 'silent' });
+  workflows = new WorkflowService(store, log);
+  registry = new Registry();
+  app = await buildApp({
+    store, workflows, log, registry, adminToken: 'x'.repeat(32), artifactsDir: join(dir, 'artifacts'), version: 'test',
+    plugins: [{ plugin: bootPlugin(loadBootTemplates(), 'http://10.77.0.1:8080') }],
+  });
+  store.images.insert({ id: 'img1', name: 'web', state: 'ready', rawSize: 1, rawSha256: 'a', compressedSize: 1, compressedSha256: 'b' });
+});
+
+after(async () => {
+  await app?.close();
+  store?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('unknown MAC: 200 with a script that exits, never a 404', async () => {
+  const r = await app.inject({ method: 'GET', url: '/boot/52:54:00:00:00:99.ipxe' });
+  assert.equal(r.statusCode, 200);
+  assert.match(r.headers['content-type'] as string, /^text\/plain/);
+  assert.ok(r.body.startsWith('#!ipxe\n'));
+  assert.match(r.body, /52:54:00:00:00:99\) is not registered/);
+  assert.match(r.body, /^exit 1$/m);
+});
+
+test('registered machine with a pending workflow: provision script, workflow moves pending → booting once served', async () => {
+  store.machines.create({ mac: '52:54:00:00:00:01' });
+  const wf = workflows.create({ mac: '52:54:00:00:00:01', image: 'img1', target: '/dev/vda', kernelArgs: 'quiet' });
+  assert.equal(store.workflows.get(wf.id)!.state, 'pending');
+  // iPXE's ${mac:hexhyp} notation and upper case are the same machine
+  const r = await app.inject({ method: 'GET', url: '/boot/52-54-00-00-00-01.ipxe', remoteAddress: '10.77.0.150' });
+  assert.equal(r.statusCode, 200);
+  assert.match(r.body, new RegExp(`^kernel http://10\\.77\\.0\\.1:8080/artifacts/vmlinuz .*ironboot\\.workflow=${wf.id} ironboot\\.token=${wf.token} ironboot\\.mac=52:54:00:00:00:01 .*quiet \\|\\| goto failed$`, 'm'));
+  const now = store.workflows.get(wf.id)!;
+  assert.equal(now.state, 'booting');
+  assert.ok(now.startedAt);
+  const evs = store.events.list(wf.id);
+  assert.ok(evs.some((e) => e.state === 'booting' && /10\.77\.0\.150/.test(e.message ?? '')), JSON.stringify(evs));
+  // a second fetch (undionly chain, reboot) keeps it booting
+  const again = await app.inject({ method: 'GET', url: '/boot/525400000001.ipxe' });
+  assert.match(again.body, /^kernel /m);
+  assert.equal(store.workflows.get(wf.id)!.state, 'booting');
+  // once finished: local boot, and the state is not touched
+  workflows.transition(wf.id, 'running');
+  workflows.transition(wf.id, 'succeeded', { exitCode: 0 });
+  const done = await app.inject({ method: 'GET', url: '/boot/52:54:00:00:00:01.ipxe' });
+  assert.match(done.body, /^sanboot --no-describe --drive 0x80/m);
+  assert.match(done.body, new RegExp(`workflow ${wf.id} is succeeded`));
+  assert.doesNotMatch(done.body, /^kernel /m);
+  assert.equal(store.workflows.get(wf.id)!.state, 'succeeded');
+});
+
+test('registered machine without any workflow: local boot', async () => {
+  store.machines.create({ mac: '52:54:00:00:00:02' });
+  const r = await app.inject({ method: 'GET', url: '/boot/52:54:00:00:00:02.ipxe' });
+  assert.equal(r.statusCode, 200);
+  assert.match(r.body, /no workflow, booting from the local disk/);
+});
+
+test('no public URL configured: script URLs follow the Host header', async () => {
+  const log = pino({ level: 'silent' });
+  const a2 = await buildApp({
+    store, workflows, log, registry: new Registry(), adminToken: 'x'.repeat(32), artifactsDir: dir, version: 'test',
+    plugins: [{ plugin: bootPlugin(loadBootTemplates(), null) }],
+  });
+  try {
+    store.machines.create({ mac: '52:54:00:00:00:03' });
+    workflows.create({ mac: '52:54:00:00:00:03', image: 'web', target: 'ram' });
+    const r = await a2.inject({ method: 'GET', url: '/boot/52:54:00:00:00:03.ipxe', headers: { host: '192.0.2.7:9000' } });
+    assert.match(r.body, /^kernel http:\/\/192\.0\.2\.7:9000\/artifacts\/vmlinuz .*ironboot\.server=http:\/\/192\.0\.2\.7:9000 /m);
+  } finally {
+    await a2.close();
+  }
+});
+
+test('not a MAC: the generic entry script chaining to ${mac}; other files 404', async () => {
+  const r = await app.inject({ method: 'GET', url: '/boot/boot.ipxe' });
+  assert.equal(r.statusCode, 200);
+  assert.match(r.body, /^chain --autofree http:\/\/10\.77\.0\.1:8080\/boot\/\$\{mac\}\.ipxe/m);
+  const nf = await app.inject({ method: 'GET', url: '/boot/undionly.kpxe' });
+  assert.equal(nf.statusCode, 404);
+});
+
+test('served scripts are counted by kind', async () => {
+  const text = await registry.metrics();
+  assert.match(text, /ironboot_boot_scripts_total\{kind="provision"\} 2/);
+  assert.match(text, /ironboot_boot_scripts_total\{kind="unknown"\} 1/);
+});
