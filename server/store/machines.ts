@@ -1,4 +1,5 @@
 import type { Db } from './db.ts';
+import type { Statement } from 'better-sqlite3';
 
 export interface Ipv4Reservation {
   address: string;
@@ -88,11 +89,11 @@ export class DuplicateError extends Error {
 
 /** The machines table: one row per MAC address. */
 export class MachineRepository {
-  private statements = new Map<string, ReturnType<Db['prepare']>>();
+  private statements = new Map<string, Statement<unknown[]>>();
   constructor(private db: Db) {}
 
   /** Statements are prepared once: DHCP looks machines up on every packet. */
-  private q(sql: string): ReturnType<Db['prepare']> {
+  private q(sql: string): Statement<unknown[]> {
     let st = this.statements.get(sql);
     if (!st) { st = this.db.prepare(sql); this.statements.set(sql, st); }
     return st;

@@ -1,0 +1,233 @@
+/**
+ * The agent's state machine: which step runs when, what is reported, and what happens on failure.
+ * Steps and the reporter are injected (index.ts wires the real ones; unit tests pass fakes), so the order
+ * and the failure rules are tested without a machine.
+ *
+ *   server flow: mounts → drivers → net → hello → stream (+ verify) → mount → run → report final → after
+ *   seed flow:   mounts → drivers → net (best effort) → root device → mount → run → after   (no server)
+ *   on failure:  console message → `failed` event with the reason (if the server can be reached) → shell
+ */
+import type { AgentEvent, AgentState, WorkflowSpec } from '../../server/agent/api.ts';
+import type { AgentConfig, After } from './cmdline.ts';
+import type { Console } from './sys.ts';
+
+export interface NetInfo {
+  iface: string; mac: string; ip: string; prefix: number; router: string | null;
+  dns: string[]; hostname: string | null; domain: string | null;
+}
+
+export interface RunSpec {
+  argv: string[];
+  env: string[];
+  workingDir: string | null;
+  user: string | null;
+}
+
+export type LogLine = { stream: 'stdout' | 'stderr'; line: string };
+
+export interface StreamHooks {
+  progress(bytesDone: number, bytesTotal: number): void;
+  /** Called once every byte is written, before the checksum is compared. */
+  verifying(): void;
+}
+
+export interface AgentSteps {
+  mounts(): Promise<void>;
+  drivers(cfg: AgentConfig): Promise<void>;
+  net(cfg: AgentConfig): Promise<NetInfo>;
+  hello(cfg: AgentConfig, net: NetInfo): Promise<WorkflowSpec>;
+  /** Streams and verifies the disk; returns the device (or loop device) holding it. Throws on a bad checksum. */
+  stream(spec: WorkflowSpec, cfg: AgentConfig, hooks: StreamHooks): Promise<{ device: string }>;
+  /** Seed flow: waits for `root=` (a path, LABEL= or UUID=) and returns the device. */
+  rootDevice(cfg: AgentConfig): Promise<string>;
+  mount(device: string, opts: { fsType: string | null; hostname: string | null; dns: string[]; searchDomain: string | null }): Promise<{ fsType: string }>;
+  run(spec: RunSpec, onLine: (l: LogLine) => void): Promise<number>;
+  /** Does what the workflow says after it ended; `shell` and `wait` never return. */
+  after(action: After): Promise<void>;
+}
+
+export interface Reporter {
+  send(e: AgentEvent): void;
+  /** Sends `e` and resolves once the server has acknowledged it (and everything queued before it). */
+  final(e: AgentEvent, opts?: { maxAttempts?: number }): Promise<boolean>;
+}
+
+export type Step = 'mounts' | 'drivers' | 'net' | 'hello' | 'stream' | 'root' | 'mount' | 'run' | 'report' | 'after';
+
+export interface Outcome { ok: boolean; step: Step; exitCode: number | null; reason: string | null }
+
+export interface AgentDeps {
+  cfg: AgentConfig;
+  steps: AgentSteps;
+  reporter: Reporter | null;
+  console: Console;
+  /** Told before each step starts (index.ts writes it to /run so a respawned agent knows where it died). */
+  onStep?: (s: Step) => void;
+  /** Minimum interval between progress events (default 250 ms: a few per second). */
+  progressIntervalMs?: number;
+  now?: () => number;
+}
+
+export class StepError extends Error {
+  constructor(readonly step: Step, message: string) { super(message); this.name = 'StepError'; }
+}
+
+/** Builds the entrypoint's argv/env/dir/user from the workflow (already merged by the server). */
+export function runSpecFromWorkflow(spec: WorkflowSpec): RunSpec {
+  return { argv: [...spec.entrypoint, ...spec.cmd], env: spec.env, workingDir: spec.workingDir, user: spec.user };
+}
+
+/** Runs the whole flow and then the after action. Resolves only when `after` returns (wait/shell never do). */
+export async function runAgent(d: AgentDeps): Promise<Outcome> {
+  const { cfg, console } = d;
+  for (const w of cfg.warnings) console.warn(w);
+  let outcome: Outcome;
+  let after: After = 'shell';
+  if (cfg.mode === 'server') {
+    const r = await serverFlow(d);
+    outcome = r.outcome; after = r.after;
+  } else if (cfg.mode === 'seed') {
+    outcome = await seedFlow(d);
+    after = outcome.ok ? (cfg.after ?? 'shell') : 'shell';
+  } else {
+    console.warn('nothing to do: the kernel command line has neither ironboot.server=/ironboot.workflow=/ironboot.token= nor root= with entrypoint=');
+    outcome = { ok: false, step: 'mounts', exitCode: null, reason: 'no flow configured on the kernel command line' };
+    try { await d.steps.mounts(); } catch { /* the shell still works without */ }
+  }
+  if (!outcome.ok) {
+    console.warn(`FAILED in step ${outcome.step}: ${outcome.reason}`);
+    console.say('dropping to a shell on the console');
+    after = 'shell';
+  }
+  d.onStep?.('after');
+  await d.steps.after(after);
+  return outcome;
+}
+
+async function step<T>(d: AgentDeps, s: Step, fn: () => Promise<T>): Promise<T> {
+  d.onStep?.(s);
+  const t0 = Date.now();
+  try {
+    const r = await fn();
+    if (s !== 'run') d.console.say(`step ${s} done in ${((Date.now() - t0) / 1000).toFixed(2)} s`);
+    return r;
+  } catch (e) {
+    if (e instanceof StepError) throw e;
+    throw new StepError(s, (e as Error)?.message ?? String(e));
+  }
+}
+
+function logBatcher(reporter: Reporter | null, now: () => number) {
+  let lines: LogLine[] = [];
+  let first = 0;
+  const flush = () => {
+    if (lines.length && reporter) reporter.send({ log: lines });
+    lines = [];
+  };
+  return {
+    add(l: LogLine) {
+      if (!lines.length) first = now();
+      lines.push(l);
+      if (lines.length >= 200 || now() - first >= 500) flush();
+    },
+    flush,
+    timer: setInterval(flush, 500),
+  };
+}
+
+async function serverFlow(d: AgentDeps): Promise<{ outcome: Outcome; after: After }> {
+  const { cfg, steps, console } = d;
+  const reporter = d.reporter;
+  const now = d.now ?? Date.now;
+  const state = (s: AgentState, message?: string, extra: Partial<AgentEvent> = {}) => {
+    console.say(`state ${s}${message ? `: ${message}` : ''}`);
+    reporter?.send({ state: s, ...(message ? { message } : {}), ...extra });
+  };
+  let exitCode: number | null = null;
+  try {
+    await step(d, 'mounts', () => steps.mounts());
+    await step(d, 'drivers', () => steps.drivers(cfg));
+    const net = await step(d, 'net', () => steps.net(cfg));
+    console.say(`network up: ${net.iface} ${net.mac} ${net.ip}/${net.prefix} router ${net.router ?? 'none'}`);
+    const spec = await step(d, 'hello', () => steps.hello(cfg, net));
+    console.say(`workflow ${spec.workflowId}: image ${spec.image.name} (${spec.image.rawSize} bytes) → ${spec.target}, then ${spec.after}`);
+    state('streaming', `${spec.image.url} → ${spec.target}`, { bytesDone: 0, bytesTotal: spec.image.rawSize });
+    let lastProgress = 0;
+    const interval = d.progressIntervalMs ?? 250;
+    const { device } = await step(d, 'stream', () => steps.stream(spec, cfg, {
+      progress: (done, total) => {
+        const t = now();
+        if (t - lastProgress < interval && done < total) return;
+        lastProgress = t;
+        reporter?.send({ bytesDone: done, bytesTotal: total });
+      },
+      verifying: () => state('verifying', `sha256 ${spec.image.rawSha256}`),
+    }));
+    const hostname = spec.machine.hostname ?? net.hostname;
+    const { fsType } = await step(d, 'mount', () => steps.mount(device, {
+      fsType: spec.image.format || null, hostname, dns: spec.dns.length ? spec.dns : net.dns, searchDomain: net.domain,
+    }));
+    state('mounted', `${device} (${fsType}) at /mnt`);
+    const run = runSpecFromWorkflow(spec);
+    state('running', run.argv.join(' '));
+    const logs = logBatcher(reporter, now);
+    try {
+      exitCode = await step(d, 'run', () => steps.run(run, (l) => logs.add(l)));
+    } finally {
+      clearInterval(logs.timer);
+      logs.flush();
+    }
+    console.say(`entrypoint exited with code ${exitCode}`);
+    d.onStep?.('report');
+    const final: AgentEvent = exitCode === 0
+      ? { state: 'succeeded', exitCode, message: 'entrypoint exited with code 0' }
+      : { state: 'failed', exitCode, message: `entrypoint exited with code ${exitCode}` };
+    // The after action waits for this acknowledgement, so a reboot never races the last report.
+    if (reporter) {
+      console.say(`reporting ${final.state} to ${cfg.server}`);
+      await reporter.final(final);
+      console.say('final status acknowledged by the server');
+    }
+    if (exitCode !== 0) return { outcome: { ok: false, step: 'run', exitCode, reason: final.message! }, after: 'shell' };
+    return { outcome: { ok: true, step: 'run', exitCode, reason: null }, after: spec.after };
+  } catch (e) {
+    const s = e instanceof StepError ? e.step : 'run';
+    const reason = (e as Error)?.message ?? String(e);
+    console.warn(`step ${s} failed: ${reason}`);
+    if (reporter) {
+      const acked = await reporter.final({ state: 'failed', message: `${s}: ${reason}`, ...(exitCode !== null ? { exitCode } : {}) }, { maxAttempts: 5 });
+      if (!acked) console.warn(`could not report the failure to ${cfg.server}`);
+    }
+    return { outcome: { ok: false, step: s, exitCode, reason }, after: 'shell' };
+  }
+}
+
+async function seedFlow(d: AgentDeps): Promise<Outcome> {
+  const { cfg, steps, console } = d;
+  let exitCode: number | null = null;
+  try {
+    await step(d, 'mounts', () => steps.mounts());
+    await step(d, 'drivers', () => steps.drivers(cfg));
+    let net: NetInfo | null = null;
+    if (cfg.net) {
+      try {
+        net = await step(d, 'net', () => steps.net(cfg));
+        console.say(`network up: ${net.iface} ${net.ip}/${net.prefix} router ${net.router ?? 'none'}`);
+      } catch (e) {
+        console.warn(`no network (carrying on without): ${(e as Error).message}`);
+      }
+    }
+    const device = await step(d, 'root', () => steps.rootDevice(cfg));
+    const { fsType } = await step(d, 'mount', () => steps.mount(device, {
+      fsType: cfg.rootFsType, hostname: net?.hostname ?? null, dns: net?.dns ?? [], searchDomain: net?.domain ?? null,
+    }));
+    console.say(`mounted ${device} (${fsType}) at /mnt; running ${cfg.entrypoint.join(' ')}`);
+    exitCode = await step(d, 'run', () => steps.run({ argv: cfg.entrypoint, env: [], workingDir: null, user: null }, () => {}));
+    console.say(`entrypoint exited with code ${exitCode}`);
+    if (exitCode !== 0) return { ok: false, step: 'run', exitCode, reason: `entrypoint exited with code ${exitCode}` };
+    return { ok: true, step: 'run', exitCode, reason: null };
+  } catch (e) {
+    const s = e instanceof StepError ? e.step : 'run';
+    return { ok: false, step: s, exitCode, reason: (e as Error)?.message ?? String(e) };
+  }
+}

@@ -1,0 +1,103 @@
+/**
+ * Benchmark of the boot artifacts and the agent (run by hand: `node --import tsx test/bench/agent.ts [runs]`).
+ *
+ * Prints the initramfs size (compressed, unpacked, by group) and boot-to-entrypoint times under QEMU TCG for
+ * the seed flow (`root=/dev/sda entrypoint=…`, no server), against a reference measured in the same run: a
+ * busybox-only initramfs with the same kernel modules and a shell /init doing the same work (mount, modprobe
+ * coldplug, mount root, chroot) — the cost of the Node agent is the ratio between the two.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { readCpio, writeCpio, type CpioEntry } from '../../init/build/cpio.ts';
+import { testArtifacts } from '../helpers/agent-artifacts.ts';
+import { makeBusyboxRootfs } from '../helpers/agent-rootfs.ts';
+import { startVm } from '../helpers/qemu.ts';
+
+const RUNS = Number(process.argv[2] ?? 3);
+const SHELL_INIT = `#!/bin/sh
+export PATH=/bin:/sbin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /run
+for pass in 1 2; do modprobe -q -a $(cat $(find /sys/bus/*/devices/*/ -maxdepth 1 -name modalias) 2>/dev/null | sort -u); sleep 0.2; done
+modprobe -q -a crc32c_generic sd_mod ext4
+for i in $(seq 1 100); do [ -b /dev/sda ] && break; sleep 0.1; done
+mkdir -p /mnt; mount -t ext4 /dev/sda /mnt
+for d in dev proc sys run; do mount -o rbind /$d /mnt/$d; done
+exec chroot /mnt /entry.sh
+`;
+
+function stats(xs: number[]): string {
+  const s = [...xs].sort((a, b) => a - b);
+  const med = s[Math.floor(s.length / 2)];
+  return `median ${med.toFixed(2)} s [${s[0].toFixed(2)}–${s[s.length - 1].toFixed(2)}]`;
+}
+
+async function boot(kernel: string, initrd: string, disk: string, dir: string, name: string) {
+  const vm = startVm({
+    kernel, initrd, disks: [{ file: disk, bus: 'ahci' }], serialLog: join(dir, `${name}.log`), timeoutSec: 180,
+    append: 'console=ttyS0,115200 panic=-1 root=/dev/sda entrypoint=/entry.sh ironboot.after=poweroff',
+  });
+  try {
+    const t0 = vm.startedAt;
+    await vm.waitFor(/Run \/init as init process/, 150_000);
+    const tInit = (Date.now() - t0) / 1000;
+    const m = await vm.waitFor(/IBA-ENTRY uptime=([\d.]+)\s/, 150_000);
+    const tEntry = (Date.now() - t0) / 1000;
+    return { init: tInit, entry: tEntry, guestUptime: Number(m[1]) };
+  } finally {
+    await vm.kill();
+  }
+}
+
+async function main() {
+  const dir = mkdtempSync(join(tmpdir(), 'iba-bench-'));
+  try {
+    const t0 = Date.now();
+    const art = await testArtifacts((m) => console.error(`  build: ${m}`));
+    const r = art.report;
+    console.log(`artifacts (${((Date.now() - t0) / 1000).toFixed(1)} s incl. cache lookup; a fresh build took ${r.seconds.total.toFixed(1)} s, zstd ${r.seconds.compress.toFixed(1)} s)`);
+    console.log(`  initramfs ${(r.initramfs.bytes / 1e6).toFixed(1)} MB (${r.initramfs.compression}), ${(r.initramfs.uncompressedBytes / 1e6).toFixed(1)} MB unpacked, ${r.initramfs.entries} entries`);
+    for (const [g, v] of Object.entries(r.groups).sort((a, b) => b[1].bytes - a[1].bytes)) console.log(`    ${g.padEnd(9)} ${(v.bytes / 1e6).toFixed(1).padStart(6)} MB  ${v.files} files`);
+    console.log(`  kernel ${(r.kernel.bytes / 1e6).toFixed(1)} MB (${r.kernelVersion})`);
+
+    // reference: busybox + the same modules + a shell /init
+    const cpio = readCpio(execFileSync('zstd', ['-d', '-c', art.initramfs], { maxBuffer: 1 << 30 }));
+    const keep = cpio.filter((e) => /^(bin|dev|lib\/modules|etc\/(passwd|group)|sbin|usr|proc|sys|run|tmp|mnt)(\/|$)/.test(e.name) && !/^bin\/(node|zstd|resize2fs)$/.test(e.name));
+    const entries: CpioEntry[] = keep.map((e) => {
+      const type = e.mode & 0o170000;
+      if (type === 0o040000) return { path: e.name, type: 'dir', mode: e.mode & 0o7777 };
+      if (type === 0o120000) return { path: e.name, type: 'symlink', target: e.data.toString() };
+      if (type === 0o020000) return { path: e.name, type: 'char', mode: e.mode & 0o7777, major: e.rdev[0], minor: e.rdev[1] };
+      return { path: e.name, type: 'file', mode: e.mode & 0o7777, data: Buffer.from(e.data) };
+    });
+    entries.push({ path: 'init', type: 'file', mode: 0o755, data: Buffer.from(SHELL_INIT) });
+    const ref = join(dir, 'reference.cpio.zst');
+    writeFileSync(ref, execFileSync('zstd', ['-q', '-12', '-T0', '-c'], { input: writeCpio(entries), maxBuffer: 1 << 30 }));
+    console.log(`  reference (busybox + same modules, shell /init): ${(execFileSync('stat', ['-c', '%s', ref], { encoding: 'utf8' }).trim() as unknown as number / 1e6).toFixed(1)} MB`);
+
+    const disk = join(dir, 'root.img');
+    makeBusyboxRootfs(disk, { 'entry.sh': '#!/bin/sh\necho "IBA-ENTRY uptime=$(cut -d" " -f1 /proc/uptime)"\nsleep 600\n' });
+    const agent: Array<Awaited<ReturnType<typeof boot>>> = [];
+    const shell: Array<Awaited<ReturnType<typeof boot>>> = [];
+    for (let i = 0; i < RUNS; i++) {   // interleaved so host load hits both alike
+      agent.push(await boot(art.kernel, art.initramfs, disk, dir, `agent-${i}`));
+      shell.push(await boot(art.kernel, ref, disk, dir, `shell-${i}`));
+    }
+    const show = (name: string, xs: typeof agent) => {
+      console.log(`  ${name}`);
+      console.log(`    QEMU start → /init:        ${stats(xs.map((x) => x.init))}`);
+      console.log(`    QEMU start → entrypoint:   ${stats(xs.map((x) => x.entry))}`);
+      console.log(`    guest uptime at entrypoint: ${stats(xs.map((x) => x.guestUptime))}`);
+    };
+    console.log(`boot to entrypoint, seed flow, QEMU TCG -smp 1 -m 1024, AHCI disk, ${RUNS} runs each (load average ${execFileSync('cat', ['/proc/loadavg'], { encoding: 'utf8' }).split(' ').slice(0, 3).join(' ')})`);
+    show('ironboot initramfs (busybox init → node agent)', agent);
+    show('reference (busybox-only, shell /init)', shell);
+    const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+    console.log(`  ratio agent/reference, QEMU start → entrypoint: ${(med(agent.map((x) => x.entry)) / med(shell.map((x) => x.entry))).toFixed(2)}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();

@@ -1,0 +1,66 @@
+/**
+ * The artifacts builder end to end on the host's real inputs (Debian kernel, busybox-static, node, zstd):
+ * the initramfs layout, the report, and reproducibility (a second build gives the same bytes).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildArtifacts, formatReport } from '../../init/build/index.ts';
+import { readCpio } from '../../init/build/cpio.ts';
+import { findKernel } from '../../init/build/kernel.ts';
+import { librariesOf } from '../../init/build/ldd.ts';
+import { testArtifacts } from '../helpers/agent-artifacts.ts';
+import { have } from '../helpers/netns.ts';
+
+const skip = (() => {
+  for (const c of ['zstd', 'depmod', 'strip', 'ldd', 'busybox']) if (!have(c)) return `${c} is not installed`;
+  try { findKernel(); } catch (e) { return (e as Error).message; }
+  return false;
+})();
+
+test('the initramfs: busybox init as PID 1, the agent, node with its libraries, tools, modules', { skip, timeout: 240_000 }, async () => {
+  const art = await testArtifacts();
+  const cpio = execFileSync('zstd', ['-d', '-c', art.initramfs], { maxBuffer: 1 << 30 });
+  const recs = new Map(readCpio(cpio).map((r) => [r.name, r]));
+  const k = findKernel();
+  const link = (p: string) => recs.get(p)?.data.toString();
+  assert.equal(link('init'), 'bin/busybox');
+  assert.equal(recs.get('init')!.mode & 0o170000, 0o120000);
+  assert.deepEqual(recs.get('dev/console')!.rdev, [5, 1]);
+  assert.match(recs.get('etc/inittab')!.data.toString(), /^::respawn:\/lib\/ironboot\/bin\/node \/lib\/ironboot\/agent\.mjs$/m);
+  assert.match(recs.get('lib/ironboot/agent.mjs')!.data.toString(), /ironboot init agent/);
+  assert.match(recs.get('lib/ironboot/udhcpc.script')!.data.toString(), /lease\.\$interface/);
+  for (const tool of ['node', 'zstd', 'resize2fs', 'blkdiscard']) assert.ok(recs.get(`lib/ironboot/bin/${tool}`)!.size > 0, tool);
+  for (const lib of [...librariesOf(process.execPath), ...librariesOf('/usr/bin/zstd')]) assert.ok(recs.has(lib.slice(1)), `${lib} is shipped`);
+  assert.ok(recs.get('lib/ironboot/bin/node')!.size < readFileSync(process.execPath).length, 'node is stripped');
+  for (const a of ['modprobe', 'udhcpc', 'mount', 'nsenter', 'sh', 'cttyhack']) assert.equal(link(`bin/${a}`), 'busybox');
+  const mdir = `lib/modules/${k.version}`;
+  for (const f of ['modules.dep', 'modules.alias', 'modules.dep.bin', 'modules.builtin']) assert.ok(recs.has(`${mdir}/${f}`), f);
+  assert.match(recs.get(`${mdir}/modules.dep`)!.data.toString(), /virtio_net\.ko: .*net_failover\.ko/);
+  assert.ok([...recs.values()].every((r) => r.uid === 0 && r.gid === 0 && r.mtime === 0));
+  // the report
+  const r = art.report;
+  assert.equal(r.kernelVersion, k.version);
+  assert.equal(r.initramfs.bytes, readFileSync(art.initramfs).length);
+  assert.equal(r.initramfs.entries, recs.size);
+  assert.ok(r.groups.node.bytes > 50e6 && r.groups.modules.files > 50);
+  assert.match(formatReport(r), /initramfs .* MB +\(zstd -\d+/);
+});
+
+test('same inputs, same bytes: a second build is identical', { skip, timeout: 240_000 }, async () => {
+  const art = await testArtifacts();
+  const dir = mkdtempSync(join(tmpdir(), 'iba-art-'));
+  try {
+    const again = await buildArtifacts({ outDir: dir });
+    const sha = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
+    assert.equal(sha(again.initramfs), sha(art.initramfs));
+    assert.equal(sha(again.kernel), sha(art.kernel));
+    assert.equal(again.report.initramfs.sha256, sha(art.initramfs));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
