@@ -26,6 +26,7 @@ export interface ServeConfig {
   tftpListen: { host: string; port: number };
   ipxeDir: string;
   artifactsDir: string | null;
+  templatesDir: string | null;
   buildArtifacts: boolean;
   logLevel: string;
 }
@@ -62,6 +63,7 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 'tftpListen', flag: 'tftp-listen', kind: 'string', help: 'TFTP address:port (default 0.0.0.0:69)' },
   { key: 'ipxeDir', flag: 'ipxe-dir', kind: 'string', help: 'directory of iPXE binaries (default /usr/lib/ipxe)' },
   { key: 'artifactsDir', flag: 'artifacts-dir', kind: 'string', help: 'kernel + initramfs directory (default DATA_DIR/artifacts)' },
+  { key: 'templatesDir', flag: 'templates-dir', kind: 'string', help: 'iPXE templates (default: the shipped templates/ipxe)' },
   { key: 'buildArtifacts', flag: 'build-artifacts', kind: 'bool', help: 'build the kernel + initramfs at start when missing (default on)' },
   { key: 'logLevel', flag: 'log-level', kind: 'string', help: 'trace | debug | info | warn | error (default info)' },
 ];
@@ -167,6 +169,7 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     tftpListen: parseHostPort('tftp-listen', str('tftpListen', '0.0.0.0:69')!, 69),
     ipxeDir: str('ipxeDir', '/usr/lib/ipxe')!,
     artifactsDir: str('artifactsDir', null),
+    templatesDir: str('templatesDir', null),
     buildArtifacts: bool('buildArtifacts', true),
     logLevel,
   };

@@ -12,7 +12,7 @@ import { WorkflowService } from './workflows/service.ts';
 import { loadAdminToken } from './http/auth.ts';
 import { buildApp, type AppDeps } from './http/app.ts';
 import { createMetricsRegistry } from './metrics.ts';
-import { extraHttpPlugins, startNetworkServices, prepareArtifacts } from './services.ts';
+import { httpExtras, startNetworkServices, prepareArtifacts } from './services.ts';
 
 export const ROOT_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const VERSION: string = JSON.parse(readFileSync(join(ROOT_DIR, 'package.json'), 'utf8')).version;
@@ -25,6 +25,8 @@ export interface Daemon {
   adminToken: string;
   /** Where HTTP actually listens (port resolved when 0 was asked). */
   httpAddress: { host: string; port: number };
+  /** The background build of missing boot artifacts, if one was started. */
+  artifacts: Promise<void> | null;
   close(): Promise<void>;
 }
 
@@ -55,7 +57,7 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
     const deps: AppDeps = {
       store, workflows, log, registry, adminToken: token.token, artifactsDir, ipxeDir: config.ipxeDir, version: VERSION,
     };
-    const extras = await extraHttpPlugins(deps, config);
+    const extras = httpExtras({ store, log, registry, config });
     deps.plugins = extras.plugins;
     deps.images = extras.images;
     const app = await buildApp(deps);
@@ -65,11 +67,11 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
     const httpAddress = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : config.httpListen;
     log.info({ http: `${httpAddress.host}:${httpAddress.port}`, dataDir: config.dataDir, version: VERSION }, 'ironboot serving HTTP');
 
-    const net = await startNetworkServices({ store, log, registry, config, httpPort: httpAddress.port, artifactsDir });
+    const net = await startNetworkServices({ store, log, registry, config, httpPort: httpAddress.port, artifactsDir, templates: extras.templates });
     closers.push(() => net.close());
-    prepareArtifacts(config, artifactsDir, log);
+    const artifacts = prepareArtifacts(config, artifactsDir, log);
 
-    return { config, store, app, workflows, adminToken: token.token, httpAddress, close };
+    return { config, store, app, workflows, adminToken: token.token, httpAddress, artifacts, close };
   } catch (err) {
     await close();
     throw err;

@@ -2,22 +2,64 @@
  * The services `ironboot serve` runs beside its HTTP API: DHCP, TFTP, container-disk files and builds, boot
  * scripts, and the boot artifacts. Each is started from here so main.ts stays a plain list.
  */
-import type { FastifyPluginAsync } from 'fastify';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { ServeConfig } from './config.ts';
 import type { Store } from './store/index.ts';
-import type { AppDeps, ImageFiles } from './http/app.ts';
+import type { AppDeps, AppPlugin, ImageFiles } from './http/app.ts';
 import { startDhcpService } from './dhcp/index.ts';
-import { startTftpService } from './tftp/index.ts';
+import { startTftpService, type TftpVirtualFiles } from './tftp/index.ts';
+import { createImageService, type ImageService } from './images/index.ts';
+import { loadBootTemplates, renderBootScript, type BootTemplates } from './boot/ipxe.ts';
+import { bootPlugin } from './http/routes/boot.ts';
+import imageFilesRoutes from './http/routes/image-files.ts';
+import imageBuildsRoutes from './http/routes/api/image-builds.ts';
+import { buildArtifacts, formatReport } from '../init/build/index.ts';
 
-export async function extraHttpPlugins(_deps: AppDeps, _config: ServeConfig): Promise<{ plugins: { plugin: FastifyPluginAsync<AppDeps>; prefix?: string }[]; images?: ImageFiles }> {
-  return { plugins: [] };
+export interface HttpExtras {
+  plugins: AppPlugin[];
+  images: ImageFiles;
+  imageService: ImageService;
+  templates: BootTemplates;
+}
+
+/** The boot scripts (templates checked now, not when a machine boots), container-disk files and builds. */
+export function httpExtras(deps: { store: Store; log: Logger; registry: Registry; config: ServeConfig }): HttpExtras {
+  const templates = loadBootTemplates(deps.config.templatesDir ?? undefined);
+  const imageService = createImageService({ store: deps.store, log: deps.log, registry: deps.registry, dataDir: deps.config.dataDir });
+  imageService.recover(); // builds a previous daemon left half-way: temp files removed, rows marked failed
+  const plugins: AppPlugin[] = [
+    { plugin: bootPlugin(templates, deps.config.publicUrl) },
+    { plugin: async (app, d: AppDeps) => imageFilesRoutes(app, { ...d, imageService }) },
+    { plugin: async (app, d: AppDeps) => imageBuildsRoutes(app, { ...d, imageService }), api: true },
+  ];
+  return { plugins, images: imageService, imageService, templates };
+}
+
+/**
+ * Virtual TFTP files: `boot.ipxe` (or `<mac>/boot.ipxe`) is the requesting machine's iPXE script, rendered from
+ * the same templates as /boot/<mac>.ipxe, for firmware set up to chain a script over TFTP.
+ */
+export function tftpBootScripts(store: Store, templates: BootTemplates, publicUrlFor: () => string): TftpVirtualFiles {
+  return {
+    lookup({ name, mac }) {
+      if (name !== 'boot.ipxe' || !mac) return null;
+      const machine = store.machines.getByMac(mac);
+      const workflow = machine ? store.workflows.activeForMachine(machine.id) ?? store.workflows.latestForMachine(machine.id) : undefined;
+      const image = workflow ? store.images.get(workflow.imageId) : undefined;
+      const out = renderBootScript(templates, { mac, machine, workflow, image }, { publicUrl: publicUrlFor() });
+      return { data: Buffer.from(out.script) };
+    },
+  };
 }
 
 interface Closable { close(): Promise<void> }
 
-export async function startNetworkServices(deps: { store: Store; log: Logger; registry: Registry; config: ServeConfig; httpPort: number; artifactsDir: string }): Promise<Closable> {
+export async function startNetworkServices(deps: {
+  store: Store; log: Logger; registry: Registry; config: ServeConfig; httpPort: number; artifactsDir: string; templates: BootTemplates;
+}): Promise<Closable> {
   const { config, log } = deps;
   const started: Closable[] = [];
   const close = async () => { for (const c of started.reverse()) await c.close(); };
@@ -29,7 +71,11 @@ export async function startNetworkServices(deps: { store: Store; log: Logger; re
     }
     if (config.tftp) {
       try {
-        const tftp = await startTftpService({ log, registry: deps.registry, config, artifactsDir: deps.artifactsDir });
+        const publicUrl = () => config.publicUrl ?? `http://${config.httpListen.host}:${deps.httpPort}`;
+        const tftp = await startTftpService({
+          log, registry: deps.registry, config, artifactsDir: deps.artifactsDir,
+          virtualFiles: tftpBootScripts(deps.store, deps.templates, publicUrl),
+        });
         started.push(tftp);
         log.info({ tftp: tftp.address() }, 'ironboot serving TFTP');
       } catch (err) {
@@ -48,4 +94,26 @@ export async function startNetworkServices(deps: { store: Store; log: Logger; re
   return { close };
 }
 
-export function prepareArtifacts(_config: ServeConfig, _artifactsDir: string, _log: Logger): void {}
+export const ARTIFACT_NAMES = ['vmlinuz', 'initramfs'];
+
+/**
+ * Builds the kernel + initramfs in the background when they are missing (and --build-artifacts is on), so a fresh
+ * install can boot machines without a separate step. Machines that ask before it is done get 404 and iPXE retries.
+ */
+export function prepareArtifacts(config: ServeConfig, artifactsDir: string, log: Logger): Promise<void> | null {
+  const missing = ARTIFACT_NAMES.filter((n) => !existsSync(join(artifactsDir, n)));
+  if (!missing.length) {
+    log.info({ artifactsDir }, 'boot artifacts present');
+    return null;
+  }
+  if (!config.buildArtifacts) {
+    log.warn({ artifactsDir, missing }, 'boot artifacts missing and --no-build-artifacts: run `ironboot artifacts build` before booting machines');
+    return null;
+  }
+  log.info({ artifactsDir, missing }, 'building the boot artifacts (kernel + initramfs) in the background');
+  const alog = log.child({ svc: 'artifacts' });
+  return buildArtifacts({ outDir: artifactsDir, log: (msg) => alog.info(msg) }).then(
+    (r) => { alog.info({ report: formatReport(r.report) }, 'boot artifacts built'); },
+    (err) => { alog.error({ err: (err as Error).message }, 'building the boot artifacts failed: machines cannot boot until `ironboot artifacts build` succeeds'); },
+  );
+}

@@ -1,13 +1,25 @@
 /** A small argv parser: --flag value, --flag=value, repeatable flags, booleans, and `--` for the rest. */
 import { CliError } from './client.ts';
 
+/** Flags every client command takes. */
+export const COMMON_FLAGS = ['json', 'help', 'server', 'token', 'data-dir'];
+
+function suggest(name: string, known: string[]): string {
+  const near = known.find((k) => k.startsWith(name.slice(0, 3)) || name.startsWith(k));
+  return near ? ` (did you mean --${near}?)` : '';
+}
+
 export interface ParsedArgs {
   positionals: string[];
   flags: Record<string, string | boolean | string[]>;
   rest: string[];
 }
 
-export function parseArgs(argv: string[], spec: { bool?: string[]; list?: string[] } = {}): ParsedArgs {
+/**
+ * `known` (when given) lists every flag the command takes besides the common ones; anything else is refused, so a
+ * typo (--ipv4 for --ip) is an error rather than silently ignored.
+ */
+export function parseArgs(argv: string[], spec: { bool?: string[]; list?: string[]; known?: string[] } = {}): ParsedArgs {
   const bool = new Set(['json', 'help', ...(spec.bool ?? [])]);
   const list = new Set(spec.list ?? []);
   const out: ParsedArgs = { positionals: [], flags: {}, rest: [] };
@@ -18,6 +30,12 @@ export function parseArgs(argv: string[], spec: { bool?: string[]; list?: string
     if (!a.startsWith('--')) { out.positionals.push(a); continue; }
     const eq = a.indexOf('=');
     const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
+    if (spec.known) {
+      const base = name.startsWith('no-') && bool.has(name.slice(3)) ? name.slice(3) : name;
+      if (!COMMON_FLAGS.includes(base) && !spec.known.includes(base)) {
+        throw new CliError(`unknown flag --${name}${suggest(base, spec.known)}`);
+      }
+    }
     if (bool.has(name) || (name.startsWith('no-') && bool.has(name.slice(3)))) {
       if (name.startsWith('no-') && bool.has(name.slice(3))) out.flags[name.slice(3)] = false;
       else out.flags[name] = eq > 0 ? !/^(0|false|no|off)$/i.test(a.slice(eq + 1)) : true;

@@ -53,7 +53,7 @@ const machineColumns: [string, (r: Obj) => unknown][] = [
 ];
 
 export async function machinesCommand(argv: string[], out: Out): Promise<void> {
-  const a = parseArgs(argv, { bool: ['pxe'], list: ['dns', 'label'] });
+  const a = parseArgs(argv, { bool: ['pxe'], list: ['dns', 'label'], known: ['hostname', 'ip', 'gateway', 'dns', 'lease-time', 'domain', 'arch', 'efi-binary', 'pxe', 'label'] });
   const sub = a.positionals[0];
   if (!sub || a.flags.help) { out(MACHINES_HELP); return; }
   const api = new ApiClient(clientOptions(a.flags));
@@ -94,7 +94,7 @@ export async function machinesCommand(argv: string[], out: Out): Promise<void> {
 export const IMAGES_HELP = `ironboot images list
 ironboot images show ID|NAME
 ironboot images rm ID|NAME
-ironboot images build REF [--name N] [--platform linux/amd64] [--size SIZE] [--insecure]
+ironboot images build REF [--name N] [--platform linux/amd64] [--size SIZE] [--insecure]   (ironboot images build --help)
 `;
 
 const imageColumns: [string, (r: Obj) => unknown][] = [
@@ -103,13 +103,13 @@ const imageColumns: [string, (r: Obj) => unknown][] = [
 ];
 
 export async function imagesCommand(argv: string[], out: Out, extra: { build?: (argv: string[], out: Out) => Promise<void> } = {}): Promise<void> {
-  const a = parseArgs(argv, { bool: ['insecure'] });
-  const sub = a.positionals[0];
-  if (!sub || a.flags.help) { out(IMAGES_HELP); return; }
+  const sub = argv.find((x) => !x.startsWith('-'));
   if (sub === 'build') {
     if (!extra.build) throw new CliError('images build is not available in this build');
-    return extra.build(argv.slice(1), out);
+    return extra.build(argv.filter((x, i) => i !== argv.indexOf('build')), out);
   }
+  const a = parseArgs(argv, { known: [] });
+  if (!sub || a.flags.help) { out(IMAGES_HELP); return; }
   const api = new ApiClient(clientOptions(a.flags));
   const json = a.flags.json === true;
   switch (sub) {
@@ -162,7 +162,7 @@ export function formatEvent(e: Obj): string {
 }
 
 export async function workflowsCommand(argv: string[], out: Out): Promise<number> {
-  const a = parseArgs(argv, { list: ['env'] });
+  const a = parseArgs(argv, { list: ['env'], known: ['machine', 'image', 'target', 'after', 'entrypoint', 'env', 'kernel-args', 'timeout', 'state'] });
   const sub = a.positionals[0];
   if (!sub || a.flags.help) { out(WORKFLOWS_HELP); return 0; }
   const api = new ApiClient(clientOptions(a.flags));

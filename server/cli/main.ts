@@ -4,7 +4,11 @@ import { createLogger } from '../log.ts';
 import { SchemaTooNewError } from '../store/db.ts';
 import { CliError } from './client.ts';
 import { machinesCommand, imagesCommand, workflowsCommand, MACHINES_HELP, IMAGES_HELP, WORKFLOWS_HELP } from './commands.ts';
-import { extraCommands } from './extra.ts';
+import { imagesBuildCommand } from './images-build.ts';
+import { artifactsCommand } from './artifacts.ts';
+import { labCommand } from '../lab/index.ts';
+import { BootTemplateError } from '../boot/ipxe.ts';
+import { ImageError } from '../images/index.ts';
 
 const out = (s: string) => { process.stdout.write(s); };
 
@@ -22,7 +26,7 @@ usage: ironboot COMMAND [ARGS]
   images                 container disks (build, list, show, rm)
   workflows              assign a container disk to a machine (create, list, show, cancel, retry, watch)
   artifacts build        build the kernel + initramfs machines boot
-  lab                    a private QEMU provisioning lab (up, vm, console, down)
+  lab                    a private QEMU provisioning lab (up, vm, console, status, stop, exec, down)
   version
 
 Clients take --server URL (IRONBOOT_SERVER, default http://127.0.0.1:8080), --token T (IRONBOOT_TOKEN, default: the
@@ -50,18 +54,20 @@ export async function main(argv: string[]): Promise<number> {
       case 'machines': case 'machine':
         await machinesCommand(rest, out); return 0;
       case 'images': case 'image':
-        await imagesCommand(rest, out, { build: extraCommands.imagesBuild }); return 0;
+        await imagesCommand(rest, out, { build: imagesBuildCommand }); return 0;
       case 'workflows': case 'workflow':
         return await workflowsCommand(rest, out);
+      case 'artifacts':
+        return await artifactsCommand(rest, out);
+      case 'lab':
+        return await labCommand(rest, out);
       default: {
-        const extra = extraCommands.byName[cmd];
-        if (extra) return await extra(rest, out);
         process.stderr.write(`ironboot: unknown command "${cmd}"\n\n${HELP}`);
         return 2;
       }
     }
   } catch (err) {
-    if (err instanceof CliError || err instanceof ConfigError || err instanceof SchemaTooNewError) {
+    if (err instanceof CliError || err instanceof ConfigError || err instanceof SchemaTooNewError || err instanceof BootTemplateError || err instanceof ImageError) {
       process.stderr.write(`ironboot: ${err.message}\n`);
       return err instanceof CliError ? err.exitCode : 1;
     }

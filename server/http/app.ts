@@ -45,7 +45,13 @@ export interface AppDeps {
   version: string;
   images?: ImageFiles;
   /** Extra plugins (boot scripts, image files, image builds) registered by the composition root. */
-  plugins?: { plugin: FastifyPluginAsync<AppDeps>; prefix?: string }[];
+  plugins?: AppPlugin[];
+}
+
+/** A plugin the composition root adds; `api: true` puts it under /api/v1, behind the admin token. */
+export interface AppPlugin {
+  plugin: FastifyPluginAsync<AppDeps>;
+  api?: boolean;
 }
 
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
@@ -79,10 +85,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     await api.register(imagesRoutes, deps);
     await api.register(workflowsRoutes, deps);
     await api.register(eventsRoutes, deps);
+    for (const p of deps.plugins ?? []) if (p.api) await api.register(p.plugin, deps);
   }, { prefix: '/api/v1' });
   await app.register(agentRoutes, { ...deps, prefix: '/agent/v1' });
   await app.register(artifactsRoutes, deps);
   await app.register(uiRoutes);
-  for (const p of deps.plugins ?? []) await app.register(p.plugin, { ...deps, ...(p.prefix ? { prefix: p.prefix } : {}) });
+  for (const p of deps.plugins ?? []) if (!p.api) await app.register(p.plugin, deps);
   return app as unknown as FastifyInstance;
 }

@@ -1,19 +1,13 @@
 /**
- * Serves one file from disk with Content-Length, ETag, Last-Modified, HEAD, If-None-Match and single Range
- * requests (RFC 9110). Used for container disks and boot artifacts: large reads (1 MiB) keep it near disk speed.
+ * Serves one file from disk (container disks, boot artifacts, iPXE binaries): Content-Length, ETag, Last-Modified,
+ * If-None-Match, single Range requests with If-Range (RFC 9110), and HEAD. The body: bodies of 16 MiB and more go
+ * through sendfile(2) (sendfile-helper.ts) when available, as nginx does; smaller ones (or without the helper) by
+ * one fd per response and large reads (4 MiB) written straight to the socket with backpressure.
  */
-import { createReadStream, statSync, type Stats } from 'node:fs';
+import { closeSync, fstatSync, openSync, read } from 'node:fs';
+import { STATUS_CODES } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-
-export interface SendFileOptions {
-  contentType?: string;
-  /** A strong validator, e.g. the content's sha256; defaults to size+mtime. */
-  etag?: string;
-  /** Called when the whole body (or range) has been sent. */
-  onDone?: (info: { bytes: number; complete: boolean }) => void;
-}
-
-const HIGH_WATER_MARK = 1 << 20;
+import { sendfileAvailable, sendfileToSocket } from './sendfile-helper.ts';
 
 export function parseRange(header: string | undefined, size: number): { start: number; end: number } | 'unsatisfiable' | null {
   if (!header) return null;
@@ -34,45 +28,110 @@ export function parseRange(header: string | undefined, size: number): { start: n
   return { start, end };
 }
 
+export const READ_SIZE = 4 << 20;
+/** Bodies at least this big go through sendfile(2) (sendfile-helper.ts) when available. */
+export const SENDFILE_MIN = 16 << 20;
+
+export interface SendFileOptions {
+  contentType?: string;
+  /** A strong validator, e.g. the content's sha256; defaults to size+mtime. */
+  etag?: string;
+  /** Cache-Control; container disks are immutable (content-addressed), artifacts are not. */
+  cacheControl?: string;
+}
+
 export function sendFile(req: FastifyRequest, reply: FastifyReply, path: string, opts: SendFileOptions = {}): FastifyReply {
-  let st: Stats;
+  let fd: number;
   try {
-    st = statSync(path);
+    fd = openSync(path, 'r');
   } catch {
     return reply.code(404).send({ error: 'Not Found', message: 'no such file' });
   }
-  if (!st.isFile()) return reply.code(404).send({ error: 'Not Found', message: 'no such file' });
-  const size = st.size;
-  const etag = `"${opts.etag ?? `${size.toString(16)}-${Math.floor(st.mtimeMs).toString(16)}`}"`;
-  reply.header('ETag', etag);
-  reply.header('Last-Modified', st.mtime.toUTCString());
-  reply.header('Accept-Ranges', 'bytes');
-  reply.header('Content-Type', opts.contentType ?? 'application/octet-stream');
-  const inm = req.headers['if-none-match'];
-  if (inm && inm.split(',').map((s) => s.trim()).some((t) => t === etag || t === '*')) {
-    return reply.code(304).send();
+  let owned = true;
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) return reply.code(404).send({ error: 'Not Found', message: 'no such file' });
+    const size = st.size;
+    const etag = `"${opts.etag ?? `${size.toString(16)}-${Math.floor(st.mtimeMs).toString(16)}`}"`;
+    reply.header('ETag', etag);
+    reply.header('Last-Modified', st.mtime.toUTCString());
+    reply.header('Accept-Ranges', 'bytes');
+    reply.header('Content-Type', opts.contentType ?? 'application/octet-stream');
+    if (opts.cacheControl) reply.header('Cache-Control', opts.cacheControl);
+    const inm = req.headers['if-none-match'];
+    if (inm && inm.split(',').map((s) => s.trim()).some((t) => t === etag || t === '*')) return reply.code(304).send();
+    let range = parseRange(req.headers.range, size);
+    const ifRange = req.headers['if-range'];
+    if (range && ifRange && ifRange !== etag) range = null;
+    if (range === 'unsatisfiable') {
+      reply.header('Content-Range', `bytes */${size}`);
+      return reply.code(416).type('application/json; charset=utf-8').send({ error: 'Range Not Satisfiable', message: `file is ${size} bytes` });
+    }
+    const start = range ? range.start : 0;
+    const end = range ? range.end : size - 1;
+    const length = size === 0 ? 0 : end - start + 1;
+    if (range) {
+      reply.code(206);
+      reply.header('Content-Range', `bytes ${start}-${end}/${size}`);
+    }
+    reply.header('Content-Length', length);
+    if (req.method === 'HEAD' || length === 0) {
+      // written by hand: fastify would replace Content-Length with the (empty) body's
+      reply.hijack();
+      reply.raw.writeHead(reply.statusCode, reply.getHeaders() as Record<string, string | number | string[]>);
+      reply.raw.end();
+      return reply;
+    }
+    owned = false;
+    if (length >= SENDFILE_MIN && sendfileAvailable()) return zeroCopy(reply, fd, start, length);
+    return pump(reply, fd, start, length);
+  } finally {
+    if (owned) closeSync(fd);
   }
-  let range = parseRange(req.headers.range, size);
-  const ifRange = req.headers['if-range'];
-  if (range && ifRange && ifRange !== etag) range = null; // changed since: whole file
-  if (range === 'unsatisfiable') {
-    reply.header('Content-Range', `bytes */${size}`);
-    return reply.code(416).send({ error: 'Range Not Satisfiable', message: `file is ${size} bytes` });
-  }
-  const start = range ? range.start : 0;
-  const end = range ? range.end : size - 1;
-  const length = size === 0 ? 0 : end - start + 1;
-  if (range) {
-    reply.code(206);
-    reply.header('Content-Range', `bytes ${start}-${end}/${size}`);
-  }
-  reply.header('Content-Length', length);
-  if (req.method === 'HEAD' || length === 0) return reply.send();
-  const stream = createReadStream(path, { start, end, highWaterMark: HIGH_WATER_MARK });
-  if (opts.onDone) {
-    let sent = 0;
-    stream.on('data', (c) => { sent += (c as Buffer).length; });
-    reply.raw.once('close', () => opts.onDone!({ bytes: sent, complete: sent === length && reply.raw.writableFinished }));
-  }
-  return reply.send(stream);
+}
+
+/** Headers written by hand, the body by sendfile(2) in a helper; the connection closes after the body. */
+function zeroCopy(reply: FastifyReply, fd: number, start: number, length: number): FastifyReply {
+  reply.hijack();
+  const socket = reply.raw.socket!;
+  const headers = { ...reply.getHeaders(), connection: 'close', date: new Date().toUTCString() } as Record<string, string | number | string[]>;
+  let head = `HTTP/1.1 ${reply.statusCode} ${STATUS_CODES[reply.statusCode] ?? ''}\r\n`;
+  for (const [k, v] of Object.entries(headers)) for (const x of Array.isArray(v) ? v : [v]) head += `${k}: ${x}\r\n`;
+  socket.write(head + '\r\n', () => {
+    sendfileToSocket(fd, start, length, socket).then(() => {
+      closeSync(fd);
+      socket.end();
+    });
+  });
+  return reply;
+}
+
+function pump(reply: FastifyReply, fd: number, start: number, length: number): FastifyReply {
+  const res = reply.raw;
+  reply.hijack();
+  const headers = reply.getHeaders() as Record<string, string | number | string[]>;
+  res.writeHead(reply.statusCode, headers);
+  let pos = start;
+  const end = start + length;
+  let closed = false;
+  const finish = () => {
+    if (closed) return;
+    closed = true;
+    closeSync(fd);
+  };
+  res.once('close', finish);
+  const next = () => {
+    if (closed) return;
+    if (pos >= end) { res.end(); return; }
+    const buf = Buffer.allocUnsafe(Math.min(READ_SIZE, end - pos));
+    read(fd, buf, 0, buf.length, pos, (err, n) => {
+      if (closed) return;
+      if (err || n === 0) { res.destroy(err ?? new Error('file shrank while being sent')); return; }
+      pos += n;
+      if (res.write(n === buf.length ? buf : buf.subarray(0, n))) next();
+      else res.once('drain', next);
+    });
+  };
+  next();
+  return reply;
 }

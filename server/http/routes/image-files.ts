@@ -1,11 +1,11 @@
 /**
  * GET/HEAD /images/<id>.ext4.zst and /images/<id>.ext4: container disks for machines (Range for resume,
- * ETag = the file's sha256, Content-Length), via send-file.ts's validators and a large-buffer body writer.
+ * ETag = the file's sha256, Content-Length), via send-file.ts (sendfile(2) for big bodies).
  */
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { AppDeps } from '../app.ts';
 import type { ImageService } from '../../images/index.ts';
-import { sendDisk } from '../../images/serve.ts';
+import { sendFile } from '../send-file.ts';
 
 export type ImageFilesOptions = AppDeps & { imageService?: ImageService };
 
@@ -21,7 +21,8 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
     const img = store.images.get(m[1]);
     if (!img || img.state !== 'ready') return reply.code(404).send({ error: 'Not Found', message: img ? `image ${img.id} is ${img.state}` : `no image ${m[1]}` });
     const kind = m[2] ? 'zst' : 'raw';
-    return sendDisk(req, reply, svc.filePath(img.id, kind), {
+    return sendFile(req, reply, svc.filePath(img.id, kind), {
+      cacheControl: 'public, max-age=31536000, immutable',
       etag: (kind === 'zst' ? img.compressedSha256 : img.rawSha256) ?? undefined,
       contentType: kind === 'zst' ? 'application/zstd' : 'application/octet-stream',
     });

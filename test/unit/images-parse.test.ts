@@ -1,0 +1,132 @@
+/** Pure parts of the container-disk builder: references, platforms, manifests, auth, sizes, debugfs script. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, readdirSync, readFileSync, lstatSync, readlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseReference, parsePlatform } from '../../server/images/reference.ts';
+import { parseManifest, pickPlatform, parseImageConfig } from '../../server/images/manifest.ts';
+import { parseAuthenticate } from '../../server/images/registry.ts';
+import { credentialsFromConfig } from '../../server/images/credentials.ts';
+import { parseSize, metadataScript, escapeValue, planDisk, journalBlocks } from '../../server/images/disk.ts';
+import { Flattener, cleanPath, type EntryMeta } from '../../server/images/flatten.ts';
+import { detectCompression } from '../../server/images/layer-stream.ts';
+import { makeTar } from '../helpers/images-oci.ts';
+
+test('image references like Docker writes them', () => {
+  assert.deepEqual(parseReference('busybox'), { registry: 'registry-1.docker.io', repository: 'library/busybox', tag: 'latest', digest: null });
+  assert.deepEqual(parseReference('docker.io/bitnami/redis:7.2'), { registry: 'registry-1.docker.io', repository: 'bitnami/redis', tag: '7.2', digest: null });
+  assert.deepEqual(parseReference('ghcr.io/org/app/sub:v1.0-rc1'), { registry: 'ghcr.io', repository: 'org/app/sub', tag: 'v1.0-rc1', digest: null });
+  assert.deepEqual(parseReference('127.0.0.1:5000/x:1'), { registry: '127.0.0.1:5000', repository: 'x', tag: '1', digest: null });
+  assert.deepEqual(parseReference('localhost/x'), { registry: 'localhost', repository: 'x', tag: 'latest', digest: null });
+  const d = 'sha256:' + 'a'.repeat(64);
+  assert.deepEqual(parseReference(`quay.io/a/b@${d}`), { registry: 'quay.io', repository: 'a/b', tag: null, digest: d });
+  assert.deepEqual(parseReference(`a/b:t@${d}`).tag, 't');
+  for (const bad of ['', 'UPPER', 'a b', 'x:bad/tag', 'x@sha256:12', 'x::1', 'reg.io/', 'a//b']) assert.throws(() => parseReference(bad), /bad image reference/, bad);
+});
+
+test('platforms and picking one from an index', () => {
+  assert.deepEqual(parsePlatform('linux/arm64/v8'), { os: 'linux', architecture: 'arm64', variant: 'v8' });
+  assert.throws(() => parsePlatform('amd64'), /OS\/ARCH/);
+  const idx = parseManifest(Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [
+    { digest: 'sha256:' + '1'.repeat(64), size: 1, mediaType: 'm', platform: { os: 'linux', architecture: 'arm', variant: 'v7' } },
+    { digest: 'sha256:' + '2'.repeat(64), size: 1, mediaType: 'm', platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
+    { digest: 'sha256:' + '3'.repeat(64), size: 1, mediaType: 'm', platform: { os: 'linux', architecture: 'amd64' } },
+    { digest: 'sha256:' + '4'.repeat(64), size: 1, mediaType: 'm', platform: { os: 'unknown', architecture: 'unknown' } },
+  ] })));
+  assert.equal(idx.kind, 'index');
+  if (idx.kind !== 'index') return;
+  assert.equal(pickPlatform(idx.manifests, parsePlatform('linux/amd64')).digest[7], '3');
+  assert.equal(pickPlatform(idx.manifests, parsePlatform('linux/arm64')).digest[7], '2');
+  assert.equal(pickPlatform(idx.manifests, parsePlatform('linux/arm/v7')).digest[7], '1');
+  assert.throws(() => pickPlatform(idx.manifests, parsePlatform('linux/riscv64')), /no image for platform linux\/riscv64 .*linux\/arm\/v7, linux\/arm64\/v8, linux\/amd64\)/);
+  assert.throws(() => parseManifest(Buffer.from('{"schemaVersion":1}')), /schema 1/);
+  const cfg = parseImageConfig(Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Entrypoint: ['/e'], Env: ['A=1'], User: 'app' }, rootfs: { diff_ids: ['sha256:x'] } })));
+  assert.deepEqual(cfg.run, { entrypoint: ['/e'], cmd: [], env: ['A=1'], workingDir: null, user: 'app' });
+});
+
+test('WWW-Authenticate challenges and Docker config.json credentials', () => {
+  assert.deepEqual(parseAuthenticate('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull"'),
+    { scheme: 'bearer', params: { realm: 'https://auth.docker.io/token', service: 'registry.docker.io', scope: 'repository:library/busybox:pull' } });
+  assert.deepEqual(parseAuthenticate('Basic realm="Registry Realm"'), { scheme: 'basic', params: { realm: 'Registry Realm' } });
+  const cfg = { auths: { 'https://index.docker.io/v1/': { auth: Buffer.from('hub:pw:with:colons').toString('base64') }, 'ghcr.io': { username: 'u', password: 'p' } } };
+  assert.deepEqual(credentialsFromConfig(cfg, 'registry-1.docker.io'), { username: 'hub', password: 'pw:with:colons' });
+  assert.deepEqual(credentialsFromConfig(cfg, 'ghcr.io'), { username: 'u', password: 'p' });
+  assert.equal(credentialsFromConfig(cfg, 'quay.io'), null);
+});
+
+test('sizes, compression sniffing, journal sizes', () => {
+  assert.equal(parseSize('512M'), 512 << 20);
+  assert.equal(parseSize('2G'), 2 ** 31);
+  assert.equal(parseSize('1.5GiB'), 1.5 * 2 ** 30);
+  assert.equal(parseSize('4096'), 4096);
+  assert.throws(() => parseSize('lots'), /bad size/);
+  assert.equal(detectCompression(Buffer.from([0x1f, 0x8b, 8])), 'gzip');
+  assert.equal(detectCompression(Buffer.from([0x28, 0xb5, 0x2f, 0xfd])), 'zstd');
+  assert.equal(detectCompression(Buffer.from('bin/')), 'none');
+  assert.equal(journalBlocks(1000), 0);
+  assert.equal(journalBlocks(100_000), 4096);
+});
+
+test('cleanPath keeps layer paths inside the root', () => {
+  assert.equal(cleanPath('./a//b/'), 'a/b');
+  assert.equal(cleanPath('/etc/x'), 'etc/x');
+  assert.equal(cleanPath('./'), '');
+  assert.equal(cleanPath('a/../../x'), null);
+  assert.equal(cleanPath('../x'), null);
+  assert.equal(cleanPath('a/../b'), 'b');
+});
+
+test('debugfs metadata script: only what the tree cannot hold, quoted and escaped', () => {
+  const m = (x: Partial<EntryMeta>): EntryMeta => ({ type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1, hostMode: 0o644, ...x });
+  const shared = m({ uid: 1000 });
+  const entries = new Map<string, EntryMeta>([
+    ['', m({ type: 'dir', mode: 0o755, hostMode: 0o755 })],
+    ['plain', m({})],
+    ['owned "q"', shared], ['hardlink', shared],
+    ['dev/null', m({ type: 'chardev', mode: 0o666, devmajor: 1, devminor: 3, mtime: 99 })],
+    ['secret', m({ mode: 0, hostMode: 0o600 })],
+    ['cap', m({ xattrs: new Map([['security.capability', Buffer.from([1, 0, 0x22, 0x5c, 0x41])]]) })],
+  ]);
+  assert.equal(metadataScript(entries, 0, 0), [
+    'sif "/owned ""q""" uid 1000',
+    'cd "/dev"', 'mknod "null" c 1 3', 'sif "/dev/null" mtime @99', 'sif "/dev/null" atime @99', 'sif "/dev/null" ctime @99',
+    'sif "/dev/null" uid 0', 'sif "/dev/null" gid 0', 'sif "/dev/null" mode 020666',
+    'sif "/secret" mode 0100000',
+    'ea_set "/cap" "security.capability" "\\x01\\x00\\x22\\x5cA"',
+  ].join('\n') + '\n');
+  assert.equal(escapeValue(Buffer.from('a b')), '"a b"');
+  const plan = planDisk(entries);
+  assert.equal(plan.sizeBytes % (1 << 20), 0);
+  assert.ok(plan.inodes >= 1024 && plan.sizeBytes >= 32 << 20);
+  assert.equal(planDisk(entries, { sizeBytes: 100 << 20 }).sizeBytes, 100 << 20);
+});
+
+test('flattener: whiteouts, opaque dirs with same-layer entries, symlinked parents, overwrites', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'ibi-flat-'));
+  try {
+    const f = new Flattener(join(root, 't'), { privileged: false });
+    const feed = async (entries: Parameters<typeof makeTar>[0]) => f.applyLayer((async function* () { yield makeTar(entries); })());
+    await feed([
+      { path: 'a/', type: 'dir' }, { path: 'a/x', content: '1' }, { path: 'a/sub/', type: 'dir' }, { path: 'a/sub/y', content: '2' },
+      { path: 'keep/', type: 'dir' }, { path: 'keep/k', content: 'k' }, { path: 'ln', type: 'symlink', linkname: '/keep' }, { path: 'f', content: 'f', mode: 0o4755, uid: 5 },
+    ]);
+    await feed([
+      { path: 'a/sub/', type: 'dir' }, { path: 'a/sub/new', content: 'n' }, // same layer, before the opaque marker
+      { path: 'a/.wh..wh..opq', content: '' },
+      { path: 'ln/through', content: 't' }, // lands in keep/
+      { path: '.wh.f', content: '' }, { path: 'f', type: 'dir' }, // file replaced by a dir
+    ]);
+    const t = join(root, 't');
+    assert.deepEqual(readdirSync(join(t, 'a')).sort(), ['sub']);
+    assert.deepEqual(readdirSync(join(t, 'a', 'sub')), ['new']);
+    assert.deepEqual(readdirSync(join(t, 'keep')).sort(), ['k', 'through']);
+    assert.equal(readlinkSync(join(t, 'ln')), '/keep');
+    assert.ok(lstatSync(join(t, 'f')).isDirectory());
+    assert.equal(readFileSync(join(t, 'keep', 'through'), 'utf8'), 't');
+    assert.deepEqual([...f.entries.keys()].sort(), ['', 'a', 'a/sub', 'a/sub/new', 'f', 'keep', 'keep/k', 'keep/through', 'ln']);
+    assert.equal(f.stats.whiteouts, 2);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
