@@ -101,7 +101,7 @@ async function main(): Promise<void> {
       await dnsmasq(`@${rate}/s, dnsmasq leases in memory`, false, rate);
       await ironboot(`@${rate}/s, reservation mode`, [], 'res', rate);
     }
-    for (const rate of [300, 3000]) {
+    for (const rate of [300, 4000]) {
       await dnsmasq(`@${rate}/s, dnsmasq lease file`, true, rate);
       await ironboot(`@${rate}/s, full mode (persisted)`, ['--dhcp-mode', 'full', '--dhcp-pool', `${intToIp(FIRST)}-${intToIp(FIRST + 3500)}`, '--dhcp-pool-unknown'], `full${rate}`, rate, []);
     }
@@ -111,10 +111,10 @@ async function main(): Promise<void> {
       const a = get(`@${rate}/s, reservation mode`, 'ironboot')!; const b = get(`@${rate}/s, dnsmasq leases in memory`, 'dnsmasq')!;
       console.log(`  reservation @${rate}/s: ironboot ${a.leasesPerSecond.toFixed(0)}/s ${a.dropPercent.toFixed(2)} % drops vs dnsmasq (memory) ${b.leasesPerSecond.toFixed(0)}/s ${b.dropPercent.toFixed(2)} % drops; ratio ${(a.leasesPerSecond / b.leasesPerSecond).toFixed(2)}`);
     }
-    const f = get('@3000/s, full mode (persisted)', 'ironboot')!;
-    const dl = get('@300/s, dnsmasq lease file', 'dnsmasq')!; const dh = get('@3000/s, dnsmasq lease file', 'dnsmasq')!;
+    const f = get('@4000/s, full mode (persisted)', 'ironboot')!;
+    const dl = get('@300/s, dnsmasq lease file', 'dnsmasq')!; const dh = get('@4000/s, dnsmasq lease file', 'dnsmasq')!;
     const dnsmasqFileRate = Math.max(dl.leasesPerSecond, dh.leasesPerSecond);
-    console.log(`  full @3000/s: ironboot ${f.leasesPerSecond.toFixed(0)} persisted leases/s ${f.dropPercent.toFixed(2)} % drops vs dnsmasq with lease file best ${dnsmasqFileRate.toFixed(0)}/s (@300: ${dl.dropPercent.toFixed(2)} %, @3000: ${dh.dropPercent.toFixed(2)} % drops); ratio ${(f.leasesPerSecond / dnsmasqFileRate).toFixed(1)}x`);
+    console.log(`  full @4000/s: ironboot ${f.leasesPerSecond.toFixed(0)} persisted leases/s ${f.dropPercent.toFixed(2)} % drops vs dnsmasq with lease file best ${dnsmasqFileRate.toFixed(0)}/s (@300: ${dl.dropPercent.toFixed(2)} %, @4000: ${dh.dropPercent.toFixed(2)} % drops); ratio ${(f.leasesPerSecond / dnsmasqFileRate).toFixed(1)}x`);
   } finally {
     await lab.destroy();
   }
