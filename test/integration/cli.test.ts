@@ -128,3 +128,15 @@ test('serve refuses a database from a newer ironboot', async () => {
     dir.remove();
   }
 });
+
+test('SIGTERM shuts the daemon down cleanly while a live event stream is open', { timeout: 30_000 }, async (t) => {
+  const dir = tempDir(); t.after(dir.remove);
+  const d = await spawnDaemon(dir.path, [], { IRONBOOT_TOKEN: 'tok' });
+  t.after(() => d.stop());
+  const res = await fetch(`${d.url}/api/v1/events/stream`, { headers: { authorization: 'Bearer tok' } });
+  const reader = res.body!.getReader();
+  await reader.read(); // the stream's opening comment: it is live
+  const ended = (async () => { for (;;) { const { done } = await reader.read(); if (done) return true; } })();
+  assert.equal(await d.stop(), 0, 'exit code 0 (without the fix it waits for the client forever)');
+  assert.equal(await ended, true, 'the server ended the stream');
+});

@@ -11,7 +11,8 @@ import type { AppDeps } from '../../app.ts';
  */
 const eventsRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, workflows }) => {
   const open = new Set<() => void>();
-  app.addHook('onClose', async () => { for (const close of [...open]) close(); });
+  // preClose, not onClose: server.close() waits for every open connection, and a live stream never ends by itself
+  app.addHook('preClose', async () => { for (const close of [...open]) close(); });
   app.get('/events/stream', {
     schema: { tags: ['events'], summary: 'Live workflow events (text/event-stream)', querystring: Type.Object({ workflow: Type.Optional(Type.String()) }) },
   }, async (req, reply) => {
