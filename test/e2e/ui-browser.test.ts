@@ -11,6 +11,8 @@ import { spawnDaemon, tempDir, readyImage } from '../helpers/daemon.ts';
 import { Store } from '../../server/store/index.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
+/** The page's document, inside waitForFunction callbacks (they run in the browser; no DOM lib on the Node side). */
+declare const document: { querySelector(selector: string): { textContent: string | null } | null };
 
 test('the web page lists, registers, cancels and streams events in a real browser', { skip: !existsSync(CHROMIUM) && 'chromium is not installed', timeout: 60_000 }, async (t) => {
   const dir = tempDir(); t.after(dir.remove);
