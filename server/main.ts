@@ -1,7 +1,7 @@
 /**
  * Composition root of `ironboot serve`: config → store → services. Nothing else starts things.
  */
-import { existsSync, readFileSync, mkdirSync } from 'node:fs';
+import { readFileSync, mkdirSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
@@ -95,4 +95,3 @@ export async function serveUntilSignalled(config: ServeConfig, log: Logger): Pro
   log.info('stopped');
 }
 
-export { existsSync };

@@ -12,8 +12,9 @@ import type { AppDeps, AppPlugin, ImageFiles } from './http/app.ts';
 import { startDhcpService } from './dhcp/index.ts';
 import { startTftpService, type TftpVirtualFiles } from './tftp/index.ts';
 import { createImageService, type ImageService } from './images/index.ts';
-import { loadBootTemplates, renderBootScript, type BootTemplates } from './boot/ipxe.ts';
+import { loadBootTemplates, renderBootScript, bootTargetFor, type BootTemplates } from './boot/ipxe.ts';
 import { bootPlugin } from './http/routes/boot.ts';
+import { ARTIFACT_FILES } from './http/routes/artifacts.ts';
 import imageFilesRoutes from './http/routes/image-files.ts';
 import imageBuildsRoutes from './http/routes/api/image-builds.ts';
 import { buildArtifacts, formatReport } from '../init/build/index.ts';
@@ -46,10 +47,7 @@ export function tftpBootScripts(store: Store, templates: BootTemplates, publicUr
   return {
     lookup({ name, mac }) {
       if (name !== 'boot.ipxe' || !mac) return null;
-      const machine = store.machines.getByMac(mac);
-      const workflow = machine ? store.workflows.activeForMachine(machine.id) ?? store.workflows.latestForMachine(machine.id) : undefined;
-      const image = workflow ? store.images.get(workflow.imageId) : undefined;
-      const out = renderBootScript(templates, { mac, machine, workflow, image }, { publicUrl: publicUrlFor() });
+      const out = renderBootScript(templates, bootTargetFor(store, mac), { publicUrl: publicUrlFor() });
       return { data: Buffer.from(out.script) };
     },
   };
@@ -94,14 +92,12 @@ export async function startNetworkServices(deps: {
   return { close };
 }
 
-export const ARTIFACT_NAMES = ['vmlinuz', 'initramfs'];
-
 /**
  * Builds the kernel + initramfs in the background when they are missing (and --build-artifacts is on), so a fresh
  * install can boot machines without a separate step. Machines that ask before it is done get 404 and iPXE retries.
  */
 export function prepareArtifacts(config: ServeConfig, artifactsDir: string, log: Logger): Promise<void> | null {
-  const missing = ARTIFACT_NAMES.filter((n) => !existsSync(join(artifactsDir, n)));
+  const missing = ARTIFACT_FILES.filter((n) => !existsSync(join(artifactsDir, n)));
   if (!missing.length) {
     log.info({ artifactsDir }, 'boot artifacts present');
     return null;

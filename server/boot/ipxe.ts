@@ -18,6 +18,7 @@ import Mustache from 'mustache';
 import type { Machine } from '../store/machines.ts';
 import type { Workflow } from '../store/workflows.ts';
 import type { Image } from '../store/images.ts';
+import type { Store } from '../store/index.ts';
 import { macHyphen } from '../mac.ts';
 import { isFinal } from '../workflows/states.ts';
 import { DEFAULT_CONSOLES, kernelCmdline, oneLine } from './cmdline.ts';
@@ -147,6 +148,14 @@ export interface BootTarget {
   /** The machine's active workflow, else its latest one (finished), else none. */
   workflow?: Workflow;
   image?: Image;
+}
+
+/** What a boot script is rendered for: the machine, its active workflow else its latest one, and that image. */
+export function bootTargetFor(store: Store, mac: string): BootTarget {
+  const machine = store.machines.getByMac(mac);
+  if (!machine) return { mac };
+  const workflow = store.workflows.activeForMachine(machine.id) ?? store.workflows.latestForMachine(machine.id);
+  return { mac, machine, workflow, image: workflow ? store.images.get(workflow.imageId) : undefined };
 }
 
 export interface BootDecision {

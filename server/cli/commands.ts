@@ -46,7 +46,6 @@ function machineBody(a: ParsedArgs, forUpdate: boolean): Obj {
   return body;
 }
 
-const machineRow = (m: Obj) => m;
 const machineColumns: [string, (r: Obj) => unknown][] = [
   ['MAC', (m) => m.mac], ['HOSTNAME', (m) => m.hostname], ['IPV4', (m) => (m.ipv4 ? `${m.ipv4.address}/${m.ipv4.prefix}` : null)],
   ['PXE', (m) => (m.allowPxe ? 'yes' : 'no')], ['ARCH', (m) => m.arch], ['LABELS', (m) => m.labels],
@@ -67,7 +66,7 @@ export async function machinesCommand(argv: string[], out: Out): Promise<void> {
     case 'set': case 'update': {
       const mac = need(a, 1, 'MAC address');
       const m = await api.request<Obj>('PATCH', `/api/v1/machines/${encodeURIComponent(mac)}`, machineBody(a, true));
-      print(out, json, m, () => keyValues(machineRow(m)));
+      print(out, json, m, () => keyValues(m));
       return;
     }
     case 'list': case 'ls': {
@@ -78,7 +77,7 @@ export async function machinesCommand(argv: string[], out: Out): Promise<void> {
     }
     case 'show': case 'get': {
       const m = await api.request<Obj>('GET', `/api/v1/machines/${encodeURIComponent(need(a, 1, 'MAC address'))}`);
-      print(out, json, m, () => keyValues(machineRow(m)));
+      print(out, json, m, () => keyValues(m));
       return;
     }
     case 'rm': case 'delete': {

@@ -42,10 +42,14 @@ export class EventRepository {
   append(e: EventInput): WorkflowEvent {
     const seq = (this.db.prepare('SELECT COALESCE(MAX(seq), 0) + 1 AS s FROM events WHERE workflow_id = ?')
       .get(e.workflowId) as { s: number }).s;
+    const ev = {
+      workflowId: e.workflowId, seq, at: new Date().toISOString(), kind: e.kind, state: e.state ?? null, message: e.message ?? null,
+      bytesDone: e.bytesDone ?? null, bytesTotal: e.bytesTotal ?? null, payload: e.payload ?? {},
+    };
     const info = this.db.prepare(`INSERT INTO events (workflow_id, seq, at, kind, state, message, bytes_done, bytes_total, payload)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(e.workflowId, seq, new Date().toISOString(), e.kind, e.state ?? null,
-      e.message ?? null, e.bytesDone ?? null, e.bytesTotal ?? null, JSON.stringify(e.payload ?? {}));
-    return fromRow(this.db.prepare('SELECT * FROM events WHERE id = ?').get(info.lastInsertRowid) as Row);
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(ev.workflowId, seq, ev.at, ev.kind, ev.state, ev.message, ev.bytesDone,
+      ev.bytesTotal, JSON.stringify(ev.payload));
+    return { id: Number(info.lastInsertRowid), ...ev };
   }
 
   list(workflowId: string, opts: { afterSeq?: number; limit?: number } = {}): WorkflowEvent[] {

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, writeFileSync, copyFileSync, readdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { openDb, loadMigrations, migrate, schemaVersion, SchemaTooNewError, MIGRATIONS_DIR } from '../../server/store/db.ts';
@@ -119,4 +119,3 @@ test('events are numbered per workflow in order', (t) => {
   assert.deepEqual(s.events.list('w1', { afterSeq: 2 }).map((e) => e.seq), [3]);
 });
 
-void copyFileSync;

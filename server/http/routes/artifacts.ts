@@ -12,9 +12,8 @@ export const ARTIFACT_FILES = ['vmlinuz', 'initramfs'] as const;
  */
 const artifactsRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { artifactsDir, ipxeDir }) => {
   const params = Type.Object({ name: Type.Union(ARTIFACT_FILES.map((n) => Type.Literal(n))) });
-  const handler = async (req: { params: { name: string } }, reply: unknown) =>
-    sendFile(req as never, reply as never, join(artifactsDir, req.params.name));
-  app.get('/artifacts/:name', { schema: { tags: ['boot'], summary: 'Kernel or initramfs', params } }, handler);
+  app.get('/artifacts/:name', { schema: { tags: ['boot'], summary: 'Kernel or initramfs', params } },
+    async (req, reply) => sendFile(req, reply, join(artifactsDir, req.params.name)));
   const ipxeParams = Type.Object({ name: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*\\.(efi|kpxe|pxe|lkrn)$' }) });
   app.get('/ipxe/:name', { schema: { tags: ['boot'], summary: 'iPXE binary (UEFI HTTP boot)', params: ipxeParams } },
     async (req, reply) => sendFile(req, reply, join(ipxeDir ?? '/usr/lib/ipxe', req.params.name)));

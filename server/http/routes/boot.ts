@@ -10,7 +10,7 @@ import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import { Counter, type Registry } from 'prom-client';
 import type { AppDeps } from '../app.ts';
 import { parseMac } from '../../mac.ts';
-import { renderBootScript, type BootTemplates, type BootScriptOptions, type BootTarget } from '../../boot/ipxe.ts';
+import { renderBootScript, bootTargetFor, type BootTemplates, type BootScriptOptions } from '../../boot/ipxe.ts';
 
 export interface BootRouteOptions extends AppDeps {
   templates: BootTemplates;
@@ -55,13 +55,7 @@ const bootRoutes: FastifyPluginAsync<BootRouteOptions> = async (app, opts) => {
       return `#!ipxe\necho ironboot: ${stem === 'boot' ? 'entry script' : `"${stem}" is not a MAC address`}, chaining to the script for \${mac}\n`
         + `chain --autofree ${server}/boot/\${mac}.ipxe\n`;
     }
-    const machine = store.machines.getByMac(mac);
-    const target: BootTarget = { mac, machine };
-    if (machine) {
-      target.workflow = store.workflows.activeForMachine(machine.id) ?? store.workflows.latestForMachine(machine.id);
-      if (target.workflow) target.image = store.images.get(target.workflow.imageId);
-    }
-    const out = renderBootScript(templates, target, { ...opts.script, publicUrl: server });
+    const out = renderBootScript(templates, bootTargetFor(store, mac), { ...opts.script, publicUrl: server });
     served.inc({ kind: out.kind });
     log.info({ mac, kind: out.kind, workflow: out.workflowId, from: req.ip, reason: out.reason }, `boot script ${out.kind}`);
     if (out.kind === 'provision' && out.workflowId) {

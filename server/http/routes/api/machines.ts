@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import { parseMac } from '../../../mac.ts';
 import { maskToPrefix, sameSubnet, broadcastOf, networkOf, ipToInt } from '../../../ipv4.ts';
-import type { Ipv4Reservation, Machine as MachineRow } from '../../../store/machines.ts';
+import type { Ipv4Reservation } from '../../../store/machines.ts';
 import { badRequest, notFound, conflict } from '../../errors.ts';
 import { Machine, MachineCreate, MachineUpdate, MacParams, MachineListQuery, ErrorReply, type Ipv4Input } from '../../schemas.ts';
 import type { AppDeps } from '../../app.ts';
@@ -49,14 +49,12 @@ export function parseLabelFilter(label: string | string[] | undefined): Record<s
   return out;
 }
 
-const view = (m: MachineRow) => m;
-
 /** /api/v1/machines: one row per MAC address. */
 const machinesRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, log }) => {
   const errors = { 400: ErrorReply, 401: ErrorReply, 404: ErrorReply, 409: ErrorReply };
 
   app.get('/machines', { schema: { tags: ['machines'], summary: 'List machines', querystring: MachineListQuery, response: { 200: Type.Array(Machine), ...errors } } },
-    async (req) => store.machines.list({ labels: parseLabelFilter(req.query.label) }).map(view));
+    async (req) => store.machines.list({ labels: parseLabelFilter(req.query.label) }));
 
   app.post('/machines', { schema: { tags: ['machines'], summary: 'Register a machine', body: MachineCreate, response: { 201: Machine, ...errors } } },
     async (req, reply) => {
@@ -67,7 +65,7 @@ const machinesRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, 
         efiBinary: b.efiBinary, allowPxe: b.allowPxe, labels: b.labels,
       });
       log.info({ mac, hostname: m.hostname, ipv4: m.ipv4?.address }, 'machine registered');
-      return reply.code(201).send(view(m));
+      return reply.code(201).send(m);
     });
 
   app.get('/machines/:mac', { schema: { tags: ['machines'], summary: 'Get a machine', params: MacParams, response: { 200: Machine, ...errors } } },
@@ -75,7 +73,7 @@ const machinesRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, 
       const mac = macParam(req.params.mac);
       const m = store.machines.getByMac(mac);
       if (!m) throw notFound('mac', `no machine with MAC ${mac}`);
-      return view(m);
+      return m;
     });
 
   app.patch('/machines/:mac', { schema: { tags: ['machines'], summary: 'Update a machine (only the fields given)', params: MacParams, body: MachineUpdate, response: { 200: Machine, ...errors } } },
@@ -92,7 +90,7 @@ const machinesRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, 
       });
       if (!m) throw notFound('mac', `no machine with MAC ${mac}`);
       log.info({ mac, fields: Object.keys(b) }, 'machine updated');
-      return view(m);
+      return m;
     });
 
   app.delete('/machines/:mac', { schema: { tags: ['machines'], summary: 'Delete a machine and its finished workflows', params: MacParams, response: { 204: Type.Null(), ...errors } } },
