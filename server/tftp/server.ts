@@ -62,7 +62,7 @@ export function tftpMetrics(registry: Registry): TftpMetrics {
     requests: metric(registry, 'ironboot_tftp_requests_total', () => new Counter({
       name: 'ironboot_tftp_requests_total', help: 'TFTP requests received on the request port, by kind (rrq, wrq, malformed, other)', labelNames: ['kind'] as const, registers })),
     transfers: metric(registry, 'ironboot_tftp_transfers_total', () => new Counter({
-      name: 'ironboot_tftp_transfers_total', help: 'TFTP read requests by outcome (complete, aborted, timeout, failed, refused, not_found, busy)', labelNames: ['outcome'] as const, registers })),
+      name: 'ironboot_tftp_transfers_total', help: 'TFTP read requests by outcome (complete, unconfirmed, aborted, timeout, failed, refused, not_found, busy)', labelNames: ['outcome'] as const, registers })),
     sentBytes: metric(registry, 'ironboot_tftp_sent_bytes_total', () => new Counter({
       name: 'ironboot_tftp_sent_bytes_total', help: 'TFTP DATA payload bytes sent, retransmissions included', registers })),
     retransmittedBlocks: metric(registry, 'ironboot_tftp_retransmitted_blocks_total', () => new Counter({
@@ -286,7 +286,7 @@ class Transfer {
       options: this.info.requested, blksize: s.params.blksize, windowsize: s.params.windowsize,
       size: s.params.size, bytes: s.bytesAcked, ms: Math.round(ms * 10) / 10, retransmitted: s.retransmitted, outcome, reason,
     };
-    if (outcome === 'complete' || outcome === 'aborted') this.log.info(entry, `tftp ${this.info.file} to ${this.client}: ${outcome}`);
+    if (outcome === 'complete' || outcome === 'unconfirmed' || outcome === 'aborted') this.log.info(entry, `tftp ${this.info.file} to ${this.client}: ${outcome}`);
     else this.log.warn(entry, `tftp ${this.info.file} to ${this.client}: ${outcome}`);
     this.onEnd(this);
   }

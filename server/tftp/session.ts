@@ -88,7 +88,11 @@ export function negotiateOptions(requested: Record<string, string>, size: number
   return { blksize, windowsize, timeoutMs, oack: Object.keys(oack).length > 0 ? oack : null };
 }
 
-export type TransferOutcome = 'complete' | 'aborted' | 'timeout' | 'failed';
+/**
+ * `unconfirmed`: every block went out but the final ACK never came back. RFC 1350's lost last ACK: the
+ * client most likely has the whole file (it does not retransmit its last ACK), so this is not a timeout.
+ */
+export type TransferOutcome = 'complete' | 'unconfirmed' | 'aborted' | 'timeout' | 'failed';
 
 export type SessionAction =
   | { type: 'send-oack'; options: Record<string, string> }
@@ -166,6 +170,9 @@ export class TransferSession {
     this.retries++;
     if (this.retries > this.params.maxRetries) {
       const what = this.oackPending ? 'the OACK' : `block ${this.acked + 1}`;
+      if (!this.oackPending && this.sent === this.totalBlocks) {
+        return this.finish('unconfirmed', `every block sent, no ACK for block ${this.acked + 1}..${this.totalBlocks} after ${this.params.maxRetries + 1} tries (the client's final ACK was lost, or it left)`);
+      }
       return [
         { type: 'send-error', code: 0, message: `timed out waiting for the ACK of ${what}` },
         ...this.finish('timeout', `no ACK for ${what} after ${this.params.maxRetries + 1} tries`),

@@ -109,8 +109,9 @@ test('retransmissions happened (the loss was real) and were logged per transfer'
   assert.equal(entries.length, 3, serverLog);
   for (const e of entries) {
     assert.equal(e.file, 'boot.bin');
-    // complete, or the client's final ACK was lost: every block but the last was acknowledged
-    assert.ok(e.outcome === 'complete' || (e.outcome === 'timeout' && e.bytes >= data.length - e.blksize), JSON.stringify(e));
+    // complete, or the client's final ACK was lost (every block went out; with a window, several of them
+    // may be unacknowledged): each client verified every byte above, so no transfer may have timed out
+    assert.ok(e.outcome === 'complete' || e.outcome === 'unconfirmed', JSON.stringify(e));
   }
   assert.ok(entries.some((e) => e.retransmitted > 0), 'no retransmission in any transfer');
 });

@@ -95,6 +95,19 @@ test('timeouts resend what is outstanding, then give up with an ERROR after maxR
   assert.equal(s.done, true);
 });
 
+test('a lost final ACK (every block sent, then silence) ends as unconfirmed, not as a timeout, without an ERROR', () => {
+  const s = new TransferSession({ size: 20 * 512 + 5, blksize: 512, windowsize: 8, oack: null, maxRetries: 1 });
+  assert.deepEqual(sends(s.start()), [[1, 8]]);
+  assert.deepEqual(sends(s.ack(8)), [[9, 16]]);
+  assert.deepEqual(sends(s.ack(14)), [[17, 21]]); // the last window: blocks 15..21 are out, 21 is the last
+  assert.deepEqual(sends(s.timeout()), [[15, 21]]);
+  const last = s.timeout();
+  assert.equal(last.length, 1);
+  assert.equal(last[0].type, 'finish');
+  assert.equal(last[0].type === 'finish' && last[0].outcome, 'unconfirmed');
+  assert.equal(s.bytesAcked, 14 * 512);
+});
+
 test('block numbers roll over to 0 past 65535 (files far over 32 MB at 512-byte blocks)', () => {
   const size = 70000 * 512 + 7;
   const s = new TransferSession({ size, blksize: 512, windowsize: 1, oack: null, maxRetries: 1 });
