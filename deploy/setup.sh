@@ -61,9 +61,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ]; then
   echo "$sum" > "$stamp"
 fi
 
-# The DHCP server's small native addon (SO_BINDTODEVICE), built against this node's headers.
-if [ -f server/dhcp/native/build.sh ]; then
-  bash server/dhcp/native/build.sh >&2
+# The native addons (DHCP: SO_BINDTODEVICE; TFTP: the transfer loop), built against this node's headers.
+if [ -f deploy/build-native.sh ]; then
+  bash deploy/build-native.sh >&2
 fi
 
 # The `ironboot` command on PATH when we may put it there.

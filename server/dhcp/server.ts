@@ -33,12 +33,12 @@ export function loadNative(): DhcpNative {
   if (native) return native;
   if (!existsSync(NATIVE_PATH)) {
     throw new DhcpStartError(`DHCP needs its native helper (SO_BINDTODEVICE), which is not built: run ` +
-      `${join(NATIVE_DIR, 'build.sh')} (needs g++, python3 and the node headers; deploy/setup.sh does it), or start with --no-dhcp`);
+      `deploy/build-native.sh (needs g++, python3 and the node headers; deploy/setup.sh does it), or start with --no-dhcp`);
   }
   try {
     native = createRequire(import.meta.url)(NATIVE_PATH) as DhcpNative;
   } catch (err) {
-    throw new DhcpStartError(`cannot load ${NATIVE_PATH}: ${(err as Error).message}; rebuild it with ${join(NATIVE_DIR, 'build.sh')} --force`);
+    throw new DhcpStartError(`cannot load ${NATIVE_PATH}: ${(err as Error).message}; rebuild it with deploy/build-native.sh --force`);
   }
   return native;
 }

@@ -144,6 +144,9 @@ export class FileSource implements ByteSource {
 
   constructor(private handle: FileHandle, readonly size: number) {}
 
+  /** The open file's descriptor (the native transfer loop reads a duplicate of it). */
+  get fd(): number { return this.handle.fd; }
+
   peek(pos: number, len: number): Buffer | null {
     const end = Math.min(pos + len, this.size);
     const i = Math.floor(pos / CHUNK);

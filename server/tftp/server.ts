@@ -8,6 +8,8 @@
  * - Caps on concurrent transfers per client address and in total; a vanished client's transfer ends after
  *   its retransmission tries and frees the slot.
  * - The decisions live in session.ts (one transfer's state machine); what is served in files.ts.
+ * - Files on disk in octet mode go through the native transfer loop (native-transfer.ts: a thread per
+ *   transfer, a window per sendmmsg) when it is built; everything else through `Transfer` below.
  */
 import dgram from 'node:dgram';
 import type { Logger } from 'pino';
@@ -17,8 +19,9 @@ import {
   type RequestPacket,
 } from './packet.ts';
 import { negotiateOptions, TransferSession, type SessionAction, type TransferOutcome } from './session.ts';
-import { openRequestedFile, TftpFileError, type ByteSource, type ServedRoot, type TftpVirtualFiles } from './files.ts';
+import { FileSource, openRequestedFile, TftpFileError, type ByteSource, type ServedRoot, type TftpVirtualFiles } from './files.ts';
 import { maxBlksizeTowards } from './mtu.ts';
+import { NativeTransfer, nativeLoopUnavailable, nativeTransferLoop, type NativeTransferResult } from './native-transfer.ts';
 
 export interface TftpServerOptions {
   log: Logger;
@@ -40,6 +43,8 @@ export interface TftpServerOptions {
   maxWindowBytes?: number;
   /** Largest block granted; by default found from the MTU of the path to each client. */
   maxBlksize?: (client: { address: string; port: number }) => Promise<number> | number;
+  /** 'auto' (default): files on disk through the native loop when it is built; 'js': every transfer in JS. */
+  transferLoop?: 'auto' | 'js';
 }
 
 export interface TftpMetrics {
@@ -93,8 +98,46 @@ interface TransferInfo {
   requested: Record<string, string>;
 }
 
-/** One read transfer: its socket, timer and byte source around a TransferSession. */
-class Transfer {
+/** What the server keeps of a running transfer, whichever loop carries it. */
+interface ActiveTransfer {
+  readonly peer: Peer;
+  readonly requestBytes: Buffer;
+  /** True once the client answered anything (then a repeated request is a new one). */
+  readonly progressed: boolean;
+  /** Ends the transfer without telling the client (server shutdown). */
+  abort(): void;
+}
+
+interface TransferEnd {
+  loop: 'js' | 'native';
+  client: string;
+  info: TransferInfo;
+  blksize: number;
+  windowsize: number;
+  size: number;
+  bytes: number;
+  startedAt: bigint;
+  retransmitted: number;
+  outcome: TransferOutcome;
+  reason: string;
+}
+
+/** The one log line and the metrics of a finished transfer. */
+function reportEnd(log: Logger, metrics: TftpMetrics, e: TransferEnd): void {
+  const ms = Number(process.hrtime.bigint() - e.startedAt) / 1e6;
+  metrics.transfers.inc({ outcome: e.outcome });
+  metrics.duration.observe({ outcome: e.outcome }, ms / 1000);
+  const entry = {
+    client: e.client, file: e.info.file, origin: e.info.origin, mac: e.info.mac ?? undefined, mode: e.info.mode,
+    options: e.info.requested, loop: e.loop, blksize: e.blksize, windowsize: e.windowsize,
+    size: e.size, bytes: e.bytes, ms: Math.round(ms * 10) / 10, retransmitted: e.retransmitted, outcome: e.outcome, reason: e.reason,
+  };
+  if (e.outcome === 'complete' || e.outcome === 'unconfirmed' || e.outcome === 'aborted') log.info(entry, `tftp ${e.info.file} to ${e.client}: ${e.outcome}`);
+  else log.warn(entry, `tftp ${e.info.file} to ${e.client}: ${e.outcome}`);
+}
+
+/** One read transfer in JS: its socket, timer and byte source around a TransferSession. */
+class Transfer implements ActiveTransfer {
   readonly startedAt = process.hrtime.bigint();
   private readonly timer: NodeJS.Timeout;
   private readonly cache = new Map<number, Buffer>(); // absolute block → DATA packet, for retransmission
@@ -277,25 +320,19 @@ class Transfer {
       this.pendingError = null;
     } else closeSocket();
     void this.source.close().catch(() => {});
-    const ms = Number(process.hrtime.bigint() - this.startedAt) / 1e6;
     const s = this.session;
-    this.metrics.transfers.inc({ outcome });
-    this.metrics.duration.observe({ outcome }, ms / 1000);
-    const entry = {
-      client: this.client, file: this.info.file, origin: this.info.origin, mac: this.info.mac ?? undefined, mode: this.info.mode,
-      options: this.info.requested, blksize: s.params.blksize, windowsize: s.params.windowsize,
-      size: s.params.size, bytes: s.bytesAcked, ms: Math.round(ms * 10) / 10, retransmitted: s.retransmitted, outcome, reason,
-    };
-    if (outcome === 'complete' || outcome === 'unconfirmed' || outcome === 'aborted') this.log.info(entry, `tftp ${this.info.file} to ${this.client}: ${outcome}`);
-    else this.log.warn(entry, `tftp ${this.info.file} to ${this.client}: ${outcome}`);
+    reportEnd(this.log, this.metrics, {
+      loop: 'js', client: this.client, info: this.info, blksize: s.params.blksize, windowsize: s.params.windowsize,
+      size: s.params.size, bytes: s.bytesAcked, startedAt: this.startedAt, retransmitted: s.retransmitted, outcome, reason,
+    });
     this.onEnd(this);
   }
 }
 
 export class TftpServer {
   private socket: dgram.Socket | null = null;
-  private readonly transfers = new Set<Transfer>();
-  private readonly byEndpoint = new Map<string, Transfer>();
+  private readonly transfers = new Set<ActiveTransfer>();
+  private readonly byEndpoint = new Map<string, ActiveTransfer>();
   /** Slots held per client address, including requests still opening their file. */
   private readonly perClient = new Map<string, number>();
   private slotsInUse = 0;
@@ -311,6 +348,9 @@ export class TftpServer {
   get activeTransfers(): number { return this.transfers.size; }
 
   async listen(): Promise<void> {
+    if ((this.opts.transferLoop ?? 'auto') === 'auto' && !nativeTransferLoop()) {
+      this.log.warn(`tftp native transfer loop unavailable, every transfer runs in JS (slower): ${nativeLoopUnavailable()}`);
+    }
     const socket = dgram.createSocket({ type: socketType(this.opts.host), lookup: literalLookup });
     await new Promise<void>((resolve, reject) => {
       socket.once('error', reject);
@@ -368,6 +408,7 @@ export class TftpServer {
       return;
     }
     this.metrics.requests.inc({ kind: 'rrq' });
+    this.log.debug({ client: `${peer.address}:${peer.port}`, file: packet.filename, options: packet.options }, 'tftp read request');
     await this.startRead(packet, msg, peer);
   }
 
@@ -416,6 +457,22 @@ export class TftpServer {
         size: source.size, blksize: negotiated.blksize, windowsize: negotiated.windowsize, oack: negotiated.oack,
         maxRetries: this.opts.maxRetries ?? 5,
       });
+      const info: TransferInfo = { file: opened.name, origin: opened.origin, mac: opened.mac, mode, requested: request.options };
+      const loop = (this.opts.transferLoop ?? 'auto') === 'auto' && source instanceof FileSource && mode === 'octet' ? nativeTransferLoop() : null;
+      if (loop && source instanceof FileSource) {
+        if (this.closing) throw new Error('server closing');
+        const size = source.size;
+        const transfer: NativeTransfer = new NativeTransfer(loop, peer, raw, {
+          fd: source.fd, size: source.size, host: this.opts.host, client: peer.address, clientPort: peer.port,
+          blksize: negotiated.blksize, windowsize: negotiated.windowsize, timeoutMs: negotiated.timeoutMs,
+          maxRetries: this.opts.maxRetries ?? 5, oack: negotiated.oack ? encodeOack(negotiated.oack) : null,
+        }, (r) => this.endNative(transfer, endpoint, info, negotiated.blksize, negotiated.windowsize, size, r));
+        slotHandedOver = true;
+        void source.close().catch(() => {}); // the loop reads its own duplicate of the descriptor
+        source = null;
+        this.track(transfer, endpoint);
+        return;
+      }
       const socket = dgram.createSocket({ type: socketType(this.opts.host), lookup: literalLookup });
       await new Promise<void>((resolve, reject) => {
         socket.once('error', reject);
@@ -425,13 +482,10 @@ export class TftpServer {
         socket.close();
         throw new Error('server closing');
       }
-      const transfer = new Transfer(peer, raw, socket, session, source, negotiated.timeoutMs,
-        { file: opened.name, origin: opened.origin, mac: opened.mac, mode, requested: request.options },
+      const transfer = new Transfer(peer, raw, socket, session, source, negotiated.timeoutMs, info,
         this.metrics, this.log, (t) => this.release(t, endpoint));
       slotHandedOver = true;
-      this.transfers.add(transfer);
-      this.byEndpoint.set(endpoint, transfer);
-      this.metrics.active.set(this.transfers.size);
+      this.track(transfer, endpoint);
       transfer.begin();
     } catch (err) {
       if (source) void source.close().catch(() => {});
@@ -449,7 +503,35 @@ export class TftpServer {
     }
   }
 
-  private release(t: Transfer, endpoint: string): void {
+  private track(t: ActiveTransfer, endpoint: string): void {
+    this.transfers.add(t);
+    this.byEndpoint.set(endpoint, t);
+    this.metrics.active.set(this.transfers.size);
+  }
+
+  private endNative(t: NativeTransfer, endpoint: string, info: TransferInfo, blksize: number, windowsize: number, size: number, r: NativeTransferResult): void {
+    try {
+      this.reportNative(t, endpoint, info, blksize, windowsize, size, r);
+    } catch (err) {
+      this.log.error({ err, client: endpoint }, 'tftp transfer report failed');
+    } finally {
+      this.release(t, endpoint);
+    }
+  }
+
+  private reportNative(t: NativeTransfer, endpoint: string, info: TransferInfo, blksize: number, windowsize: number, size: number, r: NativeTransferResult): void {
+    this.metrics.sentBytes.inc(r.bytesSent);
+    this.metrics.retransmittedBlocks.inc(r.retransmitted);
+    if (r.strays) this.metrics.badPackets.inc({ reason: 'unknown_tid' }, r.strays);
+    if (r.malformed) this.metrics.badPackets.inc({ reason: 'malformed' }, r.malformed);
+    if (r.unexpected) this.metrics.badPackets.inc({ reason: 'unexpected' }, r.unexpected);
+    reportEnd(this.log, this.metrics, {
+      loop: 'native', client: endpoint, info, blksize, windowsize, size, bytes: Math.min(r.acked * blksize, size),
+      startedAt: t.startedAt, retransmitted: r.retransmitted, outcome: r.outcome, reason: r.reason,
+    });
+  }
+
+  private release(t: ActiveTransfer, endpoint: string): void {
     this.transfers.delete(t);
     if (this.byEndpoint.get(endpoint) === t) this.byEndpoint.delete(endpoint);
     this.freeSlot(t.peer.address);

@@ -18,7 +18,7 @@ export const NATIVE_ADDON = join(ROOT, 'server', 'dhcp', 'native', 'build', 'Rel
 /** Builds the native addon once if missing (tests run where deploy/setup.sh may not have). */
 export function ensureNativeAddon(): void {
   if (existsSync(NATIVE_ADDON)) return;
-  const r = spawnSyncQuiet('bash', [join(ROOT, 'server', 'dhcp', 'native', 'build.sh')]);
+  const r = spawnSyncQuiet('bash', [join(ROOT, 'deploy', 'build-native.sh'), join(ROOT, 'server', 'dhcp', 'native')]);
   if (!existsSync(NATIVE_ADDON)) throw new Error(`could not build the DHCP native addon: ${r}`);
 }
 

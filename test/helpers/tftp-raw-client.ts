@@ -34,7 +34,15 @@ export class RawTftpClient {
 
   get port(): number { return this.socket.address().port; }
 
-  send(buf: Buffer, port: number, host = '127.0.0.1'): void { this.socket.send(buf, port, host); }
+  private pending = 0;
+  private closeWhenSent = false;
+
+  send(buf: Buffer, port: number, host = '127.0.0.1'): void {
+    this.pending++;
+    this.socket.send(buf, port, host, () => {
+      if (--this.pending === 0 && this.closeWhenSent) this.close();
+    });
+  }
 
   /** The next datagram, or null after `ms` of silence. */
   next(ms = 2000): Promise<Received | null> {
@@ -59,7 +67,11 @@ export class RawTftpClient {
     }
   }
 
-  close(): void { try { this.socket.close(); } catch { /* closed */ } }
+  /** Closes the socket once what was sent has left (a close right after send() would cancel it). */
+  close(): void {
+    if (this.pending > 0) { this.closeWhenSent = true; return; }
+    try { this.socket.close(); } catch { /* closed */ }
+  }
 }
 
 export interface FetchResult {
