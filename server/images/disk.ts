@@ -1,15 +1,13 @@
 /**
- * The ext4 image: sized from the content, made by `mkfs.ext4 -d TREE` (contents, names, links, times) and
- * completed by a `debugfs -w` script (ownership, modes the tree could not hold, device nodes, fifos, xattrs).
- * Nothing is mounted and no privilege is needed. Always 4 KiB blocks and an explicit inode count.
+ * The ext4 image: sized from the content (planDisk), then planned and written by our own writer (ext4/) together
+ * with its zstd form. Nothing is mounted and no privilege is needed. Always 4 KiB blocks and an explicit inode count.
  */
-import { spawn } from 'node:child_process';
-import { closeSync, ftruncateSync, openSync } from 'node:fs';
 import { ImageError } from './errors.ts';
 import type { EntryMeta } from './flatten.ts';
+import { BLOCK, INODE_SIZE, planExt4, Ext4ContentError, Ext4FullError, type Ext4Layout } from './ext4/plan.ts';
+import { writeExt4, ZstdError, type DiskDigests, type WriteProgress } from './ext4/write.ts';
 
-export const BLOCK = 4096;
-export const INODE_SIZE = 256;
+export { BLOCK, INODE_SIZE, type DiskDigests };
 const MiB = 1 << 20;
 
 export interface DiskPlan { sizeBytes: number; inodes: number; contentBytes: number; entries: number }
@@ -81,92 +79,40 @@ export function planDisk(entries: Map<string, EntryMeta>, opts: SizeOptions = {}
   return { sizeBytes: size, inodes: Math.max(inodes, Math.min(Math.floor(size / (64 * 1024)), 1 << 22)), contentBytes, entries: seen.size };
 }
 
-const TYPE_BITS: Record<string, number> = { file: 0o100000, dir: 0o040000, symlink: 0o120000, chardev: 0o020000, blockdev: 0o060000, fifo: 0o010000 };
+export class DiskFullError extends ImageError {}
 
-/** A debugfs command argument, quoted ("" for a literal quote). */
-export function dq(s: string): string {
-  return `"${s.replaceAll('"', '""')}"`;
-}
-
-/** An xattr value for `ea_set`: printable ASCII as is, every other byte as \xHH. */
-export function escapeValue(v: Buffer): string {
-  let out = '"';
-  for (const b of v) out += b >= 0x20 && b < 0x7f && b !== 0x22 && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`;
-  return out + '"';
+export interface DiskResult extends DiskDigests {
+  /** The ext4 layout written (its size may exceed the plan's when the automatic size had to grow). */
+  layout: Ext4Layout;
 }
 
 /**
- * The debugfs commands that give the image what the tree could not: owners differing from the tree's
- * (hostUid/hostGid), modes differing from the tree copy's, device nodes and fifos, and xattrs. Pure.
+ * Plans the ext4 image for `entries` and writes it (raw at rawPath, zstd at zstPath) in one pass: our own writer
+ * (ext4/), so no mke2fs/debugfs and no root or mount. File contents come from memory (EntryMeta.data) or `tree`. A forced size the
+ * content does not fit is a DiskFullError; an automatic size that turns out too small is grown.
  */
-export function metadataScript(entries: Map<string, EntryMeta>, hostUid: number, hostGid: number): string {
-  const lines: string[] = [];
-  const done = new Set<EntryMeta>();
-  for (const [p, m] of entries) {
-    const fsPath = `/${p}`;
-    const special = m.type === 'chardev' || m.type === 'blockdev' || m.type === 'fifo';
-    if (special) {
-      const slash = p.lastIndexOf('/');
-      lines.push(`cd ${dq('/' + (slash < 0 ? '' : p.slice(0, slash)))}`);
-      const name = p.slice(slash + 1);
-      lines.push(m.type === 'fifo' ? `mknod ${dq(name)} p` : `mknod ${dq(name)} ${m.type === 'chardev' ? 'c' : 'b'} ${m.devmajor ?? 0} ${m.devminor ?? 0}`);
-      lines.push(`sif ${dq(fsPath)} mtime @${Math.floor(m.mtime)}`, `sif ${dq(fsPath)} atime @${Math.floor(m.mtime)}`, `sif ${dq(fsPath)} ctime @${Math.floor(m.mtime)}`);
-    } else if (done.has(m)) continue;
-    done.add(m);
-    if (special || m.uid !== hostUid) lines.push(`sif ${dq(fsPath)} uid ${m.uid}`);
-    if (special || m.gid !== hostGid) lines.push(`sif ${dq(fsPath)} gid ${m.gid}`);
-    if (m.type !== 'symlink' && (special || (m.mode & 0o7777) !== m.hostMode)) lines.push(`sif ${dq(fsPath)} mode 0${(TYPE_BITS[m.type] | (m.mode & 0o7777)).toString(8)}`);
-    if (m.xattrs) for (const [k, v] of m.xattrs) lines.push(`ea_set ${dq(fsPath)} ${dq(k)} ${escapeValue(v)}`);
-  }
-  return lines.length ? lines.join('\n') + '\n' : '';
-}
-
-function run(cmd: string, args: string[], input?: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: [input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d) => { if (stdout.length < 1 << 20) stdout += d; });
-    child.stderr!.on('data', (d) => { if (stderr.length < 1 << 20) stderr += d; });
-    child.once('error', (err) => reject(new ImageError(`cannot run ${cmd}: ${err.message} (install e2fsprogs)`)));
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-    if (input !== undefined) {
-      child.stdin!.on('error', () => {});
-      child.stdin!.end(input);
+export async function makeDisk(entries: Map<string, EntryMeta>, tree: string, rawPath: string, zstPath: string, plan: DiskPlan,
+  opts: { seed: string; label?: string; forcedSize?: boolean } & WriteProgress): Promise<DiskResult> {
+  let size = plan.sizeBytes;
+  let layout: Ext4Layout;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      layout = planExt4(entries, { sizeBytes: size, inodes: plan.inodes, seed: opts.seed, label: opts.label, journalBlocks });
+      break;
+    } catch (err) {
+      if (err instanceof Ext4ContentError) throw new ImageError(`the image cannot be stored in ext4: ${err.message}`);
+      if (!(err instanceof Ext4FullError)) throw err;
+      if (opts.forcedSize) {
+        throw new DiskFullError(`the image content (${Math.ceil(plan.contentBytes / MiB)} MiB, ${plan.entries} entries) does not fit in ${Math.floor(plan.sizeBytes / MiB)} MiB: give a larger --size`, 'size');
+      }
+      if (attempt >= 4) throw new ImageError(`cannot size the disk for this image (${err.message})`);
+      size = roundUp(size * 1.25 + 16 * MiB, MiB);
     }
-  });
-}
-
-const isNoSpace = (s: string) => /no space left|ENOSPC|could not allocate block|Could not allocate inode|out of space/i.test(s);
-
-export class DiskFullError extends ImageError {}
-
-/** Creates the image file at `imagePath` from `tree` and applies the metadata script. */
-export async function makeExt4(imagePath: string, tree: string, plan: DiskPlan, script: string, opts: { label?: string; forcedSize?: boolean } = {}): Promise<void> {
-  const fd = openSync(imagePath, 'w');
+  }
   try {
-    ftruncateSync(fd, plan.sizeBytes);
-  } finally {
-    closeSync(fd);
-  }
-  const args = ['-F', '-q', '-t', 'ext4', '-b', String(BLOCK), '-I', String(INODE_SIZE), '-N', String(plan.inodes), '-m', '0',
-    '-E', 'lazy_itable_init=1,lazy_journal_init=1,nodiscard', ...(opts.label ? ['-L', opts.label.slice(0, 16)] : []), '-d', tree, imagePath];
-  const mk = await run('mke2fs', args);
-  if (mk.code !== 0) {
-    const msg = (mk.stderr || mk.stdout).trim().split('\n').slice(-3).join(' / ');
-    if (isNoSpace(msg)) {
-      throw new DiskFullError(opts.forcedSize
-        ? `the image content (${Math.ceil(plan.contentBytes / MiB)} MiB, ${plan.entries} entries) does not fit in ${Math.floor(plan.sizeBytes / MiB)} MiB: give a larger --size`
-        : `mke2fs ran out of space (${msg}) — the data directory's disk may be full`, 'size');
-    }
-    throw new ImageError(`mke2fs failed: ${msg}`);
-  }
-  if (!script) return;
-  const dbg = await run('debugfs', ['-w', '-f', '-', imagePath], script);
-  const errors = dbg.stderr.split('\n').filter((l) => l.trim() && !/^debugfs \d/.test(l));
-  if (dbg.code !== 0 || errors.length) {
-    const msg = errors.slice(0, 3).join(' / ') || `exit ${dbg.code}`;
-    if (isNoSpace(msg)) throw new DiskFullError(`the image ran out of space while setting metadata (${msg}): give a larger --size`, 'size');
-    throw new ImageError(`debugfs failed to set file metadata: ${msg}`);
+    return { ...(await writeExt4(layout, tree, rawPath, zstPath, opts)), layout };
+  } catch (err) {
+    if (err instanceof ZstdError) throw Object.assign(new ImageError(err.message), err.code ? { code: err.code } : {});
+    throw err;
   }
 }

@@ -3,8 +3,9 @@
  * (`.wh.NAME` deletes NAME, `.wh..wh..opq` hides the lower layers' contents of its directory).
  *
  * The tree holds what an unprivileged process can write: names, contents, symlinks, hardlinks and times.
- * What it cannot (ownership, setuid bits when not root, device nodes, fifos, xattrs) is kept in `entries`
- * and applied to the ext4 image afterwards with debugfs (disk.ts), so the build needs no root and no mount.
+ * `entries` holds the truth for every path (type, ownership, modes incl. setuid, devices, fifos, xattrs, hard
+ * links as one shared object): the ext4 writer (ext4/) takes all metadata from it and only the file contents
+ * from the tree, so the build needs no root and no mount.
  * Paths are resolved inside the tree like a chroot would: a symlink in a layer never leads outside it.
  */
 import { closeSync, fchmodSync, futimesSync, linkSync, lutimesSync, mkdirSync, openSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeSync, chmodSync } from 'node:fs';
@@ -26,6 +27,8 @@ export interface EntryMeta {
   devmajor?: number;
   devminor?: number;
   xattrs?: Map<string, Buffer>;
+  /** Regular files held in memory instead of the tree: the content as the tar stream's own chunks (no copy). */
+  data?: Buffer[];
 }
 
 export interface FlattenStats { layers: number; entries: number; bytesTar: number; whiteouts: number; skipped: string[] }
@@ -55,9 +58,17 @@ export class Flattener {
   /** Bits the process umask would strip from open()/mkdir() modes: only then is a chmod needed. */
   private readonly umask = process.umask();
 
-  constructor(root: string, opts: { privileged?: boolean } = {}) {
+  /** File bytes that may still be kept in memory rather than written to the tree. */
+  private memoryLeft: number;
+
+  /**
+   * memoryBudget: regular files are kept in memory (as references to the tar chunks) while their total size stays
+   * within it, and written to the tree beyond it (default 0: everything in the tree).
+   */
+  constructor(root: string, opts: { privileged?: boolean; memoryBudget?: number } = {}) {
     this.root = root.replace(/\/+$/, '');
     this.privileged = opts.privileged ?? process.geteuid?.() === 0;
+    this.memoryLeft = opts.memoryBudget ?? 0;
     mkdirSync(this.root, { recursive: true });
     this.entries.set('', { type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0, hostMode: 0o755 });
     this.children.set('', new Set());
@@ -77,6 +88,7 @@ export class Flattener {
     this.stats.layers++;
     const parser = new TarParser();
     let fd: number | null = null;
+    let mem: Buffer[] | null = null;
     let current: TarEntry | null = null;
     try {
       for await (const chunk of tar) {
@@ -84,9 +96,11 @@ export class Flattener {
         for (const ev of parser.push(chunk)) {
           if (ev.kind === 'entry') {
             current = ev.entry;
-            fd = this.applyEntry(ev.entry);
+            const target = this.applyEntry(ev.entry);
+            if (Array.isArray(target)) mem = target; else fd = target;
           } else if (ev.kind === 'data') {
-            if (fd !== null) {
+            if (mem !== null) mem.push(ev.data);
+            else if (fd !== null) {
               let off = 0;
               while (off < ev.data.length) off += writeSync(fd, ev.data, off);
             }
@@ -96,6 +110,7 @@ export class Flattener {
               closeSync(fd);
               fd = null;
             }
+            mem = null;
             current = null;
           }
         }
@@ -106,8 +121,8 @@ export class Flattener {
     }
   }
 
-  /** Creates one entry; returns the fd to write a regular file's data to. */
-  private applyEntry(e: TarEntry): number | null {
+  /** Creates one entry; returns where a regular file's data goes: an fd of the tree file, or the in-memory chunk list. */
+  private applyEntry(e: TarEntry): number | Buffer[] | null {
     this.stats.entries++;
     const clean = cleanPath(e.path);
     if (clean === null) { this.skip(`${e.path}: path leaves the image root`); return null; }
@@ -144,6 +159,12 @@ export class Flattener {
         break;
       case 'file': {
         meta.size = e.size;
+        if (this.memoryLeft > 0 && e.size <= this.memoryLeft) {
+          this.memoryLeft -= e.size;
+          meta.data = [];
+          this.add(p, meta);
+          return meta.data;
+        }
         const fd = openSync(hp, 'wx', hostMode);
         if (hostMode & (this.umask | 0o7000)) fchmodSync(fd, hostMode);
         this.add(p, meta);
@@ -161,10 +182,11 @@ export class Flattener {
         const tmeta = tpath === null ? undefined : this.entries.get(tpath);
         if (!tmeta || tmeta.type === 'dir' || tpath === p) { this.skip(`${e.path}: hard link to missing "${e.linkname}"`); return null; }
         if (tmeta.type === 'chardev' || tmeta.type === 'blockdev' || tmeta.type === 'fifo') {
-          this.add(p, { ...tmeta }); // a second node (debugfs cannot add links to it)
+          if (e.xattrs.size) tmeta.xattrs = e.xattrs;
+          this.add(p, tmeta); // a hard link to a node that exists only in `entries`
           return null;
         }
-        linkSync(this.host(tpath!), hp);
+        if (!tmeta.data) linkSync(this.host(tpath!), hp);
         if (e.xattrs.size) tmeta.xattrs = e.xattrs;
         this.add(p, tmeta);
         return null;
@@ -244,7 +266,7 @@ export class Flattener {
     if (m.type === 'dir') {
       this.forgetSubtree(p);
       rmSync(this.host(p), { recursive: true, force: true });
-    } else if (m.type !== 'chardev' && m.type !== 'blockdev' && m.type !== 'fifo') {
+    } else if (m.type !== 'chardev' && m.type !== 'blockdev' && m.type !== 'fifo' && !m.data) {
       unlinkSync(this.host(p));
     }
     this.entries.delete(p);
