@@ -73,7 +73,7 @@ export function tftpMetrics(registry: Registry): TftpMetrics {
     retransmittedBlocks: metric(registry, 'ironboot_tftp_retransmitted_blocks_total', () => new Counter({
       name: 'ironboot_tftp_retransmitted_blocks_total', help: 'TFTP DATA blocks sent again after a timeout or a reported gap', registers })),
     badPackets: metric(registry, 'ironboot_tftp_bad_packets_total', () => new Counter({
-      name: 'ironboot_tftp_bad_packets_total', help: 'TFTP datagrams dropped: malformed, unknown_tid (wrong sender), unexpected (valid but out of place)', labelNames: ['reason'] as const, registers })),
+      name: 'ironboot_tftp_bad_packets_total', help: 'TFTP datagrams dropped: malformed, unknown_tid (wrong sender), unexpected (valid but out of place); those on a native transfer port are counted when it ends', labelNames: ['reason'] as const, registers })),
     duration: metric(registry, 'ironboot_tftp_transfer_duration_seconds', () => new Histogram({
       name: 'ironboot_tftp_transfer_duration_seconds', help: 'TFTP transfer time from request to the end', labelNames: ['outcome'] as const,
       buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300], registers })),
