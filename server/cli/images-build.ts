@@ -30,8 +30,8 @@ export function progressPrinter(write: (s: string) => void, tty: boolean): { upd
   let drawn = false;
   const line = (p: BuildProgress) => {
     const parts = [`layers ${p.layersDone}/${p.layersTotal}`, `pulled ${bytes(p.bytesPulled)}${p.bytesToPull ? `/${bytes(p.bytesToPull)}` : ''}`, `flattened ${bytes(p.bytesFlattened)}`];
-    if (p.diskBytes) parts.push(`filesystem ${bytes(p.diskBytes)}${p.stage === 'filesystem' ? '…' : ' ✓'}`);
-    if (p.bytesCompressed !== undefined && p.diskBytes) parts.push(`compressed ${Math.floor((100 * p.bytesCompressed) / p.diskBytes)}%`);
+    // file data goes to the disk and through zstd while the layers stream; the metadata follows at the end
+    if (p.bytesCompressed) parts.push(`disk written ${bytes(p.bytesCompressed)}${p.diskBytes ? `/${bytes(p.diskBytes)} ✓` : ''}`);
     return `${p.stage.padEnd(11)} ${parts.join(' · ')}`;
   };
   return {

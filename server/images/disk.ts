@@ -1,11 +1,13 @@
 /**
- * The ext4 image: sized from the content (planDisk), then planned and written by our own writer (ext4/) together
- * with its zstd form. Nothing is mounted and no privilege is needed. Always 4 KiB blocks and an explicit inode count.
+ * The ext4 image, made while the layers stream: DiskBuilder is the flattener's content sink (file bytes go straight
+ * to the data area of the raw file and into zstd), and at the end it sizes the disk (planDisk), plans the metadata
+ * (ext4/plan.ts) and finishes the stream (ext4/write.ts). Nothing is mounted and no privilege is needed. Always
+ * 4 KiB blocks and an explicit inode count.
  */
 import { ImageError } from './errors.ts';
-import type { EntryMeta } from './flatten.ts';
-import { BLOCK, INODE_SIZE, planExt4, Ext4ContentError, Ext4FullError, type Ext4Layout } from './ext4/plan.ts';
-import { writeExt4, ZstdError, type DiskDigests, type WriteProgress } from './ext4/write.ts';
+import type { ContentSink, EntryMeta } from './flatten.ts';
+import { BLOCK, INODE_SIZE, planExt4, gdtBlocksFor, Ext4ContentError, Ext4FullError, type Ext4Layout } from './ext4/plan.ts';
+import { ImageStream, ZstdError, type DiskDigests, type WriteProgress } from './ext4/write.ts';
 
 export { BLOCK, INODE_SIZE, type DiskDigests };
 const MiB = 1 << 20;
@@ -44,6 +46,8 @@ export function journalBlocks(blocks: number): number {
 
 const roundUp = (n: number, m: number) => Math.ceil(n / m) * m;
 
+export class DiskFullError extends ImageError {}
+
 /** How big the image must be and how many inodes it needs, from the flattened entries. Pure. */
 export function planDisk(entries: Map<string, EntryMeta>, opts: SizeOptions = {}): DiskPlan {
   const seen = new Set<EntryMeta>();
@@ -79,40 +83,114 @@ export function planDisk(entries: Map<string, EntryMeta>, opts: SizeOptions = {}
   return { sizeBytes: size, inodes: Math.max(inodes, Math.min(Math.floor(size / (64 * 1024)), 1 << 22)), contentBytes, entries: seen.size };
 }
 
-export class DiskFullError extends ImageError {}
-
 export interface DiskResult extends DiskDigests {
   /** The ext4 layout written (its size may exceed the plan's when the automatic size had to grow). */
   layout: Ext4Layout;
+  plan: DiskPlan;
 }
 
+export interface DiskOptions extends WriteProgress {
+  /** Derives the UUID and the directory hash seed (the image digest). */
+  seed: string;
+  label?: string;
+  /** A forced size in bytes: the build fails (DiskFullError) as soon as the content is known not to fit. */
+  sizeBytes?: number;
+  /** Free space as a fraction of the content when sized automatically (default 0.25). */
+  headroom?: number;
+  /** Tests only: small groups and extents. */
+  blocksPerGroup?: number;
+  maxExtent?: number;
+}
+
+/** Blocks before the data area when the size is automatic: block 0 and up to 15 descriptor blocks (1920 groups, 240 GiB). */
+const HEAD_BLOCKS = 16;
+
 /**
- * Plans the ext4 image for `entries` and writes it (raw at rawPath, zstd at zstPath) in one pass: our own writer
- * (ext4/), so no mke2fs/debugfs and no root or mount. File contents come from memory (EntryMeta.data) or `tree`. A forced size the
- * content does not fit is a DiskFullError; an automatic size that turns out too small is grown.
+ * Builds the disk (raw at rawPath, zstd at zstPath) while the layers stream: give it to the Flattener as its
+ * sink, then call finish(entries). On failure call abort() (the caller removes the files).
  */
-export async function makeDisk(entries: Map<string, EntryMeta>, tree: string, rawPath: string, zstPath: string, plan: DiskPlan,
-  opts: { seed: string; label?: string; forcedSize?: boolean } & WriteProgress): Promise<DiskResult> {
-  let size = plan.sizeBytes;
-  let layout: Ext4Layout;
-  for (let attempt = 0; ; attempt++) {
+export class DiskBuilder implements ContentSink {
+  private readonly stream: ImageStream;
+  readonly headBlocks: number;
+  /** Blocks of the data area so far (live and dead file contents). */
+  private dataBlocks = 0;
+  private readonly forcedBlocks: number | null;
+
+  constructor(rawPath: string, zstPath: string, private readonly opts: DiskOptions) {
+    const bpg = opts.blocksPerGroup;
+    this.forcedBlocks = opts.sizeBytes !== undefined ? Math.floor(opts.sizeBytes / BLOCK) : null;
+    this.headBlocks = opts.sizeBytes !== undefined ? Math.max(HEAD_BLOCKS, 1 + gdtBlocksFor(opts.sizeBytes, bpg)) : HEAD_BLOCKS;
+    this.stream = new ImageStream(rawPath, zstPath, this.headBlocks, opts);
+  }
+
+  begin(meta: EntryMeta): void {
+    const nb = Math.ceil((meta.size ?? 0) / BLOCK);
+    if (nb === 0) return;
+    const at = this.headBlocks + this.dataBlocks;
+    if (this.stream.position !== at * BLOCK) throw new Error(`disk writer: the data area is at byte ${this.stream.position}, expected ${at * BLOCK}`);
+    if (this.forcedBlocks !== null && at + nb > this.forcedBlocks) {
+      throw new DiskFullError(`the image content (more than ${Math.floor(((this.dataBlocks + nb) * BLOCK) / MiB)} MiB of files) does not fit in ${Math.floor(this.opts.sizeBytes! / MiB)} MiB: give a larger --size`, 'size');
+    }
+    meta.block = at;
+    this.dataBlocks += nb;
+  }
+
+  data(chunk: Buffer): Promise<void> | undefined {
+    return this.stream.emit(chunk);
+  }
+
+  end(): Promise<void> | undefined {
+    return this.stream.pad();
+  }
+
+  /** Sizes and plans the filesystem around the data area, then writes the rest; the digests of both files. */
+  async finish(entries: Map<string, EntryMeta>): Promise<DiskResult> {
     try {
-      layout = planExt4(entries, { sizeBytes: size, inodes: plan.inodes, seed: opts.seed, label: opts.label, journalBlocks });
-      break;
+      return await this.finishing(entries);
     } catch (err) {
-      if (err instanceof Ext4ContentError) throw new ImageError(`the image cannot be stored in ext4: ${err.message}`);
-      if (!(err instanceof Ext4FullError)) throw err;
-      if (opts.forcedSize) {
-        throw new DiskFullError(`the image content (${Math.ceil(plan.contentBytes / MiB)} MiB, ${plan.entries} entries) does not fit in ${Math.floor(plan.sizeBytes / MiB)} MiB: give a larger --size`, 'size');
-      }
-      if (attempt >= 4) throw new ImageError(`cannot size the disk for this image (${err.message})`);
-      size = roundUp(size * 1.25 + 16 * MiB, MiB);
+      await this.stream.abort();
+      throw err;
     }
   }
-  try {
-    return { ...(await writeExt4(layout, tree, rawPath, zstPath, opts)), layout };
-  } catch (err) {
-    if (err instanceof ZstdError) throw Object.assign(new ImageError(err.message), err.code ? { code: err.code } : {});
-    throw err;
+
+  private async finishing(entries: Map<string, EntryMeta>): Promise<DiskResult> {
+    const { opts } = this;
+    const forced = opts.sizeBytes !== undefined;
+    const plan = planDisk(entries, { sizeBytes: opts.sizeBytes, headroom: opts.headroom });
+    let size = plan.sizeBytes;
+    if (!forced) {
+      // the data area also holds dead bytes (files later layers removed): free space, but the tail comes after them
+      const live = new Set<EntryMeta>();
+      let liveBlocks = 0;
+      for (const m of entries.values()) if (m.type === 'file' && !live.has(m)) { live.add(m); liveBlocks += Math.ceil((m.size ?? 0) / BLOCK); }
+      if (this.dataBlocks > liveBlocks) size = roundUp(size + (this.dataBlocks - liveBlocks) * BLOCK, MiB);
+    }
+    let layout: Ext4Layout;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        layout = planExt4(entries, { sizeBytes: size, inodes: plan.inodes, seed: opts.seed, label: opts.label, journalBlocks,
+          blocksPerGroup: opts.blocksPerGroup, maxExtent: opts.maxExtent, headBlocks: this.headBlocks, dataEnd: this.headBlocks + this.dataBlocks });
+        break;
+      } catch (err) {
+        if (err instanceof Ext4ContentError) throw new ImageError(`the image cannot be stored in ext4: ${err.message}`);
+        if (!(err instanceof Ext4FullError)) throw err;
+        if (forced) {
+          throw new DiskFullError(`the image content (${Math.ceil(plan.contentBytes / MiB)} MiB, ${plan.entries} entries) does not fit in ${Math.floor(plan.sizeBytes / MiB)} MiB: give a larger --size`, 'size');
+        }
+        if (attempt >= 4) throw new ImageError(`cannot size the disk for this image (${err.message})`);
+        size = roundUp(size * 1.25 + 16 * MiB, MiB);
+      }
+    }
+    try {
+      return { ...(await this.stream.finish(layout)), layout, plan };
+    } catch (err) {
+      if (err instanceof ZstdError) throw Object.assign(new ImageError(err.message), err.code ? { code: err.code } : {});
+      throw err;
+    }
+  }
+
+  /** Stops zstd and closes the files (after a failure anywhere in the build). */
+  async abort(): Promise<void> {
+    await this.stream.abort();
   }
 }

@@ -1,16 +1,13 @@
 /**
- * Applies image layers, in order and in one streaming pass each, onto a directory tree, honouring whiteouts
- * (`.wh.NAME` deletes NAME, `.wh..wh..opq` hides the lower layers' contents of its directory).
+ * Applies image layers, in order and in one streaming pass each, honouring whiteouts (`.wh.NAME` deletes NAME,
+ * `.wh..wh..opq` hides the lower layers' contents of its directory).
  *
- * The tree holds what an unprivileged process can write: names, contents, symlinks, hardlinks and times.
- * `entries` holds the truth for every path (type, ownership, modes incl. setuid, devices, fifos, xattrs, hard
- * links as one shared object): the ext4 writer (ext4/) takes all metadata from it and only the file contents
- * from the tree, so the build needs no root and no mount.
- * Paths are resolved inside the tree like a chroot would: a symlink in a layer never leads outside it.
+ * Nothing is written to a directory tree: `entries` holds the truth for every path (type, ownership, modes incl.
+ * setuid, devices, fifos, xattrs, hard links as one shared object), and a regular file's bytes go, as they arrive,
+ * to a ContentSink (the disk writer puts them in the ext4 data area and records where in EntryMeta.block).
+ * Paths are resolved like a chroot would: a symlink in a layer never leads outside the image root.
  */
-import { closeSync, fchmodSync, futimesSync, linkSync, lutimesSync, mkdirSync, openSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeSync, chmodSync } from 'node:fs';
 import { posix } from 'node:path';
-import { ImageError } from './errors.ts';
 import { TarParser, type TarEntry, type TarEntryType } from './tar.ts';
 
 export interface EntryMeta {
@@ -21,14 +18,22 @@ export interface EntryMeta {
   mtime: number;
   /** Regular files: content bytes. */
   size?: number;
-  /** Permission bits the tree copy has (differs from mode when not root). */
-  hostMode: number;
+  /** Regular files with content: the first of its ceil(size / 4096) consecutive blocks, set by the sink. */
+  block?: number;
   linkname?: string;
   devmajor?: number;
   devminor?: number;
   xattrs?: Map<string, Buffer>;
-  /** Regular files held in memory instead of the tree: the content as the tar stream's own chunks (no copy). */
-  data?: Buffer[];
+}
+
+/**
+ * Where regular file contents go while the layers stream: begin(meta) (meta.size bytes follow), data() for each
+ * piece in order, end(). data() and end() may return a promise to slow the stream down (backpressure).
+ */
+export interface ContentSink {
+  begin(meta: EntryMeta): void;
+  data(chunk: Buffer): Promise<void> | void;
+  end(): Promise<void> | void;
 }
 
 export interface FlattenStats { layers: number; entries: number; bytesTar: number; whiteouts: number; skipped: string[] }
@@ -53,33 +58,11 @@ export class Flattener {
   private children = new Map<string, Set<string>>();
   private touched = new Set<string>();
   readonly stats: FlattenStats = { layers: 0, entries: 0, bytesTar: 0, whiteouts: 0, skipped: [] };
-  private readonly root: string;
-  private readonly privileged: boolean;
-  /** Bits the process umask would strip from open()/mkdir() modes: only then is a chmod needed. */
-  private readonly umask = process.umask();
 
-  /** File bytes that may still be kept in memory rather than written to the tree. */
-  private memoryLeft: number;
-
-  /**
-   * memoryBudget: regular files are kept in memory (as references to the tar chunks) while their total size stays
-   * within it, and written to the tree beyond it (default 0: everything in the tree).
-   */
-  constructor(root: string, opts: { privileged?: boolean; memoryBudget?: number } = {}) {
-    this.root = root.replace(/\/+$/, '');
-    this.privileged = opts.privileged ?? process.geteuid?.() === 0;
-    this.memoryLeft = opts.memoryBudget ?? 0;
-    mkdirSync(this.root, { recursive: true });
-    this.entries.set('', { type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0, hostMode: 0o755 });
+  /** sink: where file contents go (none: they are dropped, only the metadata is kept). */
+  constructor(private readonly sink: ContentSink | null = null) {
+    this.entries.set('', { type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0 });
     this.children.set('', new Set());
-    chmodSync(this.root, 0o755);
-  }
-
-  private host(p: string): string { return p ? `${this.root}/${p}` : this.root; }
-
-  private hostModeFor(type: TarEntryType, mode: number): number {
-    if (this.privileged) return mode & 0o7777;
-    return type === 'dir' ? (mode & 0o777) | 0o700 : (mode & 0o777) | 0o600;
   }
 
   /** Applies one layer's tar stream. */
@@ -87,42 +70,28 @@ export class Flattener {
     this.touched = new Set();
     this.stats.layers++;
     const parser = new TarParser();
-    let fd: number | null = null;
-    let mem: Buffer[] | null = null;
-    let current: TarEntry | null = null;
-    try {
-      for await (const chunk of tar) {
-        this.stats.bytesTar += chunk.length;
-        for (const ev of parser.push(chunk)) {
-          if (ev.kind === 'entry') {
-            current = ev.entry;
-            const target = this.applyEntry(ev.entry);
-            if (Array.isArray(target)) mem = target; else fd = target;
-          } else if (ev.kind === 'data') {
-            if (mem !== null) mem.push(ev.data);
-            else if (fd !== null) {
-              let off = 0;
-              while (off < ev.data.length) off += writeSync(fd, ev.data, off);
-            }
-          } else {
-            if (fd !== null) {
-              futimesSync(fd, current!.mtime, current!.mtime);
-              closeSync(fd);
-              fd = null;
-            }
-            mem = null;
-            current = null;
-          }
+    const sink = this.sink;
+    let open = false; // a file's content is going to the sink
+    for await (const chunk of tar) {
+      this.stats.bytesTar += chunk.length;
+      for (const ev of parser.push(chunk)) {
+        if (ev.kind === 'entry') {
+          const meta = this.applyEntry(ev.entry);
+          if (meta && sink) { sink.begin(meta); open = true; }
+        } else if (ev.kind === 'data') {
+          if (open) { const w = sink!.data(ev.data); if (w) await w; }
+        } else if (open) {
+          open = false;
+          const w = sink!.end();
+          if (w) await w;
         }
       }
-      parser.end();
-    } finally {
-      if (fd !== null) closeSync(fd);
     }
+    parser.end();
   }
 
-  /** Creates one entry; returns where a regular file's data goes: an fd of the tree file, or the in-memory chunk list. */
-  private applyEntry(e: TarEntry): number | Buffer[] | null {
+  /** Creates one entry; returns the new regular file whose content follows (null for everything else). */
+  private applyEntry(e: TarEntry): EntryMeta | null {
     this.stats.entries++;
     const clean = cleanPath(e.path);
     if (clean === null) { this.skip(`${e.path}: path leaves the image root`); return null; }
@@ -148,32 +117,17 @@ export class Flattener {
       if (existing.type === 'dir' && e.type === 'dir') { this.setDirMeta(p, e); return null; }
       this.remove(p);
     }
-    const hostMode = this.hostModeFor(e.type, e.mode);
-    const meta: EntryMeta = { type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime, hostMode, ...(e.xattrs.size ? { xattrs: e.xattrs } : {}) };
-    const hp = this.host(p);
+    const meta: EntryMeta = { type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime, ...(e.xattrs.size ? { xattrs: e.xattrs } : {}) };
     switch (e.type) {
       case 'dir':
-        mkdirSync(hp, hostMode);
-        if (hostMode & (this.umask | 0o7000)) chmodSync(hp, hostMode);
         this.children.set(p, new Set());
         break;
-      case 'file': {
+      case 'file':
         meta.size = e.size;
-        if (this.memoryLeft > 0 && e.size <= this.memoryLeft) {
-          this.memoryLeft -= e.size;
-          meta.data = [];
-          this.add(p, meta);
-          return meta.data;
-        }
-        const fd = openSync(hp, 'wx', hostMode);
-        if (hostMode & (this.umask | 0o7000)) fchmodSync(fd, hostMode);
         this.add(p, meta);
-        return fd;
-      }
+        return meta;
       case 'symlink':
         meta.linkname = e.linkname;
-        symlinkSync(e.linkname, hp);
-        lutimesSync(hp, e.mtime, e.mtime);
         break;
       case 'hardlink': {
         const target = cleanPath(e.linkname);
@@ -181,12 +135,6 @@ export class Flattener {
         const tpath = tdir === null || target === null ? null : join(tdir, baseOf(target));
         const tmeta = tpath === null ? undefined : this.entries.get(tpath);
         if (!tmeta || tmeta.type === 'dir' || tpath === p) { this.skip(`${e.path}: hard link to missing "${e.linkname}"`); return null; }
-        if (tmeta.type === 'chardev' || tmeta.type === 'blockdev' || tmeta.type === 'fifo') {
-          if (e.xattrs.size) tmeta.xattrs = e.xattrs;
-          this.add(p, tmeta); // a hard link to a node that exists only in `entries`
-          return null;
-        }
-        if (!tmeta.data) linkSync(this.host(tpath!), hp);
         if (e.xattrs.size) tmeta.xattrs = e.xattrs;
         this.add(p, tmeta);
         return null;
@@ -212,9 +160,7 @@ export class Flattener {
   private setDirMeta(p: string, e: TarEntry): void {
     const m = this.entries.get(p)!;
     m.mode = e.mode; m.uid = e.uid; m.gid = e.gid; m.mtime = e.mtime;
-    m.hostMode = this.hostModeFor('dir', e.mode);
     if (e.xattrs.size) m.xattrs = e.xattrs; else delete m.xattrs;
-    chmodSync(this.host(p), m.hostMode);
   }
 
   private touch(p: string): void {
@@ -242,10 +188,8 @@ export class Flattener {
       const m = this.entries.get(next);
       if (!m) {
         if (!create) return null;
-        mkdirSync(this.host(next));
-        chmodSync(this.host(next), 0o755);
         this.children.set(next, new Set());
-        this.add(next, { type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: Date.now() / 1000, hostMode: 0o755 });
+        this.add(next, { type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0 }); // a parent the layer leaves out: no clock, so rebuilds give the same disk
         cur = next;
       } else if (m.type === 'dir') {
         cur = next;
@@ -259,16 +203,11 @@ export class Flattener {
     return cur;
   }
 
-  /** Removes a path and everything under it, from the tree and the index. */
+  /** Removes a path and everything under it (a file's content stays where it went: dead, free space). */
   private remove(p: string): void {
     const m = this.entries.get(p);
     if (!m || p === '') return;
-    if (m.type === 'dir') {
-      this.forgetSubtree(p);
-      rmSync(this.host(p), { recursive: true, force: true });
-    } else if (m.type !== 'chardev' && m.type !== 'blockdev' && m.type !== 'fifo' && !m.data) {
-      unlinkSync(this.host(p));
-    }
+    if (m.type === 'dir') this.forgetSubtree(p);
     this.entries.delete(p);
     this.children.get(parentOf(p))?.delete(baseOf(p));
   }
@@ -294,9 +233,8 @@ export class Flattener {
     }
   }
 
-  /** Sets directory times (last, since adding entries changed them). */
+  /** The stats, once every layer is applied. */
   finish(): FlattenStats {
-    for (const [p, m] of this.entries) if (m.type === 'dir') utimesSync(this.host(p), m.mtime, m.mtime);
     return this.stats;
   }
 }

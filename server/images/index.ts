@@ -6,10 +6,8 @@
  * marks the row ready in one transaction: a failed or interrupted build leaves no file and no ready row.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statfsSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { freemem } from 'node:os';
-import { rm } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { Counter, Histogram } from 'prom-client';
@@ -20,7 +18,7 @@ import { ImageError } from './errors.ts';
 import { resolveSource, describeSource, type ImageSource, type ResolvedImage } from './sources.ts';
 import { verified, decompressed } from './layer-stream.ts';
 import { Flattener } from './flatten.ts';
-import { planDisk, makeDisk, parseSize, DiskFullError } from './disk.ts';
+import { DiskBuilder, parseSize, DiskFullError } from './disk.ts';
 import { parseReference } from './reference.ts';
 
 export { ImageError, type ImageSource };
@@ -41,7 +39,9 @@ export interface BuildProgress {
   bytesToPull: number;
   bytesFlattened: number;
   entries: number;
+  /** The raw disk size, known when the build is done. */
   diskBytes?: number;
+  /** Bytes of the raw disk written and fed to zstd so far (file data while the layers stream, then the metadata). */
   bytesCompressed?: number;
   seconds?: Record<string, number>;
   pid?: number;
@@ -82,31 +82,6 @@ const pidAlive = (pid: number) => {
 };
 
 let tmpCounter = 0;
-
-/**
- * How many bytes of file content a build keeps in memory (references to the decompressed tar chunks, no copy)
- * rather than writing them to the scratch tree and reading them back: IRONBOOT_FLATTEN_MEMORY if set (0: none),
- * else a quarter of the free memory, at most 1 GiB. The rest goes to the tree.
- */
-export function flattenMemory(env: NodeJS.ProcessEnv = process.env): number {
-  if (env.IRONBOOT_FLATTEN_MEMORY !== undefined && env.IRONBOOT_FLATTEN_MEMORY !== '') return Math.max(0, parseSize(env.IRONBOOT_FLATTEN_MEMORY));
-  return Math.min(1 << 30, Math.floor(freemem() / 4));
-}
-
-/**
- * Where the flattened tree lives until the ext4 writer has read it. File creation on a disk filesystem costs ~0.1–0.7 ms per
- * entry here (a tmpfs: ~0.02 ms), so a tmpfs is used when it has room for the content (estimated 4× the
- * compressed layers + 256 MiB): IRONBOOT_SCRATCH_DIR if set, else /dev/shm if big enough, else the images dir.
- */
-export function chooseScratchDir(imagesDir: string, bytesToPull: number, env: NodeJS.ProcessEnv = process.env): string {
-  if (env.IRONBOOT_SCRATCH_DIR) return env.IRONBOOT_SCRATCH_DIR;
-  try {
-    const st = statfsSync('/dev/shm');
-    const TMPFS_MAGIC = 0x01021994;
-    if (st.type === TMPFS_MAGIC && st.bavail * st.bsize > bytesToPull * 4 + (256 << 20)) return '/dev/shm';
-  } catch { /* no /dev/shm */ }
-  return imagesDir;
-}
 
 export function createImageService(deps: { store: Store; log: Logger; registry: Registry; dataDir: string }): ImageService {
   const { store } = deps;
@@ -162,10 +137,7 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
     const seconds: Record<string, number> = {};
     const n = ++tmpCounter;
     const tmp = join(imagesDir, `.tmp-${id}-${process.pid}-${n}`);
-    const scratch = chooseScratchDir(imagesDir, progress.bytesToPull);
-    const tree = scratch === imagesDir ? join(tmp, 'tree') : join(scratch, `ironboot-tree-${id}-${process.pid}-${n}`);
     let lastSave = 0;
-    let treeRemoval: Promise<void> | null = null;
     const report = (force = false) => {
       onProgress?.(progress);
       const now = performance.now();
@@ -174,18 +146,33 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
         store.images.setState(id, 'building', { progress: progress as unknown as Record<string, unknown> });
       }
     };
+    let disk: DiskBuilder | null = null;
     try {
       mkdirSync(tmp);
-      const flattener = new Flattener(tree, { memoryBudget: flattenMemory() });
+      const rawTmp = join(tmp, `${id}.ext4`);
+      const zstTmp = join(tmp, `${id}.ext4.zst`);
+      // file contents go to the disk's data area (raw file and zstd) while the layers stream; the metadata at the end
+      progress.bytesCompressed = 0;
       let t = performance.now();
+      disk = new DiskBuilder(rawTmp, zstTmp, {
+        seed: resolved.digest, label: 'ironboot', sizeBytes, headroom: opts.headroom,
+        onBytes: (k) => { progress.bytesCompressed! += k; report(); },
+        onEmitted: () => {
+          seconds.filesystem = (performance.now() - t) / 1000;
+          t = performance.now();
+          progress.stage = 'compressing';
+          report(true);
+        },
+      });
+      const flattener = new Flattener(disk);
       for (const [i, layer] of resolved.layers.entries()) {
         const what = `layer ${i + 1}/${resolved.layers.length} (${layer.digest.slice(0, 19)})`;
         const raw = await layer.open();
-        const onBytes = (n: number) => { progress.bytesPulled += n; };
+        const onBytes = (k: number) => { progress.bytesPulled += k; };
         const tarBytes = layer.verify === 'stored'
           ? decompressed(verified(raw, layer.digest, what, layer.size, onBytes), what)
           : verified(decompressed(countBytes(raw, onBytes), what), layer.digest, what);
-        const counted = countBytes(tarBytes, (n) => { progress.bytesFlattened += n; progress.entries = flattener.stats.entries; report(); });
+        const counted = countBytes(tarBytes, (k) => { progress.bytesFlattened += k; progress.entries = flattener.stats.entries; report(); });
         await flattener.applyLayer(counted);
         progress.layersDone = i + 1;
         report(true);
@@ -197,27 +184,11 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       t = performance.now();
       progress.stage = 'filesystem';
       progress.entries = flattener.entries.size;
-      const plan = planDisk(flattener.entries, { sizeBytes, headroom: opts.headroom });
-      progress.diskBytes = plan.sizeBytes;
-      progress.bytesCompressed = 0;
       report(true);
-      // one pass: the filesystem is written, hashed and fed to zstd at once; 'compressing' is zstd's tail
-      const rawTmp = join(tmp, `${id}.ext4`);
-      const zstTmp = join(tmp, `${id}.ext4.zst`);
-      const disk = await makeDisk(flattener.entries, tree, rawTmp, zstTmp, plan, {
-        seed: resolved.digest, label: 'ironboot', forcedSize: sizeBytes !== undefined,
-        onBytes: (n) => { progress.bytesCompressed! += n; report(); },
-        onEmitted: () => {
-          seconds.filesystem = (performance.now() - t) / 1000;
-          t = performance.now();
-          progress.stage = 'compressing';
-          report(true);
-        },
-      });
-      const { layout, ...digests } = disk;
+      // the metadata planned and written after the data area, the head last; 'compressing' is zstd's tail and the hashes
+      const result = await disk.finish(flattener.entries);
+      const { layout, plan, ...digests } = result;
       progress.diskBytes = digests.rawSize;
-      treeRemoval = rm(tree, { recursive: true, force: true });
-      treeRemoval.catch(() => {});
       seconds.compress = (performance.now() - t) / 1000;
       seconds.total = (performance.now() - t0) / 1000;
       progress.stage = 'done';
@@ -239,9 +210,10 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       onProgress?.(progress);
       builds.inc({ result: 'ok' });
       buildSeconds.observe(seconds.total);
-      log.info({ image: id, name: img.name, scratch, rawSize: digests.rawSize, compressedSize: digests.compressedSize, entries: plan.entries, inodes: layout.inodesUsed, seconds }, 'image ready');
+      log.info({ image: id, name: img.name, rawSize: digests.rawSize, compressedSize: digests.compressedSize, entries: plan.entries, inodes: layout.inodesUsed, seconds }, 'image ready');
       return img;
     } catch (err) {
+      await disk?.abort().catch(() => {});
       const e = asImageError(err, imagesDir);
       progress.stage = 'failed';
       delete progress.pid;
@@ -254,8 +226,6 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       log.warn({ image: id, err: e.message }, 'image build failed');
       throw e;
     } finally {
-      await treeRemoval?.catch(() => {});
-      rmSync(tree, { recursive: true, force: true });
       rmSync(tmp, { recursive: true, force: true });
     }
   }
@@ -278,7 +248,8 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       return done;
     },
     recover() {
-      for (const dir of new Set([imagesDir, chooseScratchDir(imagesDir, 0)])) {
+      // (ironboot-tree-*: the scratch trees of earlier versions, in the images dir or /dev/shm)
+      for (const dir of [imagesDir, '/dev/shm']) {
         let names: string[] = [];
         try { names = readdirSync(dir); } catch { continue; }
         for (const f of names) {
@@ -306,8 +277,8 @@ function asImageError(err: unknown, dir: string): ImageError {
   if (err instanceof DiskFullError) return err;
   if (code === 'ENOSPC' || code === 'SQLITE_FULL' || /no space left/i.test((err as Error).message ?? '')) {
     const p = (err as NodeJS.ErrnoException).path;
-    const where = p ? (p.startsWith(dir) ? dir : p.replace(/\/ironboot-tree-.*$/, '')) : dir;
-    return new ImageError(`disk full: no space left in ${where} while building the image; free space, move --data-dir or set IRONBOOT_SCRATCH_DIR`);
+    const where = p && !p.startsWith(dir) ? p : dir;
+    return new ImageError(`disk full: no space left in ${where} while building the image; free space or move --data-dir`);
   }
   if (err instanceof ImageError) return err;
   if (code === 'EDQUOT') return new ImageError(`disk quota exceeded in ${dir} while building the image`);

@@ -1,5 +1,6 @@
 /**
- * The ext4 writer (server/images/ext4/): synthetic trees flattened from tar, planned, written (raw + zstd), then
+ * The ext4 writer (server/images/disk.ts, ext4/): synthetic layers streamed through the flattener into the disk
+ * builder (file contents to the data area as they arrive, the metadata planned at the end), then
  * judged by e2fsck -fn (must be clean), read back attribute by attribute and byte by byte with debugfs, and (as
  * root) mounted read-only by the kernel inside a private mount namespace and compared with the entries.
  */
@@ -10,10 +11,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Flattener, type EntryMeta } from '../../server/images/flatten.ts';
-import { planDisk, journalBlocks, makeDisk, DiskFullError } from '../../server/images/disk.ts';
-import { planExt4, xattrHash, aclToDisk } from '../../server/images/ext4/plan.ts';
-import { writeExt4 } from '../../server/images/ext4/write.ts';
+import { Flattener, type EntryMeta, type ContentSink } from '../../server/images/flatten.ts';
+import { DiskBuilder, DiskFullError } from '../../server/images/disk.ts';
+import { xattrHash, aclToDisk } from '../../server/images/ext4/plan.ts';
+import { ZST_RESERVED } from '../../server/images/ext4/write.ts';
 import { makeTar, type TarSpec } from '../helpers/images-oci.ts';
 import { stat, ls, cat, xattrs, readlink, fsck, debugfs } from '../helpers/images-disk.ts';
 
@@ -27,36 +28,55 @@ const work = mkdtempSync(join(tmpdir(), 'ibi-ext4-'));
 after(() => rmSync(work, { recursive: true, force: true }));
 let n = 0;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-/** A file's content as the flattener kept it: in memory or in the tree. */
-const content = (b: { tree: string; entries: Map<string, EntryMeta> }, p: string) => {
-  const m = b.entries.get(p)!;
-  return m.data ? Buffer.concat(m.data) : readFileSync(join(b.tree, p));
-};
+/** A file's content as the flattener delivered it to the disk. */
+const content = (b: Built, p: string) => Buffer.concat(b.contents.get(b.entries.get(p)!)!);
 
-interface Built { dir: string; tree: string; raw: string; zst: string; entries: Map<string, EntryMeta>; rawSha256: string; compressedSha256: string }
+interface Built {
+  dir: string; raw: string; zst: string; entries: Map<string, EntryMeta>; rawSha256: string; compressedSha256: string;
+  /** Every file the layers delivered (also the ones later layers removed), with its bytes. */
+  contents: Map<EntryMeta, Buffer[]>;
+  dataEnd: number;
+}
 
-/** memory: the flattener's in-memory budget (file contents as tar chunks); 0 (default): every file in the tree. */
-async function build(specs: TarSpec[], opts: { seed?: string; blocksPerGroup?: number; sizeBytes?: number; memory?: number } = {}): Promise<Built> {
+/**
+ * Streams the layers (each a tar in `chunk`-byte pieces, 64 KiB by default, like a decompressor delivers it)
+ * through the flattener into a DiskBuilder, with a tee that keeps every file's bytes for the checks.
+ */
+async function build(layers: TarSpec[] | TarSpec[][], opts: { seed?: string; blocksPerGroup?: number; maxExtent?: number; sizeBytes?: number; chunk?: number } = {}): Promise<Built> {
   const dir = join(work, `b${++n}`);
   mkdirSync(dir);
-  const tree = join(dir, 'tree');
-  const f = new Flattener(tree, { memoryBudget: opts.memory ?? 0 });
-  // the tar in 64 KiB chunks, like a decompressor delivers it
-  const tar = makeTar(specs);
-  await f.applyLayer((async function* () { for (let o = 0; o < tar.length; o += 65536) yield tar.subarray(o, o + 65536); })());
-  f.finish();
-  const plan = planDisk(f.entries, { sizeBytes: opts.sizeBytes });
-  const layout = planExt4(f.entries, { sizeBytes: plan.sizeBytes, inodes: plan.inodes, seed: opts.seed ?? 'sha256:test', label: 'test', journalBlocks, blocksPerGroup: opts.blocksPerGroup });
   const raw = join(dir, 'disk.ext4');
   const zst = join(dir, 'disk.ext4.zst');
-  const d = await writeExt4(layout, tree, raw, zst);
+  const disk = new DiskBuilder(raw, zst, { seed: opts.seed ?? 'sha256:test', label: 'test', sizeBytes: opts.sizeBytes, blocksPerGroup: opts.blocksPerGroup, maxExtent: opts.maxExtent });
+  const contents = new Map<EntryMeta, Buffer[]>();
+  let cur: Buffer[] = [];
+  const tee: ContentSink = {
+    begin: (m) => { disk.begin(m); cur = []; contents.set(m, cur); },
+    data: (c) => { cur.push(Buffer.from(c)); return disk.data(c); },
+    end: () => disk.end(),
+  };
+  const f = new Flattener(tee);
+  const step = opts.chunk ?? 65536;
+  const list = (layers.length && Array.isArray(layers[0]) ? layers : [layers]) as TarSpec[][];
+  try {
+    for (const specs of list) {
+      const tar = makeTar(specs);
+      await f.applyLayer((async function* () { for (let o = 0; o < tar.length; o += step) yield tar.subarray(o, o + step); })());
+    }
+  } catch (err) {
+    await disk.abort();
+    throw err;
+  }
+  const d = await disk.finish(f.entries);
   assert.equal(d.rawSize, statSync(raw).size);
-  assert.equal(d.rawSha256, sha(readFileSync(raw)), 'the streamed sha256 is the raw file\'s');
+  assert.equal(d.rawSha256, sha(readFileSync(raw)), 'the sha256 is the raw file\'s');
   assert.equal(d.compressedSha256, sha(readFileSync(zst)));
+  assert.equal(d.compressedSize, statSync(zst).size);
   const unz = spawnSync('zstd', ['-dc', zst], { maxBuffer: 1 << 30 });
-  assert.equal(unz.status, 0);
-  assert.equal(sha(unz.stdout), d.rawSha256, 'the .zst decompresses to the raw disk');
-  return { dir, tree, raw, zst, entries: f.entries, rawSha256: d.rawSha256, compressedSha256: d.compressedSha256 };
+  assert.equal(unz.status, 0, unz.stderr?.toString());
+  assert.equal(sha(unz.stdout), d.rawSha256, 'zstd -dc of the .zst gives exactly the raw disk');
+  assert.equal(spawnSync('zstd', ['-tq', zst]).status, 0, 'zstd -t passes');
+  return { dir, raw, zst, entries: f.entries, rawSha256: d.rawSha256, compressedSha256: d.compressedSha256, contents, dataEnd: disk.headBlocks + [...contents.keys()].reduce((a, m) => a + Math.ceil((m.size ?? 0) / 4096), 0) };
 }
 
 function assertClean(img: string): void {
@@ -245,13 +265,12 @@ test('empty image: clean, root and lost+found only', { skip }, async () => {
   assert.deepEqual(ls(b.raw, '/'), ['lost+found']);
   assert.equal(stat(b.raw, '/').links, 3);
   assert.equal(stat(b.raw, '/lost+found').mode, 0o700);
-  assert.match(debugfs(b.raw, 'stats'), /Filesystem features:\s+has_journal ext_attr dir_index filetype extent sparse_super large_file huge_file dir_nlink extra_isize/);
+  assert.match(debugfs(b.raw, 'stats'), /Filesystem features:\s+has_journal ext_attr dir_index sparse_super2 filetype extent flex_bg sparse_super large_file huge_file dir_nlink extra_isize\n/);
   if (canMount) assert.deepEqual(Object.keys(kernelView(b.raw)), ['']);
 });
 
 test('every kind of entry: e2fsck clean, debugfs and the kernel read back all of it', { skip }, async () => {
-  const b = await build(mixedTree(), { memory: 2 << 20 });
-  assert.ok([...b.entries.values()].some((m) => m.data?.length) && [...b.entries.values()].every((m) => m.type !== 'file' || m.data), 'files held in memory');
+  const b = await build(mixedTree());
   assertClean(b.raw);
   checkWithDebugfs(b);
   assert.equal(stat(b.raw, '/bin/tool').links, 3);
@@ -262,13 +281,14 @@ test('every kind of entry: e2fsck clean, debugfs and the kernel read back all of
   assert.equal(stat(b.raw, '/future').mtime, 100, 'the low 32 bits; the epoch bits carry the rest');
   assert.match(debugfs(b.raw, 'stat /future'), /mtime: 0x00000064:00000001/);
   if (canMount) checkWithKernel(b);
-  // files in the tree instead of memory, and half and half: the same bytes
-  const t = await build(mixedTree(), { memory: 0 });
-  assert.ok([...t.entries.values()].every((m) => !m.data));
-  assert.equal(t.rawSha256, b.rawSha256);
-  const half = await build(mixedTree(), { memory: 6000 });
-  assert.ok([...half.entries.values()].some((m) => m.data) && [...half.entries.values()].some((m) => m.type === 'file' && !m.data));
-  assert.equal(half.rawSha256, b.rawSha256);
+  // the same layer delivered in other pieces (odd sizes, split headers and contents; one piece): the same bytes
+  for (const chunk of [4093, 1 << 30]) assert.equal((await build(mixedTree(), { chunk })).rawSha256, b.rawSha256, `pieces of ${chunk}`);
+  // the head's own frame, then a skippable frame, at the start of the .zst
+  const z = readFileSync(b.zst);
+  assert.equal(z.readUInt32LE(0), 0xfd2fb528, 'a zstd frame first');
+  const skipAt = z.indexOf(Buffer.from([0x50, 0x2a, 0x4d, 0x18]));
+  assert.ok(skipAt > 0 && skipAt + 8 + z.readUInt32LE(skipAt + 4) === ZST_RESERVED, 'a skippable frame fills the reserved region');
+  assert.equal(z.readUInt32LE(ZST_RESERVED), 0xfd2fb528, 'the main frame after it');
 });
 
 test('3000 files in one directory: a multi-block linear directory', { skip }, async () => {
@@ -281,19 +301,62 @@ test('3000 files in one directory: a multi-block linear directory', { skip }, as
   if (canMount) checkWithKernel(b);
 });
 
-test('a file across block groups needs more than 4 extents: a depth-1 extent tree', { skip }, async () => {
+test('a file across block groups: one extent (flex_bg), or a depth-1 extent tree when extents are short', { skip }, async () => {
   const big = randomBytes(24 << 20);
-  // 1024 blocks per group (4 MiB groups): the file crosses 6 group boundaries
-  const b = await build([{ path: 'big', content: big }, { path: 'small', content: 'after' }, { path: 'd/', type: 'dir' }, { path: 'd/x', content: 'x' }], { blocksPerGroup: 1024, memory: 64 << 20 });
-  assert.ok(b.entries.get('big')!.data!.length > 100, 'the big file held in memory as many chunks');
+  const specs: TarSpec[] = [{ path: 'big', content: big }, { path: 'small', content: 'after' }, { path: 'd/', type: 'dir' }, { path: 'd/x', content: 'x' }];
+  // 1024 blocks per group (4 MiB groups): the file crosses 6 group boundaries in one extent
+  const one = await build(specs, { blocksPerGroup: 1024 });
+  assertClean(one.raw);
+  const ex1 = debugfs(one.raw, 'ex /big');
+  assert.match(ex1, /^\s*0\/\s*0\s+1\/\s*1\s+0 -\s+6143\s+16 -\s+6159\s+6144\b/m, `one extent of 6144 blocks:\n${ex1}`);
+  assert.match(debugfs(one.raw, 'stats'), /Blocks per group:\s+1024/);
+  assert.ok(cat(one.raw, '/big').equals(big));
+  checkWithDebugfs(one, (p) => p !== 'big');
+  if (canMount) checkWithKernel(one);
+  // extents of at most 1000 blocks: 7 of them, more than the inode holds
+  const b = await build(specs, { blocksPerGroup: 1024, maxExtent: 1000 });
   assertClean(b.raw);
   const ex = debugfs(b.raw, 'ex /big');
   assert.match(ex, /^\s*0\/\s*1\s+1\/\s*1/m, `an index level in the inode:\n${ex}`);
   assert.ok((ex.match(/^\s*1\/\s*1/gm) ?? []).length > 4, `more than 4 leaf extents:\n${ex}`);
-  assert.match(debugfs(b.raw, 'stats'), /Blocks per group:\s+1024/);
   assert.ok(cat(b.raw, '/big').equals(big));
   checkWithDebugfs(b, (p) => p !== 'big');
   if (canMount) checkWithKernel(b);
+});
+
+test('layers that delete and overwrite files: dead bytes stay in the data area as free blocks', { skip }, async () => {
+  const oldA = randomBytes(300 << 10);
+  const gone = randomBytes(200 << 10);
+  const newA = randomBytes(100 << 10);
+  const b = await build([
+    [{ path: 'a', content: oldA }, { path: 'gone', content: gone }, { path: 'h', type: 'hardlink', linkname: 'a' },
+      { path: 'd/', type: 'dir' }, { path: 'd/x', content: 'old x' }, { path: 'd/keep', content: 'k' }, { path: 'mid', content: 'mid' }],
+    [{ path: 'a', content: newA, mode: 0o600 }, { path: '.wh.gone', content: '' }, { path: 'd/.wh..wh..opq', content: '' }, { path: 'd/y', content: 'y' }],
+    [{ path: 'mid', content: Buffer.alloc(5000, 7) }, { path: 'late', content: 'late' }],
+  ], { blocksPerGroup: 256 });
+  assertClean(b.raw);
+  assert.deepEqual([...b.entries.keys()].sort(), ['', 'a', 'd', 'd/y', 'h', 'late', 'mid']);
+  assert.ok(cat(b.raw, '/a').equals(newA));
+  assert.ok(cat(b.raw, '/h').equals(oldA), 'the hard link keeps the first layer\'s file');
+  assert.equal(stat(b.raw, '/a').links, 1);
+  assert.equal(stat(b.raw, '/h').links, 1);
+  checkWithDebugfs(b);
+  if (canMount) checkWithKernel(b);
+  // the removed files' bytes are still in the data area, in blocks the bitmap says are free
+  const img = readFileSync(b.raw);
+  const dead = [...b.contents.keys()].filter((m) => ![...b.entries.values()].includes(m) && (m.size ?? 0) > 0);
+  assert.equal(dead.length, 4, 'gone, d/x and d/keep (opaque dir), the first mid');
+  for (const m of dead) {
+    const bytes = Buffer.concat(b.contents.get(m)!);
+    assert.ok(img.subarray(m.block! * 4096, m.block! * 4096 + bytes.length).equals(bytes), 'dead bytes in place');
+    assert.match(debugfs(b.raw, `testb ${m.block} ${Math.ceil(bytes.length / 4096)}`), /not in use/);
+    assert.doesNotMatch(debugfs(b.raw, `testb ${m.block} ${Math.ceil(bytes.length / 4096)}`), /marked in use/);
+  }
+  // files in arrival order from block 16, the metadata after them
+  const firstData = Math.min(...[...b.contents.keys()].filter((m) => m.block !== undefined).map((m) => m.block!));
+  assert.equal(firstData, 16);
+  const gd = debugfs(b.raw, 'stats');
+  for (const m of gd.matchAll(/(?:block bitmap|inode bitmap|inode table) at (\d+)/gi)) assert.ok(Number(m[1]) >= b.dataEnd, `metadata after the data area: ${m[0]}`);
 });
 
 test('bit-reproducible: the same entries and seed give the same bytes; the seed sets the UUID', { skip }, async () => {
@@ -308,21 +371,16 @@ test('bit-reproducible: the same entries and seed give the same bytes; the seed 
   assert.notEqual(uuid(a.raw), uuid(c.raw));
 });
 
-test('a forced size too small for the content is a DiskFullError; nothing is written', { skip }, async () => {
-  const dir = join(work, 'full');
-  const tree = join(dir, 'tree');
-  const f = new Flattener(tree);
-  await f.applyLayer((async function* () { yield makeTar([{ path: 'big', content: randomBytes(6 << 20) }]); })());
-  f.finish();
-  const plan = planDisk(f.entries, { sizeBytes: 5 << 20 });
-  const raw = join(dir, 'd.ext4');
-  await assert.rejects(makeDisk(f.entries, tree, raw, `${raw}.zst`, plan, { seed: 's', forcedSize: true }),
-    (err: Error) => err instanceof DiskFullError && /does not fit in 5 MiB: give a larger --size/.test(err.message));
-  assert.ok(!existsSync(raw) && !existsSync(`${raw}.zst`), 'nothing written');
-  // and with room: a clean 8 MiB disk (no journal below 2048 blocks, like mke2fs)
-  const ok = planDisk(f.entries, { sizeBytes: 7 << 20 });
-  const d = await makeDisk(f.entries, tree, raw, `${raw}.zst`, ok, { seed: 's', forcedSize: true });
-  assert.equal(d.rawSize, 7 << 20);
-  assertClean(raw);
-  assert.doesNotMatch(debugfs(raw, 'stats'), /has_journal/);
+test('a forced size too small for the content is a DiskFullError, as soon as it is known', { skip }, async () => {
+  const big = { path: 'big', content: randomBytes(6 << 20) };
+  // the file alone is larger than the disk: known at its tar header, during the pull
+  await assert.rejects(build([big], { sizeBytes: 5 << 20 }), (err: Error) => err instanceof DiskFullError && /does not fit in 5 MiB: give a larger --size/.test(err.message));
+  // the file fits, the metadata after it does not: known when the filesystem is planned
+  await assert.rejects(build([big], { sizeBytes: 6.2 * (1 << 20) }), (err: Error) => err instanceof DiskFullError && /does not fit in 6 MiB: give a larger --size/.test(err.message));
+  // and with room: a clean 7 MiB disk (no journal below 2048 blocks, like mke2fs)
+  const d = await build([big], { sizeBytes: 7 << 20 });
+  assert.equal(statSync(d.raw).size, 7 << 20);
+  assertClean(d.raw);
+  assert.doesNotMatch(debugfs(d.raw, 'stats'), /has_journal/);
+  checkWithDebugfs(d);
 });

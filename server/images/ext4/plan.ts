@@ -1,14 +1,18 @@
 /**
- * The whole ext4 image planned up front from the flattened entries, before a byte is written. Pure: entries and
- * options in, a sorted list of pieces (metadata buffers, and file extents to copy from memory or the tree) out.
+ * The ext4 metadata, planned once the layers are read. File contents are already in place: the disk writer put
+ * them, in tar arrival order, in a data area right after the head while the layers streamed (EntryMeta.block).
+ * Pure: entries, where the data area ends and options in; the head (superblock + group descriptors) and the
+ * tail's blocks out.
  *
- * The filesystem: 4 KiB blocks, 32768 blocks per group, 256-byte inodes (extra_isize 32), no flex_bg, so every
- * group starts with [superblock + descriptors when a sparse_super backup group] block bitmap, inode bitmap, inode
- * table, then data. Features: has_journal ext_attr dir_index | filetype extent | sparse_super large_file
- * huge_file dir_nlink extra_isize. No metadata_csum, no resize_inode, no 64bit (so at most 16 TiB).
- * Directories are linear (dir_index is only announced so the kernel indexes them when they grow later).
- * Data is allocated sequentially: the journal, the root and lost+found, then every inode in depth-first
- * order with its directory / symlink / xattr blocks, file data and extent-tree leaves. Everything else is zero.
+ * The layout: [head: superblock, group descriptors, free up to headBlocks] [data area: file contents, and dead
+ * bytes of files later layers deleted or replaced, which are free blocks] [tail: journal, block bitmaps, inode
+ * bitmaps, inode tables, then every inode's directory / symlink / xattr / extent-leaf blocks] [free space].
+ * 4 KiB blocks, 32768 blocks per group, 256-byte inodes (extra_isize 32). flex_bg puts every group's bitmaps and
+ * inode table in the tail; sparse_super2 keeps one backup superblock, in the last group when it starts past the
+ * data area (else none). Features: has_journal ext_attr dir_index sparse_super2 | filetype extent flex_bg |
+ * sparse_super large_file huge_file dir_nlink extra_isize. No metadata_csum, no resize_inode, no 64bit (so at
+ * most 16 TiB). Directories are linear (dir_index is only announced so the kernel indexes them when they grow).
+ * Extents may cross group boundaries (nothing sits in a group's first blocks with flex_bg).
  * Reproducible: the UUID and hash seed come from `seed`, every time from the entries (no clock).
  */
 import { createHash } from 'node:crypto';
@@ -29,8 +33,9 @@ const S_IF: Record<string, number> = { file: 0o100000, dir: 0o040000, symlink: 0
 const FTYPE: Record<string, number> = { file: 1, dir: 2, chardev: 3, blockdev: 4, fifo: 5, socket: 6, symlink: 7 };
 const EXTENTS_FL = 0x80000;
 
-const COMPAT_DIR_INDEX = 0x20, COMPAT_EXT_ATTR = 0x8, COMPAT_HAS_JOURNAL = 0x4;
-const INCOMPAT_FILETYPE = 0x2, INCOMPAT_EXTENTS = 0x40;
+const COMPAT_DIR_INDEX = 0x20, COMPAT_EXT_ATTR = 0x8, COMPAT_HAS_JOURNAL = 0x4, COMPAT_SPARSE_SUPER2 = 0x200;
+const INCOMPAT_FILETYPE = 0x2, INCOMPAT_EXTENTS = 0x40, INCOMPAT_FLEX_BG = 0x200;
+const LOG_GROUPS_PER_FLEX = 4; // what mke2fs announces (16); only the kernel's allocator statistics use it
 const RO_SPARSE_SUPER = 0x1, RO_LARGE_FILE = 0x2, RO_HUGE_FILE = 0x8, RO_DIR_NLINK = 0x20, RO_EXTRA_ISIZE = 0x40;
 
 /** The plan can not hold the content (too few blocks or inodes for the given size). */
@@ -38,12 +43,8 @@ export class Ext4FullError extends Error {}
 /** Something in the content ext4 cannot represent (name too long, too many links, xattrs too big). */
 export class Ext4ContentError extends Error {}
 
-export type Piece =
-  | { block: number; data: Buffer }
-  /** `length` bytes of the tree file `path` from `offset` (zero-padded to whole blocks). */
-  | { block: number; path: string; offset: number; length: number }
-  /** `length` bytes from `offset` of a file held in memory as chunks (zero-padded to whole blocks). */
-  | { block: number; chunks: Buffer[]; offset: number; length: number };
+/** Metadata bytes at a block (zero-padded to whole blocks). */
+export interface Piece { block: number; data: Buffer }
 
 export interface Ext4Options {
   sizeBytes: number;
@@ -56,6 +57,12 @@ export interface Ext4Options {
   journalBlocks: (blocks: number) => number;
   /** Blocks per group (default and most: 32768). Smaller only to exercise many groups in tests. */
   blocksPerGroup?: number;
+  /** Blocks of one extent (default and most: 32768). Smaller only to exercise extent trees in tests. */
+  maxExtent?: number;
+  /** Blocks before the data area: block 0 (superblock) and the group descriptors, the rest free. */
+  headBlocks: number;
+  /** The first block past the data area (the tail starts there). File contents lie in [headBlocks, dataEnd). */
+  dataEnd: number;
 }
 
 export interface Ext4Layout {
@@ -67,20 +74,23 @@ export interface Ext4Layout {
   freeBlocks: number;
   freeInodes: number;
   uuid: Buffer;
-  /** Sorted by block, not overlapping; what lies between them is zero. */
+  /** Blocks [0, headBlocks): the superblock at byte 1024, the group descriptors from block 1. */
+  head: Buffer;
+  /** The tail (and a backup superblock), sorted by block, all at or past dataEnd, not overlapping; the rest is zero. */
   pieces: Piece[];
+  /** The group holding the backup superblock (0: none). */
+  backupGroup: number;
 }
 
 const round4 = (n: number) => (n + 3) & ~3;
 const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 
-function isPowerOf(n: number, b: number): boolean {
-  while (n > 1 && n % b === 0) n /= b;
-  return n === 1;
-}
-export const hasSuperBackup = (g: number) => g <= 1 || isPowerOf(g, 3) || isPowerOf(g, 5) || isPowerOf(g, 7);
-
 interface Geometry { blocks: number; bpg: number; groups: number; ipg: number; itb: number; gdtBlocks: number }
+
+/** Group descriptor blocks for a filesystem of `sizeBytes` (the head must hold them). */
+export function gdtBlocksFor(sizeBytes: number, bpg = BITS): number {
+  return ceilDiv(Math.max(1, ceilDiv(Math.floor(sizeBytes / BLOCK), bpg)) * 32, BLOCK);
+}
 
 function geometry(sizeBytes: number, inodes: number, bpg: number): Geometry {
   let blocks = Math.floor(sizeBytes / BLOCK);
@@ -91,33 +101,30 @@ function geometry(sizeBytes: number, inodes: number, bpg: number): Geometry {
     const ipg = Math.min(BITS, Math.max(16, ceilDiv(ceilDiv(inodes, groups), 16) * 16));
     const itb = (ipg * INODE_SIZE) / BLOCK;
     const last = blocks - (groups - 1) * bpg;
-    const overheadLast = (hasSuperBackup(groups - 1) ? 1 + gdtBlocks : 0) + 2 + itb;
-    if (groups > 1 && last < overheadLast + 50) { blocks = (groups - 1) * bpg; continue; } // like mke2fs: drop a runt group
-    if (last < overheadLast + 8) throw new Ext4FullError(`${blocks} blocks cannot even hold the filesystem's own metadata`);
+    if (groups > 1 && last < 50) { blocks = (groups - 1) * bpg; continue; } // like mke2fs: drop a runt group
+    if (blocks < 1 + gdtBlocks + 2 + itb + 8) throw new Ext4FullError(`${blocks} blocks cannot even hold the filesystem's own metadata`);
     return { blocks, bpg, groups, ipg, itb, gdtBlocks };
   }
 }
 
-/** Sequential block allocator over the data areas of the groups. */
+/** Sequential block allocator over the tail: from dataEnd to the end, around one reserved range. */
 class Allocator {
-  private g = 0;
   private next: number;
   readonly bitmaps: Uint8Array[];
-  constructor(private readonly geo: Geometry, private readonly dataStart: (g: number) => number) {
-    this.next = dataStart(0);
+  constructor(private readonly geo: Geometry, start: number, private readonly maxExtent: number, private readonly skip: [number, number] | null) {
+    this.next = start;
     this.bitmaps = Array.from({ length: geo.groups }, () => new Uint8Array(BLOCK));
   }
-  groupEnd(g: number): number { return Math.min((g + 1) * this.geo.bpg, this.geo.blocks); }
-  /** n blocks as runs [start, len] (each within one group, so at most 32768 long). */
+  /** n blocks as runs [start, len] (each at most maxExtent long). */
   alloc(n: number): Array<[number, number]> {
     const runs: Array<[number, number]> = [];
     while (n > 0) {
-      if (this.g >= this.geo.groups) throw new Ext4FullError('out of blocks');
-      const end = this.groupEnd(this.g);
-      if (this.next >= end) { this.g++; if (this.g < this.geo.groups) this.next = this.dataStart(this.g); continue; }
-      const len = Math.min(n, end - this.next, MAX_EXTENT);
+      if (this.skip && this.next >= this.skip[0] && this.next < this.skip[0] + this.skip[1]) { this.next = this.skip[0] + this.skip[1]; continue; }
+      const end = this.skip && this.next < this.skip[0] ? this.skip[0] : this.geo.blocks;
+      if (this.next >= end) throw new Ext4FullError('out of blocks');
+      const len = Math.min(n, end - this.next, this.maxExtent);
       const last = runs[runs.length - 1];
-      if (last && last[0] + last[1] === this.next && last[1] + len <= MAX_EXTENT) last[1] += len; else runs.push([this.next, len]);
+      if (last && last[0] + last[1] === this.next && last[1] + len <= this.maxExtent) last[1] += len; else runs.push([this.next, len]);
       this.mark(this.next, len);
       this.next += len;
       n -= len;
@@ -125,6 +132,15 @@ class Allocator {
     return runs;
   }
   one(): number { return this.alloc(1)[0][0]; }
+  /** n consecutive blocks (metadata, not an extent): past the reserved range if they would overlap it. */
+  contiguous(n: number): number {
+    if (this.skip && this.next < this.skip[0] + this.skip[1] && this.next + n > this.skip[0]) this.next = this.skip[0] + this.skip[1];
+    if (this.next + n > this.geo.blocks) throw new Ext4FullError('out of blocks');
+    const at = this.next;
+    this.mark(at, n);
+    this.next += n;
+    return at;
+  }
   mark(start: number, len: number): void {
     for (let b = start; b < start + len; b++) {
       const g = Math.floor(b / this.geo.bpg);
@@ -295,7 +311,7 @@ export function planExt4(entries: Map<string, EntryMeta>, opts: Ext4Options): Ex
   let lf = root.children!.find((c) => c.name.toString() === 'lost+found')?.node;
   if (lf && lf.meta.type !== 'dir') lf = undefined;
   else if (!lf) {
-    const meta: EntryMeta = { type: 'dir', mode: 0o700, uid: 0, gid: 0, mtime: rootMeta.mtime, hostMode: 0o700 };
+    const meta: EntryMeta = { type: 'dir', mode: 0o700, uid: 0, gid: 0, mtime: rootMeta.mtime };
     lf = { ino: 0, meta, path: 'lost+found', links: 1, children: [], parent: root };
     root.children!.push({ name: Buffer.from('lost+found'), node: lf });
   }
@@ -322,13 +338,18 @@ export function planExt4(entries: Map<string, EntryMeta>, opts: Ext4Options): Ex
   const geo = geometry(opts.sizeBytes, Math.max(opts.inodes, inodesUsed + 16), bpg);
   const inodesCount = geo.ipg * geo.groups;
   if (inodesUsed > inodesCount) throw new Ext4FullError(`${inodesUsed} inodes needed, ${inodesCount} available`);
-  const groupMeta = (g: number) => {
-    const start = g * bpg;
-    const sb = hasSuperBackup(g) ? 1 + geo.gdtBlocks : 0;
-    return { start, sb, blockBitmap: start + sb, inodeBitmap: start + sb + 1, inodeTable: start + sb + 2, dataStart: start + sb + 2 + geo.itb };
-  };
-  const alloc = new Allocator(geo, (g) => groupMeta(g).dataStart);
-  for (let g = 0; g < geo.groups; g++) alloc.mark(g * bpg, groupMeta(g).dataStart - g * bpg);
+  const head = opts.headBlocks;
+  if (1 + geo.gdtBlocks > head) throw new Ext4ContentError(`${geo.groups} block groups need more than the ${head - 1} group descriptor blocks reserved`);
+  if (opts.dataEnd < head) throw new Error('ext4 plan: the data area ends before it starts');
+  if (opts.dataEnd > geo.blocks) throw new Ext4FullError(`the file contents need ${opts.dataEnd} blocks, the disk has ${geo.blocks}`);
+  // one backup superblock (sparse_super2): at the start of the last group when that lies past the data area
+  const lastStart = (geo.groups - 1) * bpg;
+  const backupGroup = geo.groups > 1 && lastStart >= opts.dataEnd ? geo.groups - 1 : 0;
+  const maxExtent = opts.maxExtent ?? MAX_EXTENT;
+  if (!(maxExtent >= 1 && maxExtent <= MAX_EXTENT)) throw new Ext4ContentError(`bad extent length ${maxExtent}`);
+  const alloc = new Allocator(geo, opts.dataEnd, maxExtent, backupGroup ? [lastStart, 1 + geo.gdtBlocks] : null);
+  alloc.mark(0, 1 + geo.gdtBlocks);
+  if (backupGroup) alloc.mark(lastStart, 1 + geo.gdtBlocks);
 
   const pieces: Piece[] = [];
   const itable = Buffer.alloc(inodesUsed * INODE_SIZE);
@@ -371,31 +392,15 @@ export function planExt4(entries: Map<string, EntryMeta>, opts: Ext4Options): Ex
     for (const [s, len] of runs) { pieces.push({ block: s, data: data.subarray(off, off + len * BLOCK) }); off += len * BLOCK; }
   };
 
-  // 4. the journal (first, so it is contiguous at the start of the data)
   const uuid = derive(opts.seed, 'uuid');
   uuid[6] = (uuid[6] & 0x0f) | 0x40;
   uuid[8] = (uuid[8] & 0x3f) | 0x80;
-  const jblocks = opts.journalBlocks(geo.blocks);
-  let journalIBlock: Buffer | null = null;
-  if (jblocks > 0) {
-    const runs = alloc.alloc(jblocks);
-    const b = fillInode(JOURNAL_INO, 0o100600, { uid: 0, gid: 0, mtime: 0 }, 1, jblocks * BLOCK);
-    const leaves = mapRuns(b, runs, 'journal');
-    setBlocks(b, jblocks + leaves);
-    journalIBlock = Buffer.from(b.subarray(40, 100));
-    const jsb = Buffer.alloc(BLOCK);
-    jsb.writeUInt32BE(0xc03b3998, 0); // JBD2 magic
-    jsb.writeUInt32BE(4, 4); // superblock v2
-    jsb.writeUInt32BE(BLOCK, 12);
-    jsb.writeUInt32BE(jblocks, 16); // s_maxlen
-    jsb.writeUInt32BE(1, 20); // s_first
-    jsb.writeUInt32BE(1, 24); // s_sequence; s_start 0: clean, nothing to replay
-    uuid.copy(jsb, 48);
-    jsb.writeUInt32BE(1, 64); // s_nr_users
-    pieces.push({ block: runs[0][0], data: jsb });
-  }
+  // 3b. every group's bitmaps and inode table (flex_bg), first in the tail
+  const blockBitmap0 = alloc.contiguous(geo.groups);
+  const inodeBitmap0 = alloc.contiguous(geo.groups);
+  const inodeTable0 = alloc.contiguous(geo.groups * geo.itb);
 
-  // 5. every inode: directories, symlinks, files, devices, their xattrs
+  // 4. every inode: directories, symlinks, files, devices, their xattrs
   const dirBlock = (entriesOf: Array<{ ino: number; name: Buffer; ftype: number }>): Buffer => {
     const blocks: Buffer[] = [];
     let cur = Buffer.alloc(BLOCK);
@@ -467,12 +472,12 @@ export function planExt4(entries: Map<string, EntryMeta>, opts: Ext4Options): Ex
       const size = m.size ?? 0;
       b = fillInode(n.ino, mode, m, n.links, size);
       const nb = ceilDiv(size, BLOCK);
-      const runs = nb ? alloc.alloc(nb) : [];
-      let off = 0;
-      for (const [s, len] of runs) {
-        const length = Math.min(len * BLOCK, size - off);
-        pieces.push(m.data ? { block: s, chunks: m.data, offset: off, length } : { block: s, path: n.path, offset: off, length });
-        off += length;
+      const runs: Array<[number, number]> = [];
+      if (nb) {
+        const at = m.block;
+        if (at === undefined || at < head || at + nb > opts.dataEnd) throw new Error(`ext4 plan: ${what} has no content in the data area`);
+        alloc.mark(at, nb);
+        for (let k = 0; k < nb; k += maxExtent) runs.push([at + k, Math.min(maxExtent, nb - k)]);
       }
       const leaves = mapRuns(b, runs, what);
       nblocks = nb + leaves;
@@ -511,19 +516,41 @@ export function planExt4(entries: Map<string, EntryMeta>, opts: Ext4Options): Ex
     setBlocks(b, nblocks);
   }
 
+  // 5. the journal, last: its blocks after the first are zeros up to the free space, so the end of the disk is one
+  // zero run (ext4/write.ts does not pass it through zstd)
+  const jblocks = opts.journalBlocks(geo.blocks);
+  let journalIBlock: Buffer | null = null;
+  if (jblocks > 0) {
+    const runs = alloc.alloc(jblocks);
+    const b = fillInode(JOURNAL_INO, 0o100600, { uid: 0, gid: 0, mtime: 0 }, 1, jblocks * BLOCK);
+    const leaves = mapRuns(b, runs, 'journal');
+    setBlocks(b, jblocks + leaves);
+    journalIBlock = Buffer.from(b.subarray(40, 100));
+    const jsb = Buffer.alloc(BLOCK);
+    jsb.writeUInt32BE(0xc03b3998, 0); // JBD2 magic
+    jsb.writeUInt32BE(4, 4); // superblock v2
+    jsb.writeUInt32BE(BLOCK, 12);
+    jsb.writeUInt32BE(jblocks, 16); // s_maxlen
+    jsb.writeUInt32BE(1, 20); // s_first
+    jsb.writeUInt32BE(1, 24); // s_sequence; s_start 0: clean, nothing to replay
+    uuid.copy(jsb, 48);
+    jsb.writeUInt32BE(1, 64); // s_nr_users
+    pieces.push({ block: runs[0][0], data: jsb });
+  }
   // 6. bitmaps, descriptors, superblocks, inode tables
   const gdt = Buffer.alloc(geo.gdtBlocks * BLOCK);
   let freeBlocks = 0;
   let freeInodes = 0;
+  const blockBitmaps = Buffer.alloc(geo.groups * BLOCK);
+  const inodeBitmaps = Buffer.alloc(geo.groups * BLOCK);
   for (let g = 0; g < geo.groups; g++) {
-    const gm = groupMeta(g);
-    const end = alloc.groupEnd(g);
+    const end = Math.min((g + 1) * bpg, geo.blocks);
     const bb = alloc.bitmaps[g];
     for (let i = end - g * bpg; i < BITS; i++) bb[i >> 3] |= 1 << (i & 7); // padding past the group's last block
     let usedB = 0;
     for (let i = 0; i < BLOCK; i++) usedB += popcount(bb[i]);
     const freeB = BITS - usedB;
-    const ib = new Uint8Array(BLOCK);
+    const ib = inodeBitmaps.subarray(g * BLOCK, (g + 1) * BLOCK);
     const firstIno = g * geo.ipg + 1;
     const usedHere = Math.max(0, Math.min(inodesUsed, firstIno + geo.ipg - 1) - firstIno + 1);
     for (let i = 0; i < usedHere; i++) ib[i >> 3] |= 1 << (i & 7);
@@ -532,20 +559,17 @@ export function planExt4(entries: Map<string, EntryMeta>, opts: Ext4Options): Ex
     freeBlocks += freeB;
     freeInodes += freeI;
     const d = g * 32;
-    gdt.writeUInt32LE(gm.blockBitmap, d);
-    gdt.writeUInt32LE(gm.inodeBitmap, d + 4);
-    gdt.writeUInt32LE(gm.inodeTable, d + 8);
+    gdt.writeUInt32LE(blockBitmap0 + g, d);
+    gdt.writeUInt32LE(inodeBitmap0 + g, d + 4);
+    gdt.writeUInt32LE(inodeTable0 + g * geo.itb, d + 8);
     gdt.writeUInt16LE(freeB, d + 12);
     gdt.writeUInt16LE(freeI, d + 14);
     gdt.writeUInt16LE(usedDirs[g], d + 16);
-    pieces.push({ block: gm.blockBitmap, data: Buffer.from(bb.buffer, bb.byteOffset, BLOCK) });
-    pieces.push({ block: gm.inodeBitmap, data: Buffer.from(ib.buffer, ib.byteOffset, BLOCK) });
-    if (usedHere) {
-      const tbl = itable.subarray((firstIno - 1) * INODE_SIZE, (firstIno - 1 + usedHere) * INODE_SIZE);
-      const whole = Math.ceil(tbl.length / BLOCK) * BLOCK;
-      pieces.push({ block: gm.inodeTable, data: whole === tbl.length ? tbl : Buffer.concat([tbl, Buffer.alloc(whole - tbl.length)]) });
-    }
+    blockBitmaps.set(bb, g * BLOCK);
   }
+  pieces.push({ block: blockBitmap0, data: blockBitmaps }, { block: inodeBitmap0, data: inodeBitmaps });
+  // the used part of the inode tables (they are consecutive); the rest stays zero
+  if (inodesUsed) pieces.push({ block: inodeTable0, data: itable });
 
   const sb = Buffer.alloc(1024);
   sb.writeUInt32LE(inodesCount, 0);
@@ -565,8 +589,8 @@ export function planExt4(entries: Map<string, EntryMeta>, opts: Ext4Options): Ex
   sb.writeUInt32LE(1, 76); // dynamic rev
   sb.writeUInt32LE(FIRST_INO, 84);
   sb.writeUInt16LE(INODE_SIZE, 88);
-  sb.writeUInt32LE(COMPAT_EXT_ATTR | COMPAT_DIR_INDEX | (jblocks ? COMPAT_HAS_JOURNAL : 0), 92);
-  sb.writeUInt32LE(INCOMPAT_FILETYPE | INCOMPAT_EXTENTS, 96);
+  sb.writeUInt32LE(COMPAT_EXT_ATTR | COMPAT_DIR_INDEX | COMPAT_SPARSE_SUPER2 | (jblocks ? COMPAT_HAS_JOURNAL : 0), 92);
+  sb.writeUInt32LE(INCOMPAT_FILETYPE | INCOMPAT_EXTENTS | INCOMPAT_FLEX_BG, 96);
   sb.writeUInt32LE(RO_SPARSE_SUPER | RO_LARGE_FILE | RO_HUGE_FILE | RO_DIR_NLINK | RO_EXTRA_ISIZE, 100);
   uuid.copy(sb, 104);
   Buffer.from((opts.label ?? '').slice(0, 16)).subarray(0, 16).copy(sb, 120);
@@ -583,16 +607,22 @@ export function planExt4(entries: Map<string, EntryMeta>, opts: Ext4Options): Ex
   sb.writeUInt16LE(EXTRA_ISIZE, 348); // min extra isize
   sb.writeUInt16LE(EXTRA_ISIZE, 350); // want extra isize
   sb.writeUInt32LE(0x1, 352); // signed directory hash
-  for (let g = 0; g < geo.groups; g++) {
-    if (!hasSuperBackup(g)) continue;
-    const blk = Buffer.alloc(BLOCK);
-    sb.copy(blk, g === 0 ? 1024 : 0);
-    blk.writeUInt16LE(g, (g === 0 ? 1024 : 0) + 90); // s_block_group_nr
-    pieces.push({ block: g * bpg, data: blk }, { block: g * bpg + 1, data: gdt });
+  sb.writeUInt8(LOG_GROUPS_PER_FLEX, 372); // s_log_groups_per_flex
+  sb.writeUInt32LE(backupGroup, 0x24c); // s_backup_bgs[0] (0: none)
+  sb.writeUInt32LE(0, 0x250); // s_backup_bgs[1]
+  const headBuf = Buffer.alloc(head * BLOCK);
+  sb.copy(headBuf, 1024);
+  gdt.copy(headBuf, BLOCK);
+  if (backupGroup) {
+    const blk = Buffer.alloc((1 + geo.gdtBlocks) * BLOCK);
+    sb.copy(blk, 0);
+    blk.writeUInt16LE(backupGroup, 90); // s_block_group_nr
+    gdt.copy(blk, BLOCK);
+    pieces.push({ block: lastStart, data: blk });
   }
 
   pieces.sort((a, b) => a.block - b.block);
-  return { sizeBytes: opts.sizeBytes, blocks: geo.blocks, groups: geo.groups, inodesCount, inodesUsed, freeBlocks, freeInodes, uuid, pieces };
+  return { sizeBytes: opts.sizeBytes, blocks: geo.blocks, groups: geo.groups, inodesCount, inodesUsed, freeBlocks, freeInodes, uuid, head: headBuf, pieces, backupGroup };
 }
 
 function depth(p: string): number {
