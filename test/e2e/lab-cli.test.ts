@@ -40,7 +40,8 @@ test('lab up → vm → console → down', { skip: labUnavailable(), timeout: 24
   assert.equal(await labCommand(['vm', 'vm1', ...base, '--mac', mac, '--disk', '64M'], out), 0, output);
   const vm = JSON.parse(readFileSync(join(stateDir, 'lab.json'), 'utf8')).vms.vm1;
   let serial = '';
-  for (let i = 0; i < 600 && !/Filename: /.test(serial); i++) {
+  // until the whole Filename line is there (the console is read while QEMU is still writing it)
+  for (let i = 0; i < 600 && !/Filename: [^\r\n]*[\r\n]/.test(serial); i++) {
     await sleep(200);
     serial = '';
     await labCommand(['console', 'vm1', ...base, '--no-follow'], (s) => { serial += s; });
