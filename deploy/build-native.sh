@@ -2,7 +2,8 @@
 # Builds ironboot's native addons against this node's headers, offline:
 #   server/dhcp/native  → ironboot_dhcp_native.node  (SO_BINDTODEVICE for the DHCP sockets)
 #   server/tftp/native  → ironboot_tftp_native.node  (the TFTP transfer loop for files on disk)
-# Usage: deploy/build-native.sh [--force] [DIR...]   (default: both). An addon newer than its sources is kept.
+#   server/images/native → ironboot_images_native.node (in-process gzip/zstd for image builds; needs libisal-dev libzstd-dev)
+# Usage: deploy/build-native.sh [--force] [DIR...]   (default: all three). An addon newer than its sources is kept.
 # Uses the node-gyp bundled with npm and the node headers (npm config nodedir, /usr/include/node on Debian);
 # falls back to a direct g++ call. Needs g++, python3 (node-gyp) and node_api.h.
 set -euo pipefail
@@ -10,7 +11,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 force=0
 [[ "${1:-}" == "--force" ]] && { force=1; shift; }
 dirs=("$@")
-[[ ${#dirs[@]} -eq 0 ]] && dirs=("$root/server/dhcp/native" "$root/server/tftp/native")
+[[ ${#dirs[@]} -eq 0 ]] && dirs=("$root/server/dhcp/native" "$root/server/tftp/native" "$root/server/images/native")
 
 nodedir=$(npm config get nodedir 2>/dev/null || true)
 [[ -z "$nodedir" || "$nodedir" == "undefined" || "$nodedir" == "null" ]] && nodedir=$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")
@@ -39,6 +40,15 @@ for dir in "${dirs[@]}"; do
   fi
   [[ -n "$gyp" ]] && echo "node-gyp failed for $target; trying g++ directly" >&2
   mkdir -p build/Release
-  g++ -O2 -Wall -shared -fPIC -std=c++17 -DNAPI_VERSION=8 -DNODE_GYP_MODULE_NAME="$target" -I"$incdir" "${sources[@]}" -o "$out"
-  echo "$target built (g++): $dir/$out"
+  mapfile -t libs < <(sed -n 's/.*"libraries": *\[\(.*\)\].*/\1/p' binding.gyp | tr -d '" ' | tr ',' '\n' | grep . || true)
+  if g++ -O2 -Wall -shared -fPIC -std=c++17 -DNAPI_VERSION=8 -DNODE_GYP_MODULE_NAME="$target" -I"$incdir" "${sources[@]}" "${libs[@]}" -o "$out"; then
+    echo "$target built (g++): $dir/$out"
+  else
+    # the others are still built; what uses this one says so when it starts (DHCP refuses to start without its
+    # addon; TFTP and image builds fall back to slower paths)
+    rm -f "$out"
+    echo "WARNING: $target could not be built (missing headers or libraries?); see the errors above" >&2
+    failed=1
+  fi
 done
+exit "${failed:-0}"

@@ -12,7 +12,7 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 
 # Debian packages. The daemon: iPXE binaries, the kernel it boots machines with, and what the initramfs and the
 # container-disk builder are made of.
-DEB_SERVE=(ipxe linux-image-amd64 busybox-static zstd e2fsprogs kmod cpio iproute2 binutils util-linux python3 isal)
+DEB_SERVE=(ipxe linux-image-amd64 busybox-static zstd e2fsprogs kmod cpio iproute2 binutils util-linux python3 isal libisal-dev libzstd-dev)
 # The tests: real peers and the QEMU lab.
 DEB_TEST=(qemu-system-x86 qemu-utils ipxe-qemu ovmf udhcpc isc-dhcp-client isc-dhcp-relay tftp-hpa atftp curl
   dnsmasq-base docker-registry systemd iproute2 python3 nftables util-linux openssl libcap2-bin chromium)
@@ -61,9 +61,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$sum" ]; then
   echo "$sum" > "$stamp"
 fi
 
-# The native addons (DHCP: SO_BINDTODEVICE; TFTP: the transfer loop), built against this node's headers.
+# The native addons (DHCP: SO_BINDTODEVICE; TFTP: the transfer loop; images: in-process gzip/zstd), built against this node's headers.
 if [ -f deploy/build-native.sh ]; then
-  bash deploy/build-native.sh >&2
+  bash deploy/build-native.sh >&2 || say "a native addon could not be built (as root, setup installs what they need); ironboot says at start what that disables"
 fi
 
 # The `ironboot` command on PATH when we may put it there.

@@ -14,6 +14,7 @@ import { Counter, Histogram } from 'prom-client';
 import type { Store } from '../store/index.ts';
 import type { Image } from '../store/images.ts';
 import type { ImageFiles } from '../http/app.ts';
+import { codecUnavailable, nativeCodec } from './codec.ts';
 import { ImageError } from './errors.ts';
 import { resolveSource, describeSource, type ImageSource, type ResolvedImage } from './sources.ts';
 import { verified, decompressed } from './layer-stream.ts';
@@ -89,6 +90,7 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
   const imagesDir = join(deps.dataDir, 'images');
   mkdirSync(imagesDir, { recursive: true });
   const inflight = new Map<string, Promise<Image>>();
+  if (!nativeCodec()) log.warn(`image builds decompress and compress through igzip/zstd processes (slower): ${codecUnavailable()}`);
   const metric = <T>(name: string, make: () => T): T => (deps.registry.getSingleMetric(name) as T) ?? make();
   const builds = metric('ironboot_image_builds_total', () => new Counter({ name: 'ironboot_image_builds_total', help: 'Container disk builds by result', labelNames: ['result'], registers: [deps.registry] }));
   const buildSeconds = metric('ironboot_image_build_seconds', () => new Histogram({ name: 'ironboot_image_build_seconds', help: 'Container disk build time', buckets: [1, 2, 5, 10, 30, 60, 120, 300, 900], registers: [deps.registry] }));

@@ -88,13 +88,19 @@ test('busybox from the registry: disk, digests, config, and the same digest reus
   assert.deepEqual(leftovers(), []);
 });
 
-for (const comp of ['zstd', 'gzip', 'gzip-zlib', 'plain']) {
+for (const comp of ['zstd', 'gzip', 'gzip-zlib', 'gzip-subprocess', 'plain']) {
   test(`multi-layer image (${comp} layers): whiteouts, opaque dir, links, devices, setuid, caps, xattrs`, { skip }, async () => {
-    // gzip: ISA-L's igzip when installed; gzip-zlib: the same image through Node's zlib (a separate build: forced size)
+    // gzip and zstd: in-process (the native addon) when built, else igzip / zstd processes; gzip-zlib: the same
+    // image through Node's zlib; gzip-subprocess: through igzip and a zstd process for the .zst (separate builds: forced sizes)
     if (comp === 'gzip-zlib') process.env.IRONBOOT_IGZIP = '0';
-    const img = await svc.build({ type: 'registry', ref: `${reg.host}/ib/multi:${comp === 'gzip-zlib' ? 'gzip' : comp}`, insecure: true }, comp === 'gzip-zlib' ? { size: '40M' } : {})
-      .finally(() => { delete process.env.IRONBOOT_IGZIP; });
+    if (comp === 'gzip-subprocess') process.env.IRONBOOT_IMAGE_CODEC = 'subprocess';
+    const size = comp === 'gzip-zlib' ? { size: '40M' } : comp === 'gzip-subprocess' ? { size: '44M' } : {};
+    const img = await svc.build({ type: 'registry', ref: `${reg.host}/ib/multi:${comp.startsWith('gzip') ? 'gzip' : comp}`, insecure: true }, size)
+      .finally(() => { delete process.env.IRONBOOT_IGZIP; delete process.env.IRONBOOT_IMAGE_CODEC; });
     const d = svc.filePath(img.id, 'raw');
+    const zst = svc.filePath(img.id, 'zst');
+    assert.equal(sha(spawnSync('zstd', ['-dc', zst], { maxBuffer: 1 << 30 }).stdout), img.rawSha256, 'the .zst decompresses to the raw disk');
+    assert.equal(spawnSync('zstd', ['-tq', zst]).status, 0, 'zstd -t passes');
     const fk = fsck(d);
     assert.ok(fk.ok, fk.output);
     // whiteouts

@@ -8,7 +8,8 @@
  * frame of everything from the data area to the last metadata block] [a frame of RLE blocks for the zeros after
  * it: the journal's empty blocks and the free space]. Concatenated frames decompress to the concatenation and
  * skippable frames decompress to nothing, so `zstd -d` gives exactly the raw image. zstd writes its output through
- * a file descriptor positioned after the reserved region.
+ * a file descriptor positioned after the reserved region: libzstd in-process (codec.ts, the native addon) when
+ * built, else the `zstd -3 -T0` process with the bytes piped to it.
  *
  * All-zero stretches of the tail and free space are not written to the raw file (it is sized at the end, they
  * stay holes); inside the tail they are compressed like the rest. The raw sha256 is computed at the end over the finished file
@@ -18,6 +19,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, createReadStream, fstatSync, ftruncateSync, openSync, writeSync, read as readCb, write as writeCb } from 'node:fs';
 import { BLOCK, type Ext4Layout } from './plan.ts';
+import { nativeCodec, NativeZstd, ZstdError } from '../codec.ts';
+
+export { ZstdError };
 
 /** pwrite of the whole buffer, in the thread pool. */
 function fsWrite(fd: number, buf: Buffer, pos: number): Promise<void> {
@@ -41,10 +45,6 @@ export const ZST_RESERVED = 72 << 10;
 const SKIPPABLE_MAGIC = 0x184d2a50;
 
 export interface DiskDigests { rawSize: number; rawSha256: string; compressedSize: number; compressedSha256: string }
-
-export class ZstdError extends Error {
-  constructor(message: string, readonly code?: string) { super(message); }
-}
 
 export interface WriteProgress {
   /** Image bytes produced so far (written and handed to zstd). */
@@ -95,6 +95,78 @@ function zstdBuffer(data: Buffer): Promise<Buffer> {
   });
 }
 
+/** Where the compressed stream goes: NativeZstd (codec.ts) or SubprocessZstd. */
+interface ZstdSink {
+  /** Takes buf (done: when it is no longer needed); resolves when more may be written; throws a ZstdError. */
+  write(buf: Buffer, done?: () => void): Promise<void>;
+  /** Ends the stream and waits for all of it to be in the file. */
+  end(): Promise<void>;
+  /** Stops at once. */
+  abort(): Promise<void>;
+  /** The compression's own error, if it failed (a write error may just be its symptom). */
+  failure(): Promise<Error | null>;
+  /** Frees what the compressor holds (after end() or abort()). */
+  close(): void;
+}
+
+/** `zstd -3 -T0` with its stdout on the .zst's fd (positioned after the reserved region), fed through a pipe. */
+class SubprocessZstd implements ZstdSink {
+  private readonly child: ChildProcess & { stdin: NodeJS.WritableStream & { write: (b: Buffer, cb?: () => void) => boolean; destroy: () => void } };
+  private stderr = '';
+  private readonly exited: Promise<number | null>;
+  private pipeError: Error | null = null;
+
+  constructor(zfd: number) {
+    const zstd = spawn('zstd', ['-3', '-T0', '-q', '-c'], { stdio: ['pipe', zfd, 'pipe'] });
+    this.child = zstd as typeof this.child;
+    zstd.stderr!.on('data', (d) => { if (this.stderr.length < 4096) this.stderr += d; });
+    this.exited = new Promise<number | null>((resolve, reject) => {
+      zstd.once('error', (err) => reject(new ZstdError(`cannot run zstd: ${err.message} (install the zstd package)`)));
+      zstd.once('close', resolve);
+    });
+    this.exited.catch(() => {});
+    zstd.stdin!.on('error', (err) => { this.pipeError = err; });
+  }
+
+  private async zstdFailure(): Promise<Error> {
+    const code = await Promise.race([this.exited, new Promise((r) => setTimeout(r, 2000, 'timeout'))]).catch((e: Error) => e);
+    if (code instanceof Error) return code;
+    const msg = this.stderr.trim() || `exit ${String(code)}`;
+    return new ZstdError(`zstd compression failed: ${msg}`, /no space/i.test(msg) ? 'ENOSPC' : undefined);
+  }
+
+  async failure(): Promise<Error | null> { return this.pipeError ? this.zstdFailure() : null; }
+
+  async write(buf: Buffer, done?: () => void): Promise<void> {
+    const z = this.child;
+    if (this.pipeError || z.exitCode !== null) throw await this.zstdFailure();
+    if (!z.stdin.write(buf, done)) {
+      await new Promise<void>((resolve) => {
+        const go = () => { z.stdin.removeListener('drain', go); z.removeListener('close', go); resolve(); };
+        z.stdin.on('drain', go);
+        z.once('close', go);
+      });
+      if (this.pipeError || z.exitCode !== null) throw await this.zstdFailure();
+    }
+  }
+
+  async end(): Promise<void> {
+    this.child.stdin.end();
+    const code = await this.exited;
+    if (code !== 0) throw await this.zstdFailure();
+  }
+
+  async abort(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      this.child.stdin.destroy();
+      this.child.kill('SIGKILL');
+    }
+    await this.exited.catch(() => {});
+  }
+
+  close(): void {}
+}
+
 /**
  * The raw file and the .zst being written. Bytes go in order from headBlocks * BLOCK on: emit() / zeros(), then
  * finish() with the planned layout. On failure call abort(); the caller removes both files.
@@ -102,10 +174,8 @@ function zstdBuffer(data: Buffer): Promise<Buffer> {
 export class ImageStream {
   private readonly fd: number;
   private readonly zfd: number;
-  private readonly zstd: ChildProcess & { stdin: NodeJS.WritableStream & { write: (b: Buffer, cb?: () => void) => boolean; destroy: () => void } };
-  private stderr = '';
-  private readonly exited: Promise<number | null>;
-  private pipeError: Error | null = null;
+  private readonly zstd: ZstdSink;
+  private readonly headFrame: (head: Buffer) => Promise<Buffer>;
   private pendingWrite: Promise<unknown> = Promise.resolve();
   private readonly free: Buffer[] = [];
   private readonly waiting: Array<() => void> = [];
@@ -136,26 +206,18 @@ export class ImageStream {
       closeSync(this.fd); closeSync(this.zfd);
       throw err;
     }
-    const zstd = spawn('zstd', ['-3', '-T0', '-q', '-c'], { stdio: ['pipe', this.zfd, 'pipe'] });
-    this.zstd = zstd as typeof this.zstd;
-    zstd.stderr!.on('data', (d) => { if (this.stderr.length < 4096) this.stderr += d; });
-    this.exited = new Promise<number | null>((resolve, reject) => {
-      zstd.once('error', (err) => reject(new ZstdError(`cannot run zstd: ${err.message} (install the zstd package)`)));
-      zstd.once('close', resolve);
-    });
-    this.exited.catch(() => {});
-    zstd.stdin!.on('error', (err) => { this.pipeError = err; });
+    const codec = nativeCodec();
+    try {
+      this.zstd = codec ? new NativeZstd(codec, this.zfd, ZST_RESERVED) : new SubprocessZstd(this.zfd);
+    } catch (err) {
+      closeSync(this.fd); closeSync(this.zfd);
+      throw err;
+    }
+    this.headFrame = codec ? async (b) => codec.compressFrame(b, 3) : zstdBuffer;
   }
 
   /** Raw offset of the next byte. */
   get position(): number { return this.chunkStart + this.fill; }
-
-  private async zstdFailure(): Promise<Error> {
-    const code = await Promise.race([this.exited, new Promise((r) => setTimeout(r, 2000, 'timeout'))]).catch((e: Error) => e);
-    if (code instanceof Error) return code;
-    const msg = this.stderr.trim() || `exit ${String(code)}`;
-    return new ZstdError(`zstd compression failed: ${msg}`, /no space/i.test(msg) ? 'ENOSPC' : undefined);
-  }
 
   private advance(to: number): void {
     this.durable = to;
@@ -196,19 +258,6 @@ export class ImageStream {
     return this.free.pop()!;
   }
 
-  private async toZstd(buf: Buffer, done?: () => void): Promise<void> {
-    const z = this.zstd;
-    if (this.pipeError || z.exitCode !== null) throw await this.zstdFailure();
-    if (!z.stdin.write(buf, done)) {
-      await new Promise<void>((resolve) => {
-        const go = () => { z.stdin.removeListener('drain', go); z.removeListener('close', go); resolve(); };
-        z.stdin.on('drain', go);
-        z.once('close', go);
-      });
-      if (this.pipeError || z.exitCode !== null) throw await this.zstdFailure();
-    }
-  }
-
   private async flush(): Promise<void> {
     if (!this.fill) return;
     const whole = this.chunk!;
@@ -223,7 +272,7 @@ export class ImageStream {
     this.chunkStart += n;
     this.fill = 0;
     this.chunk = null;
-    await this.toZstd(out, doneWith);
+    await this.zstd.write(out, doneWith);
     this.progress.onBytes?.(n);
   }
 
@@ -253,7 +302,7 @@ export class ImageStream {
   async zeros(n: number): Promise<void> {
     while (n > 0) {
       if (this.fill === 0 && n >= CHUNK) {
-        await this.toZstd(ZERO);
+        await this.zstd.write(ZERO);
         const end = this.chunkStart + CHUNK; // a hole: final once the writes before it are (the file is sized)
         this.pendingWrite = this.pendingWrite.then(() => this.advance(end));
         this.pendingWrite.catch(() => {});
@@ -294,7 +343,7 @@ export class ImageStream {
       await fsWrite(this.fd, layout.head, 0);
       hashing = this.hashRaw(fileSize);
       hashing.catch(() => {});
-      const headFrameP = zstdBuffer(layout.head);
+      const headFrameP = this.headFrame(layout.head);
       headFrameP.catch(() => {});
       for (const p of layout.pieces) {
         const at = p.block * BLOCK;
@@ -310,7 +359,8 @@ export class ImageStream {
       const zeroRun = fileSize - this.position;
       this.pendingWrite = this.pendingWrite.then(() => this.advance(fileSize));
       await this.pendingWrite;
-      this.zstd.stdin.end();
+      const ended = this.zstd.end();
+      ended.catch(() => {});
       this.progress.onBytes?.(zeroRun);
       this.progress.onEmitted?.();
       // the head's own frame at the start of the .zst
@@ -321,8 +371,7 @@ export class ImageStream {
       skip.writeUInt32LE(skip.length - 8, 4);
       await fsWrite(this.zfd, Buffer.concat([headFrame, skip]), 0);
       const rawSha256 = await hashing;
-      const code = await this.exited;
-      if (code !== 0) throw await this.zstdFailure();
+      await ended;
       const zeros = zeroFrame(zeroRun);
       if (zeros.length) await fsWrite(this.zfd, zeros, fstatSync(this.zfd).size);
       const compressedSize = fstatSync(this.zfd).size;
@@ -333,7 +382,7 @@ export class ImageStream {
       this.wake();
       await hashing?.catch(() => {});
       await this.abort();
-      if (this.pipeError && !(err instanceof ZstdError)) throw await this.zstdFailure();
+      if (!(err instanceof ZstdError)) { const zf = await this.zstd.failure(); if (zf) throw zf; }
       throw err;
     } finally {
       this.close();
@@ -342,11 +391,7 @@ export class ImageStream {
 
   /** Stops zstd and closes both files (the caller removes them). */
   async abort(): Promise<void> {
-    if (this.zstd.exitCode === null && this.zstd.signalCode === null) {
-      this.zstd.stdin.destroy();
-      this.zstd.kill('SIGKILL');
-    }
-    await this.exited.catch(() => {});
+    await this.zstd.abort();
     await this.pendingWrite.catch(() => {});
     this.close();
   }
@@ -354,6 +399,7 @@ export class ImageStream {
   private close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.zstd.close();
     closeSync(this.fd);
     closeSync(this.zfd);
   }

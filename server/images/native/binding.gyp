@@ -1,0 +1,12 @@
+{
+  "targets": [
+    {
+      "target_name": "ironboot_images_native",
+      "sources": ["codec.cc"],
+      "cflags_cc": ["-O2", "-Wall", "-std=c++17"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++14", "-std=gnu++17"],
+      "defines": ["NAPI_VERSION=8"],
+      "libraries": ["-lisal", "-lzstd"]
+    }
+  ]
+}
