@@ -109,7 +109,8 @@ export interface UdhcpcResult { exitCode: number | null; events: Record<string, 
 
 function parseEvents(file: string): Record<string, string>[] {
   if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8').split('--\n').filter((b) => b.trim()).map((block) => {
+  // only whole events: the script may be halfway through appending the last one
+  return readFileSync(file, 'utf8').split('--\n').slice(0, -1).filter((b) => b.trim()).map((block) => {
     const env: Record<string, string> = {};
     for (const line of block.split('\n')) { const i = line.indexOf('='); if (i > 0) env[line.slice(0, i)] = line.slice(i + 1); }
     return env;
