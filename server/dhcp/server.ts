@@ -5,17 +5,15 @@
  * (with or without a default route), from that interface's address.
  */
 import dgram from 'node:dgram';
-import { createRequire } from 'node:module';
-import { existsSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { networkInterfaces } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import type { Logger } from 'pino';
+import { loadAddon } from '../native-addon.ts';
 import type { Outgoing, RequestHandler, RequestMeta, ServingInterface } from './handle.ts';
 
 const NATIVE_DIR = join(dirname(fileURLToPath(import.meta.url)), 'native');
-const NATIVE_PATH = join(NATIVE_DIR, 'build', 'Release', 'ironboot_dhcp_native.node');
 
 export interface DhcpNative {
   bindToDevice(fd: number, ifname: string): void;
@@ -31,16 +29,12 @@ let native: DhcpNative | null = null;
 /** The SO_BINDTODEVICE addon, or a DhcpStartError saying how to build it. */
 export function loadNative(): DhcpNative {
   if (native) return native;
-  if (!existsSync(NATIVE_PATH)) {
-    throw new DhcpStartError(`DHCP needs its native helper (SO_BINDTODEVICE), which is not built: run ` +
-      `deploy/build-native.sh (needs g++, python3 and the node headers; deploy/setup.sh does it), or start with --no-dhcp`);
+  const loaded = loadAddon<DhcpNative>(NATIVE_DIR, 'ironboot_dhcp_native');
+  if (!loaded.addon) {
+    throw new DhcpStartError(`DHCP needs its native helper (SO_BINDTODEVICE): ${loaded.why}; run deploy/build-native.sh ` +
+      `(needs g++, python3 and the node headers; deploy/setup.sh does it), or start with --no-dhcp`);
   }
-  try {
-    native = createRequire(import.meta.url)(NATIVE_PATH) as DhcpNative;
-  } catch (err) {
-    throw new DhcpStartError(`cannot load ${NATIVE_PATH}: ${(err as Error).message}; rebuild it with deploy/build-native.sh --force`);
-  }
-  return native;
+  return (native = loaded.addon);
 }
 
 /**

@@ -5,14 +5,12 @@
  * Each call runs in libuv's thread pool on one chunk; one call is in flight per stream. When the addon is not
  * built (or IRONBOOT_IMAGE_CODEC=subprocess) the igzip / zstd subprocesses are used instead.
  */
-import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { loadAddon, type LoadedAddon } from '../native-addon.ts';
 import { ImageError } from './errors.ts';
 
-const ADDON = join(dirname(fileURLToPath(import.meta.url)), 'native', 'build', 'Release', 'ironboot_images_native.node');
 
 type DecodeDone = (err: string | null, consumed: number, produced: number, atBoundary: boolean) => void;
 type EncodeDone = (err: string | null, errno: number, position: number) => void;
@@ -25,27 +23,16 @@ export interface CodecAddon {
   compressFrame(data: Buffer, level: number): Buffer;
 }
 
-let addon: CodecAddon | null | undefined;
-let unavailable = '';
+let loaded: LoadedAddon<CodecAddon> | undefined;
 
 /** The addon, or null (reason in codecUnavailable()) when not built, not loadable, or IRONBOOT_IMAGE_CODEC=subprocess. */
 export function nativeCodec(): CodecAddon | null {
   if (process.env.IRONBOOT_IMAGE_CODEC === 'subprocess') return null;
-  if (addon !== undefined) return addon;
-  if (!existsSync(ADDON)) {
-    unavailable = `${ADDON} is not built (deploy/build-native.sh builds it)`;
-    return (addon = null);
-  }
-  try {
-    addon = createRequire(import.meta.url)(ADDON) as CodecAddon;
-  } catch (err) {
-    unavailable = `cannot load ${ADDON}: ${(err as Error).message}`;
-    addon = null;
-  }
-  return addon;
+  loaded ??= loadAddon<CodecAddon>(join(dirname(fileURLToPath(import.meta.url)), 'native'), 'ironboot_images_native');
+  return loaded.addon;
 }
 
-export function codecUnavailable(): string { return process.env.IRONBOOT_IMAGE_CODEC === 'subprocess' ? 'IRONBOOT_IMAGE_CODEC=subprocess' : unavailable; }
+export function codecUnavailable(): string { return process.env.IRONBOOT_IMAGE_CODEC === 'subprocess' ? 'IRONBOOT_IMAGE_CODEC=subprocess' : loaded?.why ?? ''; }
 
 const OUT = 1 << 20;
 const IN_MIN = 1 << 20;

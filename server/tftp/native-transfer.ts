@@ -4,13 +4,10 @@
  * decisions as TransferSession (session.ts). Virtual files, streams and netascii stay on the JS loop
  * (server.ts `Transfer`); so does everything when the addon is not built (deploy/build-native.sh builds it).
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { loadAddon, type LoadedAddon } from '../native-addon.ts';
 import type { TransferOutcome } from './session.ts';
-
-const ADDON = join(dirname(fileURLToPath(import.meta.url)), 'native', 'build', 'Release', 'ironboot_tftp_native.node');
 
 export interface NativeStartOptions {
   /** An open file descriptor of the file (the loop reads a duplicate; the caller may close its own). */
@@ -49,31 +46,20 @@ interface Addon {
   cancel(handle: unknown): void;
 }
 
-let addon: Addon | null | undefined;
-let unavailable = '';
+let loaded: LoadedAddon<Addon> | undefined;
 
 /** The addon, or null (with the reason in nativeLoopUnavailable()) when it is not built or does not load. */
 export function nativeTransferLoop(): Addon | null {
-  if (addon !== undefined) return addon;
-  if (!existsSync(ADDON)) {
-    unavailable = `${ADDON} is not built (deploy/build-native.sh builds it)`;
-    return (addon = null);
-  }
-  try {
-    addon = createRequire(import.meta.url)(ADDON) as Addon;
-  } catch (err) {
-    unavailable = `cannot load ${ADDON}: ${(err as Error).message}`;
-    addon = null;
-  }
-  return addon;
+  loaded ??= loadAddon<Addon>(join(dirname(fileURLToPath(import.meta.url)), 'native'), 'ironboot_tftp_native');
+  return loaded.addon;
 }
 
-export function nativeLoopUnavailable(): string { return unavailable; }
+export function nativeLoopUnavailable(): string { return loaded?.why ?? ''; }
 
 /** One transfer running in the native loop. */
 export class NativeTransfer {
   readonly startedAt = process.hrtime.bigint();
-  private readonly state = new Uint32Array(new SharedArrayBuffer(8));
+  private readonly state = new Uint32Array(new SharedArrayBuffer(4));
   private readonly handle: unknown;
   private finished = false;
 
@@ -93,9 +79,6 @@ export class NativeTransfer {
 
   /** True once the client answered anything (then a repeated request is a new one). */
   get progressed(): boolean { return Atomics.load(this.state, 0) === 1; }
-
-  /** Highest block acknowledged so far (low 32 bits). */
-  get ackedBlocks(): number { return Atomics.load(this.state, 1); }
 
   /** Ends the transfer without telling the client (server shutdown); the result follows within 50 ms. */
   abort(): void {

@@ -49,7 +49,7 @@ struct Transfer {
   socklen_t peerLen = 0;
   uint32_t blksize = 512, windowsize = 1, timeoutMs = 1000, maxRetries = 5;
   std::vector<uint8_t> oack;
-  // shared with JS (a Buffer kept alive by stateRef): [0] the client answered, [1] acked blocks (low 32 bits)
+  // shared with JS (a Buffer kept alive by stateRef): [0] the client answered
   volatile uint32_t* state = nullptr;
   std::shared_ptr<std::atomic<bool>> cancelled;
   napi_threadsafe_function tsfn = nullptr;
@@ -65,7 +65,7 @@ uint64_t nowUs() {
 }
 
 constexpr uint64_t kSliceUs = 50000;
-// (sendfile(2) of big blocks from the page cache, header sent with MSG_MORE, measured 25 % slower on loopback than
+// (sendfile(2) of big blocks from the page cache, header sent with MSG_MORE, measured by hand 25 % slower on loopback than
 // this copy: the receiver's copy out of page fragments costs more than ours)
 constexpr size_t kCacheBytes = 256 * 1024;
 
@@ -310,7 +310,6 @@ class Loop {
       return;
     }
     acked_ = block;
-    t_.state[1] = uint32_t(acked_);
     retries_ = 0;
     if (acked_ == totalBlocks_) return finish("complete", "all blocks acknowledged");
     gapAt_ = acked_ < sent_ ? int64_t(acked_) : -1;
@@ -493,15 +492,15 @@ napi_value Start(napi_env env, napi_callback_info info) {
   }
   if (napi_get_named_property(env, argv[0], "state", &state) != napi_ok || napi_is_buffer(env, state, &isBuf) != napi_ok || !isBuf) {
     close(t->fileFd);
-    napi_throw_type_error(env, nullptr, "tftp native: options.state must be a Buffer of 8 bytes");
+    napi_throw_type_error(env, nullptr, "tftp native: options.state must be a Buffer of 4 bytes");
     return nullptr;
   }
   void* stateData;
   size_t stateLen;
   napi_get_buffer_info(env, state, &stateData, &stateLen);
-  if (stateLen < 8 || (reinterpret_cast<uintptr_t>(stateData) & 3) != 0) {
+  if (stateLen < 4 || (reinterpret_cast<uintptr_t>(stateData) & 3) != 0) {
     close(t->fileFd);
-    napi_throw_type_error(env, nullptr, "tftp native: options.state must be an aligned Buffer of 8 bytes");
+    napi_throw_type_error(env, nullptr, "tftp native: options.state must be an aligned Buffer of 4 bytes");
     return nullptr;
   }
   t->state = static_cast<volatile uint32_t*>(stateData);
