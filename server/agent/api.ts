@@ -57,6 +57,8 @@ export const WorkflowSpec = Type.Object({
   }),
   target: Type.String(),                   // /dev/sda, /dev/disk/by-id/…, or "ram"
   after: AfterAction,
+  /** ephemeral | persistent | install: see migrations/003_workflow_mode.sql */
+  mode: Type.Union([Type.Literal('ephemeral'), Type.Literal('persistent'), Type.Literal('install')]),
   entrypoint: Type.Array(Type.String()),   // already merged: workflow override, else image Entrypoint
   cmd: Type.Array(Type.String()),          // workflow args, else image Cmd
   env: Type.Array(Type.String()),          // KEY=VALUE: image Env with workflow env on top

@@ -132,7 +132,7 @@ export async function imagesCommand(argv: string[], out: Out, extra: { build?: (
   }
 }
 
-export const WORKFLOWS_HELP = `ironboot workflows create --machine MAC --image ID|NAME --target /dev/sda|ram [--after wait|shell|reboot|poweroff]
+export const WORKFLOWS_HELP = `ironboot workflows create --machine MAC --image ID|NAME --target /dev/sda|ram [--after wait|shell|reboot|poweroff] [--mode ephemeral|persistent|install]
                           [--entrypoint PATH | --entrypoint '["/bin/sh","-c","..."]'] [--env KEY=VALUE]...
                           [--kernel-args "..."] [--timeout SECONDS] [-- ARGS...]
 ironboot workflows list [--machine MAC] [--state STATE]
@@ -161,7 +161,7 @@ export function formatEvent(e: Obj): string {
 }
 
 export async function workflowsCommand(argv: string[], out: Out): Promise<number> {
-  const a = parseArgs(argv, { list: ['env'], known: ['machine', 'image', 'target', 'after', 'entrypoint', 'env', 'kernel-args', 'timeout', 'state'] });
+  const a = parseArgs(argv, { list: ['env'], known: ['machine', 'image', 'target', 'after', 'mode', 'entrypoint', 'env', 'kernel-args', 'timeout', 'state'] });
   const sub = a.positionals[0];
   if (!sub || a.flags.help) { out(WORKFLOWS_HELP); return 0; }
   const api = new ApiClient(clientOptions(a.flags));
@@ -173,6 +173,7 @@ export async function workflowsCommand(argv: string[], out: Out): Promise<number
       if (!body.machine) throw new CliError('--machine MAC is required');
       if (!body.image) throw new CliError('--image ID|NAME is required');
       if (str(f, 'after')) body.after = str(f, 'after');
+      if (str(f, 'mode')) body.mode = str(f, 'mode');
       const ep = str(f, 'entrypoint');
       if (ep) {
         if (ep.startsWith('[')) {

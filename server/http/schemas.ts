@@ -76,12 +76,16 @@ export const Image = Type.Object({
 
 export const WorkflowState = Type.Unsafe<State>({ type: 'string', enum: [...WORKFLOW_STATES] });
 const After = Type.Union([Type.Literal('shell'), Type.Literal('reboot'), Type.Literal('poweroff'), Type.Literal('wait')]);
+const Mode = Type.Union([Type.Literal('ephemeral'), Type.Literal('persistent'), Type.Literal('install')], {
+  description: 'ephemeral (default): run the disk from the netbooted initramfs; persistent: also on every later boot, without re-streaming; install: make the disk boot on its own',
+});
 
 export const WorkflowCreate = Type.Object({
   machine: Type.String({ description: 'MAC address of the machine' }),
   image: Type.String({ minLength: 1, description: 'image id or name' }),
   target: Type.String({ pattern: '^(ram|/dev/[A-Za-z0-9._:+/-]+)$', description: 'a block device (/dev/sda, /dev/disk/by-id/…) or "ram"' }),
   after: Type.Optional(After),
+  mode: Type.Optional(Mode),
   entrypoint: Type.Optional(Type.Array(Type.String(), { minItems: 1 })),
   args: Type.Optional(Type.Array(Type.String())),
   env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String(), { additionalProperties: false })),
@@ -92,7 +96,7 @@ export type WorkflowCreate = Static<typeof WorkflowCreate>;
 
 export const Workflow = Type.Object({
   id: Type.String(), machine: Type.String(), image: Type.String(), state: WorkflowState,
-  target: Type.String(), after: Type.String(),
+  target: Type.String(), after: Type.String(), mode: Type.String(),
   entrypoint: Type.Union([Type.Array(Type.String()), Type.Null()]), args: Type.Union([Type.Array(Type.String()), Type.Null()]),
   env: Type.Record(Type.String(), Type.String()), kernelArgs: Type.String(),
   reason: Type.Union([Type.String(), Type.Null()]), exitCode: Type.Union([Type.Integer(), Type.Null()]),

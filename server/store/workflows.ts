@@ -3,6 +3,10 @@ import type { WorkflowState } from '../workflows/states.ts';
 
 export type AfterAction = 'shell' | 'reboot' | 'poweroff' | 'wait';
 
+/** What a workflow leaves on its machine (migrations/003_workflow_mode.sql). */
+export type WorkflowMode = 'ephemeral' | 'persistent' | 'install';
+export const WORKFLOW_MODES: readonly WorkflowMode[] = ['ephemeral', 'persistent', 'install'];
+
 export interface Workflow {
   id: string;
   machineId: number;
@@ -14,6 +18,7 @@ export interface Workflow {
   kernelArgs: string;
   target: string;
   after: AfterAction;
+  mode: WorkflowMode;
   token: string;
   state: WorkflowState;
   reason: string | null;
@@ -35,13 +40,14 @@ export interface WorkflowInput {
   kernelArgs?: string;
   target: string;
   after: AfterAction;
+  mode?: WorkflowMode;
   token: string;
   timeoutSeconds?: number;
 }
 
 interface Row {
   id: string; machine_id: number; mac: string; image_id: string; entrypoint: string | null; args: string | null;
-  env: string; kernel_args: string; target: string; after: string; token: string; state: string;
+  env: string; kernel_args: string; target: string; after: string; mode: string; token: string; state: string;
   reason: string | null; exit_code: number | null; timeout_seconds: number; created_at: string; updated_at: string;
   started_at: string | null; finished_at: string | null;
 }
@@ -50,7 +56,7 @@ function fromRow(r: Row): Workflow {
   return {
     id: r.id, machineId: r.machine_id, machineMac: r.mac, imageId: r.image_id,
     entrypoint: r.entrypoint ? JSON.parse(r.entrypoint) : null, args: r.args ? JSON.parse(r.args) : null,
-    env: JSON.parse(r.env), kernelArgs: r.kernel_args, target: r.target, after: r.after as AfterAction,
+    env: JSON.parse(r.env), kernelArgs: r.kernel_args, target: r.target, after: r.after as AfterAction, mode: r.mode as WorkflowMode,
     token: r.token, state: r.state as WorkflowState, reason: r.reason, exitCode: r.exit_code,
     timeoutSeconds: r.timeout_seconds, createdAt: r.created_at, updatedAt: r.updated_at,
     startedAt: r.started_at, finishedAt: r.finished_at,
@@ -100,12 +106,12 @@ export class WorkflowRepository {
 
   insert(w: WorkflowInput): Workflow {
     const now = new Date().toISOString();
-    this.db.prepare(`INSERT INTO workflows (id, machine_id, image_id, entrypoint, args, env, kernel_args, target, after,
+    this.db.prepare(`INSERT INTO workflows (id, machine_id, image_id, entrypoint, args, env, kernel_args, target, after, mode,
       token, state, timeout_seconds, created_at, updated_at) VALUES (@id, @machineId, @imageId, @entrypoint, @args, @env,
-      @kernelArgs, @target, @after, @token, 'pending', @timeoutSeconds, @now, @now)`).run({
+      @kernelArgs, @target, @after, @mode, @token, 'pending', @timeoutSeconds, @now, @now)`).run({
       id: w.id, machineId: w.machineId, imageId: w.imageId,
       entrypoint: w.entrypoint ? JSON.stringify(w.entrypoint) : null, args: w.args ? JSON.stringify(w.args) : null,
-      env: JSON.stringify(w.env ?? {}), kernelArgs: w.kernelArgs ?? '', target: w.target, after: w.after,
+      env: JSON.stringify(w.env ?? {}), kernelArgs: w.kernelArgs ?? '', target: w.target, after: w.after, mode: w.mode ?? 'ephemeral',
       token: w.token, timeoutSeconds: w.timeoutSeconds ?? 3600, now,
     });
     return this.get(w.id)!;

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Store } from '../store/index.ts';
-import type { Workflow, AfterAction } from '../store/workflows.ts';
+import type { Workflow, AfterAction, WorkflowMode } from '../store/workflows.ts';
 import type { WorkflowEvent, EventInput } from '../store/events.ts';
 import { canTransition, isFinal, type WorkflowState } from './states.ts';
 
@@ -18,6 +18,7 @@ export interface CreateWorkflowInput {
   image: string;               // id or name
   target: string;
   after?: AfterAction;
+  mode?: WorkflowMode;
   entrypoint?: string[];
   args?: string[];
   env?: Record<string, string>;
@@ -55,7 +56,7 @@ export class WorkflowService {
       created = store.workflows.insert({
         id: randomUUID(), machineId: machine.id, imageId: image.id, entrypoint: input.entrypoint ?? null,
         args: input.args ?? null, env: input.env ?? {}, kernelArgs: input.kernelArgs ?? '', target: input.target,
-        after: input.after ?? 'wait', token: randomBytes(24).toString('base64url'), timeoutSeconds: input.timeoutSeconds,
+        after: input.after ?? 'wait', mode: input.mode ?? 'ephemeral', token: randomBytes(24).toString('base64url'), timeoutSeconds: input.timeoutSeconds,
       });
       first = store.events.append({ workflowId: created.id, kind: 'state', state: 'pending', message: `created for image ${image.name}` });
     });
@@ -124,7 +125,7 @@ export class WorkflowService {
     if (!cur) throw new WorkflowError(404, 'id', `no workflow ${id}`);
     if (!isFinal(cur.state)) throw new WorkflowError(409, 'state', `workflow ${id} is still ${cur.state}; only a finished workflow can be retried`);
     return this.create({
-      mac: cur.machineMac, image: cur.imageId, target: cur.target, after: cur.after,
+      mac: cur.machineMac, image: cur.imageId, target: cur.target, after: cur.after, mode: cur.mode,
       entrypoint: cur.entrypoint ?? undefined, args: cur.args ?? undefined, env: cur.env,
       kernelArgs: cur.kernelArgs, timeoutSeconds: cur.timeoutSeconds,
     });

@@ -8,7 +8,7 @@ const SPEC: WorkflowSpec = {
   workflowId: 'wf1', machine: { mac: '52:54:00:00:00:01', hostname: 'node1' },
   image: { id: 'img', name: 'nginx', format: 'ext4', url: 'http://s/images/img.ext4.zst', rawUrl: 'http://s/images/img.ext4',
     compressedSize: 10, compressedSha256: 'c', rawSize: 100, rawSha256: 'r' },
-  target: '/dev/sda', after: 'reboot', entrypoint: ['/docker-entrypoint.sh'], cmd: ['nginx', '-g', 'daemon off;'],
+  target: '/dev/sda', after: 'reboot', mode: 'ephemeral', entrypoint: ['/docker-entrypoint.sh'], cmd: ['nginx', '-g', 'daemon off;'],
   env: ['A=1'], workingDir: '/srv', user: 'www', dns: ['10.0.0.53'],
 };
 

@@ -19,7 +19,7 @@ const machine = (over: Partial<Machine> = {}): Machine => ({
 });
 const workflow = (state: WorkflowState, over: Partial<Workflow> = {}): Workflow => ({
   id: 'wf-1234', machineId: 1, machineMac: MAC, imageId: 'img1', entrypoint: null, args: null, env: {},
-  kernelArgs: 'ironboot.modules=virtio_net quiet', target: '/dev/vda', after: 'wait', token: 'tok_ABC-123', state,
+  kernelArgs: 'ironboot.modules=virtio_net quiet', target: '/dev/vda', after: 'wait', mode: 'ephemeral', token: 'tok_ABC-123', state,
   reason: null, exitCode: null, timeoutSeconds: 600, createdAt: '', updatedAt: '', startedAt: null, finishedAt: null, ...over,
 });
 const image = { id: 'img1', name: 'busybox-httpd' } as Image;

@@ -36,6 +36,7 @@ export function buildSpec(store: Store, wf: Workflow, baseUrl: string): Workflow
     },
     target: wf.target,
     after: wf.after,
+    mode: wf.mode,
     entrypoint: wf.entrypoint ?? img.config.entrypoint,
     cmd: wf.args ?? (wf.entrypoint ? [] : img.config.cmd),
     env: [...env].map(([k, v]) => `${k}=${v}`),

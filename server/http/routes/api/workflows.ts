@@ -9,7 +9,7 @@ import { macParam } from './machines.ts';
 import type { AppDeps } from '../../app.ts';
 
 export const workflowView = (w: WorkflowRow) => ({
-  id: w.id, machine: w.machineMac, image: w.imageId, state: w.state, target: w.target, after: w.after,
+  id: w.id, machine: w.machineMac, image: w.imageId, state: w.state, target: w.target, after: w.after, mode: w.mode,
   entrypoint: w.entrypoint, args: w.args, env: w.env, kernelArgs: w.kernelArgs, reason: w.reason, exitCode: w.exitCode,
   timeoutSeconds: w.timeoutSeconds, createdAt: w.createdAt, updatedAt: w.updatedAt, startedAt: w.startedAt, finishedAt: w.finishedAt,
 });
@@ -27,7 +27,7 @@ const workflowsRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store,
     async (req, reply) => {
       const b = req.body;
       const wf = workflows.create({
-        mac: macParam(b.machine, 'machine'), image: b.image, target: b.target, after: b.after, entrypoint: b.entrypoint,
+        mac: macParam(b.machine, 'machine'), image: b.image, target: b.target, after: b.after, mode: b.mode, entrypoint: b.entrypoint,
         args: b.args, env: b.env, kernelArgs: b.kernelArgs, timeoutSeconds: b.timeoutSeconds,
       });
       return reply.code(201).send(workflowView(wf));
