@@ -20,6 +20,8 @@ import {
   LabError, createLabNetwork, ip, namespaceExists, namespacePids, parseSubnet, pidInNamespace, spawnInNamespace, stopInNamespace,
 } from './netns.ts';
 import { OVMF_VARS, QEMU_BINARY, macForName, parseSize, qemuArgs, type LabFirmware, type LabNic } from './qemu.ts';
+import { chooseAccel, describeAccel } from './accel.ts';
+import { findKernel } from '../../init/build/kernel.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 export const CLI_PATH = resolve(HERE, '../cli/ironboot.mjs');
@@ -216,13 +218,16 @@ async function vm(a: ParsedArgs, ns: string, out: Out): Promise<number> {
   const vars = join(dir, `${name}.vars.fd`);
   if (firmware === 'uefi' && (a.flags.fresh === true || !existsSync(vars))) copyFileSync(OVMF_VARS, vars);
   const log = join(dir, `${name}.log`);
-  const args = qemuArgs({ tap, mac, nic, firmware, disk, memoryMb, ovmfVars: vars, noReboot: a.flags['no-reboot'] === true });
-  writeFileSync(log, `# ironboot lab vm ${name} mac=${mac} nic=${nic} firmware=${firmware} tap=${tap} started ${new Date().toISOString()}\n# ${QEMU_BINARY} ${args.join(' ')}\n`, { flag: a.flags.fresh === true ? 'w' : 'a' });
+  // the accelerator: KVM when it boots the machines' kernel on this host, else TCG (accel.ts); said on the console
+  const labKernel = join(state.dataDir, 'artifacts', 'vmlinuz');
+  const accel = chooseAccel(existsSync(labKernel) ? labKernel : findKernel().path);
+  const args = qemuArgs({ tap, mac, nic, firmware, disk, memoryMb, ovmfVars: vars, noReboot: a.flags['no-reboot'] === true, accel: accel.accel });
+  writeFileSync(log, `# ironboot lab vm ${name} mac=${mac} nic=${nic} firmware=${firmware} tap=${tap} started ${new Date().toISOString()}\n# ${describeAccel(accel)}\n# ${QEMU_BINARY} ${args.join(' ')}\n`, { flag: a.flags.fresh === true ? 'w' : 'a' });
   const pid = spawnInNamespace(ns, QEMU_BINARY, args, log);
   state.vms[name] = { name, pid, mac, tap, nic, firmware, disk, log, startedAt: new Date().toISOString() };
   saveState(state);
   out(`VM ${name}: mac ${mac}, ${nic} on ${tap}, ${firmware}, disk ${disk} (${diskSize} bytes), pid ${pid}\n`
-    + `  serial console: ironboot lab console ${name}   (log ${log})\n`);
+    + `  ${describeAccel(accel)}\n  serial console: ironboot lab console ${name}   (log ${log})\n`);
   return 0;
 }
 

@@ -1,9 +1,10 @@
 /**
- * QEMU command lines for lab VMs (pure), as measured in ../shared/lab: software emulation (`-accel tcg -cpu max
- * -smp 1`: -smp 2 was slower on 2 cores, -cpu max has SSE4.2 for crc32c), PXE through the NIC's iPXE option ROM,
+ * QEMU command lines for lab VMs (pure), as measured in ../shared/lab: KVM where it works (accel.ts), else software
+ * emulation (`-accel tcg -cpu max -smp 1`: -smp 2 was slower on 2 cores, -cpu max has SSE4.2 for crc32c), PXE through the NIC's iPXE option ROM,
  * `-nographic` so SeaBIOS and iPXE print on the serial line too, a raw disk, OVMF pflash for UEFI.
  */
 import { createHash } from 'node:crypto';
+import { accelArgs, type Accel } from './accel.ts';
 
 export type LabNic = 'virtio' | 'e1000';
 export type LabFirmware = 'bios' | 'uefi';
@@ -25,6 +26,8 @@ export interface VmSpec {
   noReboot?: boolean;
   /** Plain firmware PXE instead of the NIC's iPXE ROM (`romfile=`): UEFI then TFTPs ironboot's ipxe.efi. */
   noRom?: boolean;
+  /** KVM or TCG (default): chooseAccel() in accel.ts decides which works on this host. */
+  accel?: Accel;
 }
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
@@ -32,7 +35,7 @@ export const QEMU_BINARY = 'qemu-system-x86_64';
 export function qemuArgs(v: VmSpec): string[] {
   const device = v.nic === 'virtio' ? 'virtio-net-pci' : 'e1000';
   const args = [
-    '-accel', 'tcg', '-cpu', 'max', '-smp', '1', '-m', String(v.memoryMb), '-nographic',
+    ...accelArgs(v.accel ?? 'tcg'), '-smp', '1', '-m', String(v.memoryMb), '-nographic',
     '-netdev', `tap,id=n0,ifname=${v.tap},script=no,downscript=no`,
     '-device', `${device},netdev=n0,mac=${v.mac},bootindex=1${v.noRom ? ',romfile=' : ''}`,
     '-boot', 'n',

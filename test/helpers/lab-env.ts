@@ -18,6 +18,7 @@ import { qemuArgs, macForName, OVMF_VARS, QEMU_BINARY, type LabFirmware, type La
 import { buildImage, type TarSpec } from './images-oci.ts';
 import { acquireQemuLock } from './qemu-lock.ts';
 import { testArtifacts } from './agent-artifacts.ts';
+import { testAccel } from './qemu.ts';
 
 /** One VM at a time across the run's test files (test/helpers/qemu-lock.ts). */
 export const qemuLock = acquireQemuLock;
@@ -302,7 +303,7 @@ export class LabEnv {
       vars = join(this.dir, `${o.name}.vars.fd`);
       if (!existsSync(vars)) writeFileSync(vars, readFileSync(OVMF_VARS));
     }
-    const args = qemuArgs({ tap, mac, nic: o.nic ?? 'virtio', firmware: o.firmware ?? 'bios', disk, memoryMb: o.memoryMb ?? 1024, ovmfVars: vars, noReboot: o.noReboot ?? true, noRom: o.noRom });
+    const args = qemuArgs({ tap, mac, nic: o.nic ?? 'virtio', firmware: o.firmware ?? 'bios', disk, memoryMb: o.memoryMb ?? 1024, ovmfVars: vars, noReboot: o.noReboot ?? true, noRom: o.noRom, accel: testAccel(join(this.artifactsDir, 'vmlinuz')) });
     const proc = this.spawn('timeout', ['600', QEMU_BINARY, ...args]);
     proc.stdout!.removeAllListeners('data'); proc.stderr!.removeAllListeners('data');
     const vm = new LabVm(o.name, mac, proc, join(this.dir, `${o.name}.serial.log`), this.ns);

@@ -1,5 +1,5 @@
 /**
- * One QEMU machine for tests (software emulation: `-accel tcg -cpu max -smp 1`), optionally inside a
+ * One QEMU machine for tests (KVM when it boots the kernel here, else software emulation: `-accel tcg -cpu max -smp 1`), optionally inside a
  * network namespace (a `-netdev tap` is looked up by name in the caller's namespace). The serial console
  * goes to a file and to memory; `waitFor(regex)` watches it. The VM always runs under `timeout`, and
  * `kill()` stops it by PID (SIGTERM to `timeout`, which forwards it to QEMU; SIGKILL after 3 s).
@@ -10,6 +10,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, type WriteStream } from 'node:fs';
+import { accelArgs, chooseAccel, describeAccel, type Accel } from '../../server/lab/accel.ts';
 
 export interface VmDisk { file: string; bus: 'virtio' | 'ahci' | 'scsi'; format?: 'raw' | 'qcow2'; serial?: string }
 export interface VmNic { tap: string; mac: string; model?: string }
@@ -27,10 +28,12 @@ export interface VmOptions {
   /** Hard limit for the whole run (default 300 s). */
   timeoutSec?: number;
   extraArgs?: string[];
+  /** Default: chooseAccel() for this kernel (KVM when it boots here, else TCG), printed once per test process. */
+  accel?: Accel;
 }
 
 export function qemuArgs(o: VmOptions): string[] {
-  const a = ['-accel', 'tcg', '-cpu', 'max', '-smp', '1', '-m', String(o.memMb ?? 1024), '-nographic', '-no-reboot',
+  const a = [...accelArgs(o.accel ?? 'tcg'), '-smp', '1', '-m', String(o.memMb ?? 1024), '-nographic', '-no-reboot',
     '-kernel', o.kernel, '-initrd', o.initrd, '-append', o.append];
   (o.disks ?? []).forEach((d, i) => {
     const drive = `file=${d.file},format=${d.format ?? 'raw'},if=none,id=d${i}`;
@@ -106,8 +109,17 @@ export class Vm {
   }
 }
 
+const told = new Set<string>();
+/** The accelerator for VMs booting `kernel` (server/lab/accel.ts), said once per test process. */
+export function testAccel(kernel: string): Accel {
+  const c = chooseAccel(kernel);
+  const line = describeAccel(c);
+  if (!told.has(line)) { told.add(line); process.stderr.write(`# ${line}\n`); }
+  return c.accel;
+}
+
 export function startVm(o: VmOptions): Vm {
-  const qemu = ['timeout', String(o.timeoutSec ?? 300), 'qemu-system-x86_64', ...qemuArgs(o)];
+  const qemu = ['timeout', String(o.timeoutSec ?? 300), 'qemu-system-x86_64', ...qemuArgs({ ...o, accel: o.accel ?? testAccel(o.kernel) })];
   const cmd = o.netns ? ['ip', 'netns', 'exec', o.netns, ...qemu] : qemu;
   const proc = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   return new Vm(proc, o.serialLog);
