@@ -1,6 +1,6 @@
 import type { Db } from './db.ts';
 
-/** One thing done to a machine (a power action) and how it ended (migrations/006_machine_bmc.sql). */
+/** One thing done to a machine (a power action) and how it ended (migrations/*_machine_bmc.sql). */
 export interface MachineEvent {
   id: number;
   machineId: number;

@@ -12,7 +12,7 @@ export interface Ipv4Reservation {
 
 export type MachineArch = 'auto' | 'bios' | 'uefi-x64' | 'uefi-arm64';
 
-/** A machine's BMC as reads show it: never the password (migrations/006_machine_bmc.sql). */
+/** A machine's BMC as reads show it: never the password (migrations/*_machine_bmc.sql). */
 export interface BmcSettings {
   url: string;
   username: string;

@@ -19,7 +19,7 @@ export interface Workflow {
   target: string;
   after: AfterAction;
   mode: WorkflowMode;
-  /** The daemon sets next boot to PXE and power-cycles the machine through its BMC (migrations/006). */
+  /** The daemon sets next boot to PXE and power-cycles the machine through its BMC (migrations/*_machine_bmc.sql). */
   powerCycle?: boolean;
   token: string;
   state: WorkflowState;

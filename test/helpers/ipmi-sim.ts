@@ -61,7 +61,9 @@ export class IpmiSim {
     writeFileSync(join(dir, 'chassis.sh'), `#!/bin/sh
 dir=${sh(dir)}
 shift; op=$1; shift
-running() { [ -s "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; }
+# alive and not a zombie (the machine is re-parented once this script exits; a zombie still answers kill -0)
+alive() { [ -r "/proc/$1/stat" ] && read -r _ _ st _ < "/proc/$1/stat" && [ "$st" != Z ]; }
+running() { [ -s "$dir/pid" ] && alive "$(cat "$dir/pid")"; }
 start() {
   running && return 0
   order=c; [ "$(cat "$dir/boot" 2>/dev/null)" = pxe ] && order=n
@@ -74,8 +76,8 @@ stop() {
   running || { rm -f "$dir/pid"; return 0; }
   pid=$(cat "$dir/pid"); echo "$(date +%s.%N) power off" >> "$dir/power.log"
   kill -TERM "$pid"; i=0
-  while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  while alive "$pid" && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+  alive "$pid" && kill -KILL "$pid"
   rm -f "$dir/pid"
 }
 case $op in
@@ -136,8 +138,8 @@ set_working_mc 0x20
     try {
       const pid = Number(readFileSync(join(this.o.dir, 'pid'), 'utf8').trim());
       if (!pid) return null;
-      process.kill(pid, 0);
-      return pid;
+      const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      return / Z /.test(st.slice(st.lastIndexOf(')'))) ? null : pid;
     } catch { return null; }
   }
 

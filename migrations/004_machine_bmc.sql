@@ -1,4 +1,6 @@
--- ironboot schema, version 6: power control through each machine's BMC (IPMI v2.0 lanplus or Redfish).
+-- ironboot schema: power control through each machine's BMC (IPMI v2.0 lanplus or Redfish). Issue 11's migration (006 in the plan;
+-- numbered 004 on this branch because the runner requires contiguous versions: renumber at merge).
+--
 --   bmc_url            ipmi://host[:port] | redfish://host[:port]; NULL = no BMC
 --   bmc_password       kept for the daemon only: no API read returns it
 --   bmc_tls_insecure   Redfish: accept a BMC certificate that does not verify (self-signed), per BMC; default no
