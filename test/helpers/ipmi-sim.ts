@@ -30,8 +30,8 @@ export interface IpmiSimOptions {
   password: string;
   /** The machine: argv of its QEMU, without `-boot` (added per power-on) and without the BMC wiring (added here). */
   machine: string[];
-  /** How to start the simulator (default: a child of this process). */
-  spawn?: (cmd: string, args: string[]) => ChildProcess;
+  /** Run the simulator (and with it the machine) and ipmitool under this prefix, e.g. ['ip', 'netns', 'exec', NS]. */
+  exec?: string[];
 }
 
 const sh = (s: string) => `'${s.replaceAll("'", "'\\''")}'`;
@@ -114,20 +114,21 @@ set_working_mc 0x20
 `);
     writeFileSync(join(dir, 'sim.emu'), 'mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n');
     const args = ['-c', join(dir, 'lan.conf'), '-f', join(dir, 'sim.emu'), '-s', join(dir, 'state'), '-n'];
-    const proc = o.spawn ? o.spawn(IPMI_SIM, args) : spawnChild(IPMI_SIM, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const pre = o.exec ?? [];
+    const proc = spawnChild(pre[0] ?? IPMI_SIM, [...pre.slice(1), ...(pre.length ? [IPMI_SIM] : []), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     const sim = new IpmiSim(o, proc);
     // ready when ipmitool gets an answer over lanplus
     for (let i = 0; i < 100; i++) {
       if (proc.exitCode !== null) throw new Error(`ipmi_sim exited with ${proc.exitCode}: ${sim.out}`);
-      if (o.spawn === undefined && sim.ipmitool(['chassis', 'power', 'status']).status === 0) return sim;
-      if (o.spawn !== undefined) { await new Promise((r) => setTimeout(r, 500)); return sim; }
+      if (sim.ipmitool(['chassis', 'power', 'status']).status === 0) return sim;
       await new Promise((r) => setTimeout(r, 100));
     }
     throw new Error(`ipmi_sim did not answer on ${port}: ${sim.out}`);
   }
 
   /** The reference client, against the same simulator. */
-  ipmitool(args: string[], password = this.o.password, prefix: string[] = []): { status: number | null; stdout: string; stderr: string } {
+  ipmitool(args: string[], password = this.o.password): { status: number | null; stdout: string; stderr: string } {
+    const prefix = this.o.exec ?? [];
     const r = spawnSync(prefix[0] ?? 'ipmitool', [...prefix.slice(1), ...(prefix.length ? ['ipmitool'] : []), '-I', 'lanplus', '-C', '3', '-H', this.o.address ?? '127.0.0.1', '-p', String(this.o.port ?? 623),
       '-U', this.o.username, '-P', password, '-R', '1', '-N', '1', ...args], { encoding: 'utf8', timeout: 20_000 });
     return { status: r.status, stdout: r.stdout, stderr: r.stderr };
@@ -155,7 +156,9 @@ set_working_mc 0x20
 
   /** Stops the machine (if on) and the simulator, by PID. */
   async stop(): Promise<void> {
-    spawnSync(join(this.o.dir, 'chassis.sh'), ['0x20', 'set', 'power', '0'], { timeout: 10_000 });
+    const pre = this.o.exec ?? [];
+    const chassis = join(this.o.dir, 'chassis.sh');
+    spawnSync(pre[0] ?? chassis, [...pre.slice(1), ...(pre.length ? [chassis] : []), '0x20', 'set', 'power', '0'], { timeout: 10_000 });
     if (this.proc.exitCode === null && this.proc.pid) {
       const done = new Promise((r) => this.proc.once('exit', r));
       this.proc.kill('SIGTERM');
