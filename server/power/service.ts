@@ -56,6 +56,8 @@ export function defaultDriver(bmc: BmcCredentials): PowerDriver {
     : new RedfishClient(addr, creds, { ca: bmc.ca, tlsInsecure: bmc.tlsInsecure });
 }
 
+const protocolOf = (url: string): string | null => { const a = parseBmcUrl(url); return typeof a === 'string' ? null : a.protocol; };
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms).unref?.());
 
 export class PowerService {
@@ -150,7 +152,7 @@ export class PowerService {
     else if (action === 'status') this.store.machines.setPower(machine.id, { state: 'unknown', error: message });
     const event = this.store.machineEvents.append({
       machineId: machine.id, kind: 'power', action, outcome, message, workflowId: ctx.workflowId ?? null,
-      payload: { attempts: attempt, protocol: parseBmcUrl(bmc.url) instanceof Object ? (parseBmcUrl(bmc.url) as { protocol: string }).protocol : null, ...(state ? { state } : {}) },
+      payload: { attempts: attempt, protocol: protocolOf(bmc.url), ...(state ? { state } : {}) },
     });
     if (ctx.workflowId) {
       this.workflows.record({ workflowId: ctx.workflowId, kind: 'info', message: `power ${action}: ${message}`, payload: { power: { action, outcome, state, attempts: attempt } } });

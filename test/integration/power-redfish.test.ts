@@ -66,3 +66,44 @@ test('Redfish client: power on, PXE once, cycle, off against a QMP-backed BMC; s
   const dead = new RedfishClient({ host: '127.0.0.1', port: 9 }, creds, { ca: sim.cert, timeoutMs: 2000 });
   await assert.rejects(dead.status(), (e: PowerError) => e.kind === 'unreachable' && e.retryable);
 });
+
+test('a machine with a Redfish BMC through the daemon: its certificate refused by default, accepted with bmc.ca or bmc.tlsInsecure', { timeout: 120_000 }, async (t) => {
+  const { spawnDaemon, tempDir } = await import('../helpers/daemon.ts');
+  const { readFileSync } = await import('node:fs');
+  const dir = tempDir(); t.after(dir.remove);
+  const port = 31000 + (process.pid % 20000);
+  const sim = await RedfishSim.start({ dir: dir.path, port, ...creds, machine: PAUSED_MACHINE });
+  t.after(() => sim.stop());
+  const d = await spawnDaemon(join(dir.path, 'data'), ['--power-poll-interval', '0']);
+  t.after(() => d.stop());
+  const token = readFileSync(join(dir.path, 'data', 'admin-token'), 'utf8').trim();
+  const api = async (method: string, path: string, body?: unknown) => {
+    const r = await fetch(`${d.url}/api/v1${path}`, { method, headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) }, body: body ? JSON.stringify(body) : undefined });
+    const text = await r.text();
+    return { status: r.status, body: text ? JSON.parse(text) : null };
+  };
+  const MAC = '52:54:00:00:22:01';
+  const url = `redfish://127.0.0.1:${port}`;
+  assert.equal((await api('POST', '/machines', { mac: MAC, bmc: { url, ...creds, ca: 'not a certificate' } })).body.field, 'bmc.ca');
+  assert.equal((await api('POST', '/machines', { mac: MAC, bmc: { url, ...creds } })).status, 201);
+
+  const refused = await api('POST', `/machines/${MAC}/power/status`);
+  assert.equal(refused.status, 502);
+  assert.match(refused.body.message, /does not verify.*bmc\.ca.*bmc\.tlsInsecure/);
+  assert.equal(sim.requests.length, 0);
+
+  assert.equal((await api('PATCH', `/machines/${MAC}`, { bmc: { url, username: creds.username, ca: sim.cert } })).status, 200);
+  const on = await api('POST', `/machines/${MAC}/power/cycle`);
+  assert.equal(on.status, 200, JSON.stringify(on.body));
+  assert.equal(on.body.message, 'was off: powered on');
+  assert.ok(sim.machinePid());
+  assert.equal((await api('POST', `/machines/${MAC}/power/pxe`)).status, 200);
+  assert.deepEqual(sim.bootOverride, { target: 'Pxe', enabled: 'Once' });
+
+  assert.equal((await api('PATCH', `/machines/${MAC}`, { bmc: { url, username: creds.username, tlsInsecure: true } })).status, 200);
+  const machine = (await api('GET', `/machines/${MAC}`)).body;
+  assert.deepEqual(machine.bmc, { url, username: creds.username, tlsInsecure: true, ca: null });
+  assert.equal((await api('POST', `/machines/${MAC}/power/off`)).body.state, 'off');
+  assert.equal(sim.machinePid(), null);
+  assert.deepEqual((await api('GET', `/machines/${MAC}/power`)).body.events.map((e: any) => `${e.action}:${e.outcome}`), ['status:failed', 'cycle:ok', 'pxe:ok', 'off:ok']);
+});

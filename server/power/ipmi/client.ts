@@ -89,7 +89,7 @@ export class IpmiClient {
       const command = async (netFn: number, cmd: number, data: number[] = []) => {
         let seq = -1;
         let reply: IpmiResponse | undefined;
-        await this.exchange(sock, () => { const r = session.request(netFn, cmd, Buffer.from(data)); seq = r.seq; return r.packet; }, (d) => {
+        await this.exchange(sock, () => { const r = session.request(netFn, cmd, Buffer.from(data), seq < 0 ? undefined : seq); seq = r.seq; return r.packet; }, (d) => {
           const r = session.response(d);
           if (!r || r.seq !== seq || r.cmd !== cmd) return false;
           reply = r;

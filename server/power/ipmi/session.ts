@@ -161,11 +161,14 @@ export class RmcpPlusSession {
     }
   }
 
-  /** Wraps a command in an authenticated, encrypted session packet. */
-  request(netFn: number, cmd: number, data: Uint8Array = Buffer.alloc(0)): { packet: Buffer; seq: number } {
+  /**
+   * Wraps a command in an authenticated, encrypted session packet. A resend passes the first send's `seq` (the IPMI
+   * request sequence, so the BMC can tell a retry from a new request); the session sequence always advances.
+   */
+  request(netFn: number, cmd: number, data: Uint8Array = Buffer.alloc(0), resendOf?: number): { packet: Buffer; seq: number } {
     if (!this.keys) throw new Error('no session keys yet');
-    const seq = this.rqSeq;
-    this.rqSeq = (this.rqSeq % 63) + 1;
+    const seq = resendOf ?? this.rqSeq;
+    if (resendOf === undefined) this.rqSeq = (this.rqSeq % 63) + 1;
     const msg = encodeRequest({ netFn, cmd, data, seq });
     const payload = encryptPayload(this.keys.aesKey, this.random(16), msg);
     const packet = encodeV20({ encrypted: true, authenticated: true, payloadType: PayloadType.Ipmi, sessionId: this.managedSessionId, sequence: this.outSeq++ },
