@@ -201,28 +201,33 @@ export class PowerService {
     });
   }
 
-  /** Polls every machine with a BMC once (one try each, one machine at a time); logs changes. */
+  /** Polls every machine with a BMC once (one try each, four BMCs at a time); logs changes. */
   async pollAll(): Promise<void> {
     if (this.polling || this.stopped) return;
     this.polling = true;
     try {
-      for (const m of this.store.machines.listWithBmc()) {
-        if (this.stopped) break;
-        if (this.queues.has(m.id)) continue; // an action is running; it records the state itself
-        const bmc = this.store.machines.getBmcCredentials(m.id);
-        if (!bmc) continue;
-        try {
-          const s = await this.driverFor(bmc).status();
-          if (s !== m.power?.state) this.log.info({ mac: m.mac, from: m.power?.state, state: s }, 'machine power state changed');
-          this.store.machines.setPower(m.id, { state: s });
-        } catch (err) {
-          const msg = (err as Error).message;
-          if (m.power?.error !== msg) this.log.warn({ mac: m.mac, reason: msg }, 'power state poll failed');
-          this.store.machines.setPower(m.id, { state: 'unknown', error: msg });
-        }
-      }
+      const todo = this.store.machines.listWithBmc();
+      const worker = async () => {
+        for (let m = todo.shift(); m && !this.stopped; m = todo.shift()) await this.pollOne(m);
+      };
+      await Promise.all(Array.from({ length: 4 }, worker));
     } finally {
       this.polling = false;
+    }
+  }
+
+  private async pollOne(m: Machine): Promise<void> {
+    if (this.queues.has(m.id)) return; // an action is running; it records the state itself
+    const bmc = this.store.machines.getBmcCredentials(m.id);
+    if (!bmc) return;
+    try {
+      const s = await this.driverFor(bmc).status();
+      if (s !== m.power?.state) this.log.info({ mac: m.mac, from: m.power?.state, state: s }, 'machine power state changed');
+      if (this.store.machines.getById(m.id)) this.store.machines.setPower(m.id, { state: s });
+    } catch (err) {
+      const msg = (err as Error).message;
+      if (m.power?.error !== msg) this.log.warn({ mac: m.mac, reason: msg }, 'power state poll failed');
+      if (this.store.machines.getById(m.id)) this.store.machines.setPower(m.id, { state: 'unknown', error: msg });
     }
   }
 }
