@@ -54,6 +54,14 @@ test('IPMI client against ipmi_sim: status, PXE boot flag, on, cycle, off; ipmit
   await until(() => sim.machinePid() === null, 10_000, 'the QEMU process to stop');
   assert.equal(await c.powerStatus(), 'off');
 
+  // a command the BMC refuses (chassis control "pulse diagnostic interrupt": ipmi_sim has none) comes back with its
+  // completion code inside the encrypted session, and the next session works
+  await assert.rejects(c.withSession(async (command) => {
+    const r = await command(0x00, 0x02, [4]);
+    if (r.completionCode !== 0) throw new IpmiError('command', `completion code 0x${r.completionCode.toString(16)}`);
+  }), /completion code 0xcc/);
+  assert.equal(await c.powerStatus(), 'off');
+
   // the reference client powers on; ours sees it
   assert.equal(sim.ipmitool(['chassis', 'power', 'on']).status, 0);
   await until(() => sim.machinePid() !== null, 10_000, 'QEMU after ipmitool power on');

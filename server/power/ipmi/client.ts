@@ -97,9 +97,12 @@ export class IpmiClient {
         }, `command 0x${netFn.toString(16)}/0x${cmd.toString(16)}`);
         return reply!;
       };
-      const out = await fn(command);
-      try { sock.send(session.close()); await sock.receive(200); } catch { /* best effort: the BMC times the session out */ }
-      return out;
+      try {
+        return await fn(command);
+      } finally {
+        // also after a refused command: a BMC has few session slots per user
+        try { sock.send(session.close()); await sock.receive(200); } catch { /* best effort: the BMC times the session out */ }
+      }
     } finally {
       sock.close();
     }
