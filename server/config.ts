@@ -29,6 +29,8 @@ export interface ServeConfig {
   templatesDir: string | null;
   buildArtifacts: boolean;
   logLevel: string;
+  /** Seconds between polls of every BMC's power state (0: never). */
+  powerPollSeconds?: number;
 }
 
 export class ConfigError extends Error {
@@ -66,6 +68,7 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 'templatesDir', flag: 'templates-dir', kind: 'string', help: 'iPXE templates (default: the shipped templates/ipxe)' },
   { key: 'buildArtifacts', flag: 'build-artifacts', kind: 'bool', help: 'build the kernel + initramfs at start when missing (default on)' },
   { key: 'logLevel', flag: 'log-level', kind: 'string', help: 'trace | debug | info | warn | error (default info)' },
+  { key: 'powerPollSeconds', flag: 'power-poll-interval', kind: 'int', help: 'seconds between polls of each BMC\'s power state (default 60; 0: never)' },
 ];
 
 export const envName = (flag: string): string => 'IRONBOOT_' + flag.toUpperCase().replaceAll('-', '_');
@@ -172,5 +175,6 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     templatesDir: str('templatesDir', null),
     buildArtifacts: bool('buildArtifacts', true),
     logLevel,
+    powerPollSeconds: int('powerPollSeconds', 60),
   };
 }

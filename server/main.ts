@@ -13,6 +13,8 @@ import { loadAdminToken } from './http/auth.ts';
 import { buildApp, type AppDeps } from './http/app.ts';
 import { createMetricsRegistry } from './metrics.ts';
 import { httpExtras, startNetworkServices, prepareArtifacts } from './services.ts';
+import { PowerService } from './power/service.ts';
+import { powerRoutes } from './http/routes/api/power.ts';
 
 export const ROOT_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const VERSION: string = JSON.parse(readFileSync(join(ROOT_DIR, 'package.json'), 'utf8')).version;
@@ -22,6 +24,7 @@ export interface Daemon {
   store: Store;
   app: FastifyInstance;
   workflows: WorkflowService;
+  power: PowerService;
   adminToken: string;
   /** Where HTTP actually listens (port resolved when 0 was asked). */
   httpAddress: { host: string; port: number };
@@ -53,12 +56,16 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
     expiry.unref();
     closers.push(() => clearInterval(expiry));
 
+    const power = new PowerService(store, workflows, log.child({ svc: 'power' }), { pollSeconds: config.powerPollSeconds ?? 60 });
+    power.start();
+    closers.push(() => power.stop());
+
     const artifactsDir = config.artifactsDir ?? join(config.dataDir, 'artifacts');
     const deps: AppDeps = {
       store, workflows, log, registry, adminToken: token.token, artifactsDir, ipxeDir: config.ipxeDir, version: VERSION,
     };
     const extras = httpExtras({ store, log, registry, config });
-    deps.plugins = extras.plugins;
+    deps.plugins = [...extras.plugins, { plugin: powerRoutes(power) as never, api: true }];
     deps.images = extras.images;
     const app = await buildApp(deps);
     closers.push(() => app.close());
@@ -71,7 +78,7 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
     closers.push(() => net.close());
     const artifacts = prepareArtifacts(config, artifactsDir, log);
 
-    return { config, store, app, workflows, adminToken: token.token, httpAddress, artifacts, close };
+    return { config, store, app, workflows, power, adminToken: token.token, httpAddress, artifacts, close };
   } catch (err) {
     await close();
     throw err;

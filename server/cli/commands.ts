@@ -1,4 +1,5 @@
 /** CLI commands that talk to the REST API: machines, images, workflows. */
+import { readFileSync } from 'node:fs';
 import { ApiClient, CliError, clientOptions } from './client.ts';
 import { parseArgs, str, strList, need, keyValuePairs, type ParsedArgs } from './args.ts';
 import { table, keyValues, bytes, fmt } from './format.ts';
@@ -17,6 +18,9 @@ ironboot machines set MAC [same flags as add; --pxe / --no-pxe]
 ironboot machines list [--label KEY=VALUE]...
 ironboot machines show MAC
 ironboot machines rm MAC
+ironboot machines power MAC on|off|cycle|status|pxe       (through the machine's BMC; pxe: next boot from the network)
+  BMC flags of add/set: --bmc ipmi://HOST[:PORT]|redfish://HOST[:PORT]|none --bmc-user U
+                        --bmc-password-file FILE (or IRONBOOT_BMC_PASSWORD) [--bmc-ca PEMFILE] [--bmc-tls-insecure]
 `;
 
 function machineBody(a: ParsedArgs, forUpdate: boolean): Obj {
@@ -42,17 +46,32 @@ function machineBody(a: ParsedArgs, forUpdate: boolean): Obj {
   if (str(f, 'efi-binary')) body.efiBinary = str(f, 'efi-binary');
   if (f.pxe !== undefined) body.allowPxe = f.pxe !== false;
   if (strList(f, 'label').length) body.labels = keyValuePairs(strList(f, 'label'), 'label');
+  const bmc = str(f, 'bmc');
+  if (bmc === 'none') body.bmc = null;
+  else if (bmc !== undefined) {
+    const file = str(f, 'bmc-password-file');
+    const password = file !== undefined ? readFileSync(file, 'utf8').replace(/\r?\n$/, '') : str(f, 'bmc-password') ?? process.env.IRONBOOT_BMC_PASSWORD;
+    body.bmc = { url: bmc, username: str(f, 'bmc-user') ?? '', ...(password !== undefined ? { password } : {}) };
+    if (str(f, 'bmc-ca')) body.bmc.ca = readFileSync(str(f, 'bmc-ca')!, 'utf8');
+    if (f['bmc-tls-insecure'] !== undefined) body.bmc.tlsInsecure = f['bmc-tls-insecure'] !== false;
+  } else if (str(f, 'bmc-user') !== undefined || str(f, 'bmc-password-file') !== undefined) {
+    throw new CliError('--bmc-user and --bmc-password-file belong to a BMC: give --bmc URL too');
+  }
   if (!forUpdate) body.mac = need(a, 1, 'MAC address');
   return body;
 }
 
 const machineColumns: [string, (r: Obj) => unknown][] = [
   ['MAC', (m) => m.mac], ['HOSTNAME', (m) => m.hostname], ['IPV4', (m) => (m.ipv4 ? `${m.ipv4.address}/${m.ipv4.prefix}` : null)],
-  ['PXE', (m) => (m.allowPxe ? 'yes' : 'no')], ['ARCH', (m) => m.arch], ['LABELS', (m) => m.labels],
+  ['PXE', (m) => (m.allowPxe ? 'yes' : 'no')], ['ARCH', (m) => m.arch], ['POWER', (m) => (m.bmc ? m.power?.state ?? '?' : null)],
+  ['LABELS', (m) => m.labels],
 ];
 
 export async function machinesCommand(argv: string[], out: Out): Promise<void> {
-  const a = parseArgs(argv, { bool: ['pxe'], list: ['dns', 'label'], known: ['hostname', 'ip', 'gateway', 'dns', 'lease-time', 'domain', 'arch', 'efi-binary', 'pxe', 'label'] });
+  const a = parseArgs(argv, {
+    bool: ['pxe', 'bmc-tls-insecure'], list: ['dns', 'label'],
+    known: ['hostname', 'ip', 'gateway', 'dns', 'lease-time', 'domain', 'arch', 'efi-binary', 'pxe', 'label', 'bmc', 'bmc-user', 'bmc-password', 'bmc-password-file', 'bmc-ca', 'bmc-tls-insecure'],
+  });
   const sub = a.positionals[0];
   if (!sub || a.flags.help) { out(MACHINES_HELP); return; }
   const api = new ApiClient(clientOptions(a.flags));
@@ -78,6 +97,14 @@ export async function machinesCommand(argv: string[], out: Out): Promise<void> {
     case 'show': case 'get': {
       const m = await api.request<Obj>('GET', `/api/v1/machines/${encodeURIComponent(need(a, 1, 'MAC address'))}`);
       print(out, json, m, () => keyValues(m));
+      return;
+    }
+    case 'power': {
+      const mac = need(a, 1, 'MAC address');
+      const action = need(a, 2, 'power action (on, off, cycle, status or pxe)');
+      if (!['on', 'off', 'cycle', 'status', 'pxe'].includes(action)) throw new CliError(`"${action}" is not a power action: on, off, cycle, status or pxe`);
+      const r = await api.request<Obj>('POST', `/api/v1/machines/${encodeURIComponent(mac)}/power/${action}`);
+      print(out, json, r, () => `${r.mac}: ${r.message}${r.attempts > 1 ? ` (${r.attempts} tries)` : ''}\n`);
       return;
     }
     case 'rm': case 'delete': {
@@ -134,7 +161,8 @@ export async function imagesCommand(argv: string[], out: Out, extra: { build?: (
 
 export const WORKFLOWS_HELP = `ironboot workflows create --machine MAC --image ID|NAME --target /dev/sda|ram [--after wait|shell|reboot|poweroff] [--mode ephemeral|persistent|install]
                           [--entrypoint PATH | --entrypoint '["/bin/sh","-c","..."]'] [--env KEY=VALUE]...
-                          [--kernel-args "..."] [--timeout SECONDS] [-- ARGS...]
+                          [--kernel-args "..."] [--timeout SECONDS] [--power-cycle] [-- ARGS...]
+                          (--power-cycle: the machine's BMC sets next boot to PXE and power-cycles it)
 ironboot workflows list [--machine MAC] [--state STATE]
 ironboot workflows show ID
 ironboot workflows cancel ID
@@ -161,7 +189,7 @@ export function formatEvent(e: Obj): string {
 }
 
 export async function workflowsCommand(argv: string[], out: Out): Promise<number> {
-  const a = parseArgs(argv, { list: ['env'], known: ['machine', 'image', 'target', 'after', 'mode', 'entrypoint', 'env', 'kernel-args', 'timeout', 'state'] });
+  const a = parseArgs(argv, { bool: ['power-cycle'], list: ['env'], known: ['machine', 'image', 'target', 'after', 'mode', 'entrypoint', 'env', 'kernel-args', 'timeout', 'state', 'power-cycle'] });
   const sub = a.positionals[0];
   if (!sub || a.flags.help) { out(WORKFLOWS_HELP); return 0; }
   const api = new ApiClient(clientOptions(a.flags));
@@ -184,6 +212,7 @@ export async function workflowsCommand(argv: string[], out: Out): Promise<number
       if (strList(f, 'env').length) body.env = keyValuePairs(strList(f, 'env'), 'env');
       if (str(f, 'kernel-args')) body.kernelArgs = str(f, 'kernel-args');
       if (str(f, 'timeout')) body.timeoutSeconds = Number(str(f, 'timeout'));
+      if (f['power-cycle'] === true) body.powerCycle = true;
       const w = await api.request<Obj>('POST', '/api/v1/workflows', body);
       print(out, json, w, () => `created workflow ${w.id} for ${w.machine} (${w.state})\n`);
       return 0;

@@ -16,7 +16,7 @@ export const conflict = (field: string | null, message: string) => new ApiError(
 
 const TITLES: Record<number, string> = {
   400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 409: 'Conflict', 413: 'Payload Too Large',
-  415: 'Unsupported Media Type', 416: 'Range Not Satisfiable', 500: 'Internal Server Error', 503: 'Service Unavailable',
+  415: 'Unsupported Media Type', 416: 'Range Not Satisfiable', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable',
 };
 
 /** Turns ajv's first validation error into a dotted field name: body /ipv4/address → ipv4.address. */

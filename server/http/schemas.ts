@@ -24,6 +24,15 @@ const Arch = Type.Union([Type.Literal('auto'), Type.Literal('bios'), Type.Litera
 const EfiBinary = Type.Union([Type.Literal('ipxe.efi'), Type.Literal('snponly.efi')]);
 const Labels = Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.\\/-]{1,63}$' }), Type.String({ maxLength: 256 }), { additionalProperties: false });
 
+export const BmcInput = Type.Object({
+  url: Type.String({ maxLength: 300, description: 'ipmi://HOST[:PORT] (IPMI v2.0 lanplus, UDP 623) or redfish://HOST[:PORT] (HTTPS, 443)' }),
+  username: Type.String({ maxLength: 64 }),
+  password: Type.Optional(Type.String({ maxLength: 128, description: 'stored for the daemon only: no read returns it; left out on PATCH keeps the stored one' })),
+  tlsInsecure: Type.Optional(Type.Boolean({ description: 'Redfish: accept this BMC\'s certificate without verifying it (self-signed); default false' })),
+  ca: Type.Optional(Type.Union([Type.String({ maxLength: 65536, description: 'Redfish: PEM CA bundle for this BMC\'s certificate' }), Type.Null()])),
+}, { additionalProperties: false });
+export type BmcInput = Static<typeof BmcInput>;
+
 export const MachineCreate = Type.Object({
   mac: Type.String({ description: 'any common notation: 52:54:00:12:34:56, 52-54-00-12-34-56, 525400123456' }),
   hostname: Type.Optional(Type.Union([Hostname, Type.Null()])),
@@ -32,6 +41,7 @@ export const MachineCreate = Type.Object({
   efiBinary: Type.Optional(EfiBinary),
   allowPxe: Type.Optional(Type.Boolean()),
   labels: Type.Optional(Labels),
+  bmc: Type.Optional(Type.Union([BmcInput, Type.Null()])),
 }, { additionalProperties: false });
 export type MachineCreate = Static<typeof MachineCreate>;
 
@@ -50,8 +60,27 @@ export const Machine = Type.Object({
   efiBinary: Type.String(),
   allowPxe: Type.Boolean(),
   labels: Type.Record(Type.String(), Type.String()),
+  bmc: Type.Optional(Type.Union([Type.Object({
+    url: Type.String(), username: Type.String(), tlsInsecure: Type.Boolean(), ca: Type.Union([Type.String(), Type.Null()]),
+  }), Type.Null()])),
+  power: Type.Optional(Type.Object({
+    state: Type.Union([Type.String(), Type.Null()]), checkedAt: Type.Union([Type.String(), Type.Null()]), error: Type.Union([Type.String(), Type.Null()]),
+  })),
   createdAt: Type.String(),
   updatedAt: Type.String(),
+});
+
+export const PowerActionParams = Type.Object({ mac: Type.String(), action: Type.Union(['on', 'off', 'cycle', 'status', 'pxe'].map((a) => Type.Literal(a))) });
+
+export const MachineEvent = Type.Object({
+  id: Type.Integer(), at: Type.String(), kind: Type.String(), action: Type.String(), outcome: Type.String(),
+  message: Type.Union([Type.String(), Type.Null()]), workflowId: Type.Union([Type.String(), Type.Null()]),
+  payload: Type.Record(Type.String(), Type.Unknown()),
+});
+
+export const PowerResult = Type.Object({
+  mac: Type.String(), action: Type.String(), outcome: Type.String(), state: Type.Union([Type.String(), Type.Null()]),
+  message: Type.String(), attempts: Type.Integer(), event: MachineEvent,
 });
 
 export const MacParams = Type.Object({ mac: Type.String() });
@@ -91,6 +120,7 @@ export const WorkflowCreate = Type.Object({
   env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String(), { additionalProperties: false })),
   kernelArgs: Type.Optional(Type.String({ maxLength: 2048 })),
   timeoutSeconds: Type.Optional(Type.Integer({ minimum: 10, maximum: 604800 })),
+  powerCycle: Type.Optional(Type.Boolean({ description: 'set the machine\'s next boot to PXE and power-cycle it through its BMC' })),
 }, { additionalProperties: false });
 export type WorkflowCreate = Static<typeof WorkflowCreate>;
 
@@ -100,7 +130,7 @@ export const Workflow = Type.Object({
   entrypoint: Type.Union([Type.Array(Type.String()), Type.Null()]), args: Type.Union([Type.Array(Type.String()), Type.Null()]),
   env: Type.Record(Type.String(), Type.String()), kernelArgs: Type.String(),
   reason: Type.Union([Type.String(), Type.Null()]), exitCode: Type.Union([Type.Integer(), Type.Null()]),
-  timeoutSeconds: Type.Integer(),
+  timeoutSeconds: Type.Integer(), powerCycle: Type.Optional(Type.Boolean()),
   createdAt: Type.String(), updatedAt: Type.String(),
   startedAt: Type.Union([Type.String(), Type.Null()]), finishedAt: Type.Union([Type.String(), Type.Null()]),
 });

@@ -12,6 +12,25 @@ export interface Ipv4Reservation {
 
 export type MachineArch = 'auto' | 'bios' | 'uefi-x64' | 'uefi-arm64';
 
+/** A machine's BMC as reads show it: never the password (migrations/*_machine_bmc.sql). */
+export interface BmcSettings {
+  url: string;
+  username: string;
+  /** Redfish: accept a certificate that does not verify (self-signed), for this BMC only. */
+  tlsInsecure: boolean;
+  /** Redfish: PEM CA bundle for this BMC's certificate. */
+  ca: string | null;
+}
+
+/** What a BMC needs to be driven: the settings and the password (only the power service asks for it). */
+export interface BmcCredentials extends BmcSettings { password: string }
+
+/** A BMC as given on create or update; a missing password on update keeps the stored one. */
+export interface BmcInput { url: string; username: string; password?: string; tlsInsecure?: boolean; ca?: string | null }
+
+export type PowerState = 'on' | 'off' | 'unknown';
+export interface PowerStatus { state: PowerState | null; checkedAt: string | null; error: string | null }
+
 export interface Machine {
   id: number;
   mac: string;
@@ -21,6 +40,8 @@ export interface Machine {
   efiBinary: 'ipxe.efi' | 'snponly.efi';
   allowPxe: boolean;
   labels: Record<string, string>;
+  bmc?: BmcSettings | null;
+  power?: PowerStatus;
   createdAt: string;
   updatedAt: string;
 }
@@ -33,6 +54,7 @@ export interface MachineInput {
   efiBinary?: 'ipxe.efi' | 'snponly.efi';
   allowPxe?: boolean;
   labels?: Record<string, string>;
+  bmc?: BmcInput | null;
 }
 
 interface Row {
@@ -40,6 +62,8 @@ interface Row {
   ipv4_address: string | null; ipv4_prefix: number | null; ipv4_gateway: string | null; ipv4_dns: string;
   lease_seconds: number | null; domain: string | null; arch: string | null; efi_binary: string | null;
   allow_pxe: number; labels: string; created_at: string; updated_at: string;
+  bmc_url: string | null; bmc_username: string | null; bmc_password: string | null; bmc_tls_insecure: number; bmc_ca: string | null;
+  power_state: string | null; power_checked_at: string | null; power_error: string | null;
 }
 
 function fromRow(r: Row): Machine {
@@ -61,6 +85,8 @@ function fromRow(r: Row): Machine {
     efiBinary: (r.efi_binary ?? 'ipxe.efi') as Machine['efiBinary'],
     allowPxe: r.allow_pxe === 1,
     labels: JSON.parse(r.labels),
+    bmc: r.bmc_url ? { url: r.bmc_url, username: r.bmc_username ?? '', tlsInsecure: r.bmc_tls_insecure === 1, ca: r.bmc_ca } : null,
+    power: { state: r.power_state as PowerState | null, checkedAt: r.power_checked_at, error: r.power_error },
     createdAt: r.created_at,
     updatedAt: r.updated_at,
   };
@@ -80,6 +106,11 @@ function toParams(m: MachineInput) {
     efi_binary: m.efiBinary ?? 'ipxe.efi',
     allow_pxe: m.allowPxe === false ? 0 : 1,
     labels: JSON.stringify(m.labels ?? {}),
+    bmc_url: m.bmc?.url ?? null,
+    bmc_username: m.bmc?.username ?? null,
+    bmc_password: m.bmc?.password ?? null,
+    bmc_tls_insecure: m.bmc?.tlsInsecure ? 1 : 0,
+    bmc_ca: m.bmc?.ca ?? null,
   };
 }
 
@@ -133,9 +164,10 @@ export class MachineRepository {
       }
       const p = toParams(input);
       const info = this.q(`INSERT INTO machines (mac, hostname, ipv4_address, ipv4_prefix, ipv4_gateway, ipv4_dns,
-        lease_seconds, domain, arch, efi_binary, allow_pxe, labels, created_at, updated_at)
+        lease_seconds, domain, arch, efi_binary, allow_pxe, labels, bmc_url, bmc_username, bmc_password, bmc_tls_insecure, bmc_ca,
+        created_at, updated_at)
         VALUES (@mac, @hostname, @ipv4_address, @ipv4_prefix, @ipv4_gateway, @ipv4_dns, @lease_seconds, @domain, @arch,
-        @efi_binary, @allow_pxe, @labels, @now, @now)`).run({ ...p, now });
+        @efi_binary, @allow_pxe, @labels, @bmc_url, @bmc_username, @bmc_password, @bmc_tls_insecure, @bmc_ca, @now, @now)`).run({ ...p, now });
       return this.getById(Number(info.lastInsertRowid))!;
     })();
   }
@@ -153,6 +185,8 @@ export class MachineRepository {
         efiBinary: patch.efiBinary ?? cur.efiBinary,
         allowPxe: patch.allowPxe ?? cur.allowPxe,
         labels: patch.labels ?? cur.labels,
+        bmc: patch.bmc === undefined ? this.bmcInput(cur.id) : patch.bmc === null ? null
+          : { ...patch.bmc, password: patch.bmc.password ?? this.getBmcCredentials(cur.id)?.password ?? '' },
       };
       if (next.ipv4) {
         const other = this.getByIpv4(next.ipv4.address);
@@ -163,10 +197,32 @@ export class MachineRepository {
       const p = toParams(next);
       this.q(`UPDATE machines SET hostname=@hostname, ipv4_address=@ipv4_address, ipv4_prefix=@ipv4_prefix,
         ipv4_gateway=@ipv4_gateway, ipv4_dns=@ipv4_dns, lease_seconds=@lease_seconds, domain=@domain, arch=@arch,
-        efi_binary=@efi_binary, allow_pxe=@allow_pxe, labels=@labels, updated_at=@now WHERE mac=@mac`)
+        efi_binary=@efi_binary, allow_pxe=@allow_pxe, labels=@labels, bmc_url=@bmc_url, bmc_username=@bmc_username,
+        bmc_password=@bmc_password, bmc_tls_insecure=@bmc_tls_insecure, bmc_ca=@bmc_ca, updated_at=@now WHERE mac=@mac`)
         .run({ ...p, now: new Date().toISOString() });
       return this.getByMac(mac);
     })();
+  }
+
+  /** The BMC with its password: for the power service only, never for an API read. */
+  getBmcCredentials(id: number): BmcCredentials | undefined {
+    const r = this.q('SELECT bmc_url, bmc_username, bmc_password, bmc_tls_insecure, bmc_ca FROM machines WHERE id = ?').get(id) as Row | undefined;
+    if (!r?.bmc_url) return undefined;
+    return { url: r.bmc_url, username: r.bmc_username ?? '', password: r.bmc_password ?? '', tlsInsecure: r.bmc_tls_insecure === 1, ca: r.bmc_ca };
+  }
+
+  private bmcInput(id: number): BmcInput | null {
+    return this.getBmcCredentials(id) ?? null;
+  }
+
+  /** Records a polled or acted power state (not a change of the machine's settings: updated_at stays). */
+  setPower(id: number, p: { state: PowerState; error?: string | null }): void {
+    this.q('UPDATE machines SET power_state = ?, power_checked_at = ?, power_error = ? WHERE id = ?')
+      .run(p.state, new Date().toISOString(), p.error ?? null, id);
+  }
+
+  listWithBmc(): Machine[] {
+    return (this.q('SELECT * FROM machines WHERE bmc_url IS NOT NULL ORDER BY mac').all() as Row[]).map(fromRow);
   }
 
   delete(id: number): boolean {

@@ -19,6 +19,8 @@ export interface Workflow {
   target: string;
   after: AfterAction;
   mode: WorkflowMode;
+  /** The daemon sets next boot to PXE and power-cycles the machine through its BMC (migrations/*_machine_bmc.sql). */
+  powerCycle?: boolean;
   token: string;
   state: WorkflowState;
   reason: string | null;
@@ -41,13 +43,14 @@ export interface WorkflowInput {
   target: string;
   after: AfterAction;
   mode?: WorkflowMode;
+  powerCycle?: boolean;
   token: string;
   timeoutSeconds?: number;
 }
 
 interface Row {
   id: string; machine_id: number; mac: string; image_id: string; entrypoint: string | null; args: string | null;
-  env: string; kernel_args: string; target: string; after: string; mode: string; token: string; state: string;
+  env: string; kernel_args: string; target: string; after: string; mode: string; power_cycle: number; token: string; state: string;
   reason: string | null; exit_code: number | null; timeout_seconds: number; created_at: string; updated_at: string;
   started_at: string | null; finished_at: string | null;
 }
@@ -56,7 +59,7 @@ function fromRow(r: Row): Workflow {
   return {
     id: r.id, machineId: r.machine_id, machineMac: r.mac, imageId: r.image_id,
     entrypoint: r.entrypoint ? JSON.parse(r.entrypoint) : null, args: r.args ? JSON.parse(r.args) : null,
-    env: JSON.parse(r.env), kernelArgs: r.kernel_args, target: r.target, after: r.after as AfterAction, mode: r.mode as WorkflowMode,
+    env: JSON.parse(r.env), kernelArgs: r.kernel_args, target: r.target, after: r.after as AfterAction, mode: r.mode as WorkflowMode, powerCycle: r.power_cycle === 1,
     token: r.token, state: r.state as WorkflowState, reason: r.reason, exitCode: r.exit_code,
     timeoutSeconds: r.timeout_seconds, createdAt: r.created_at, updatedAt: r.updated_at,
     startedAt: r.started_at, finishedAt: r.finished_at,
@@ -107,11 +110,11 @@ export class WorkflowRepository {
   insert(w: WorkflowInput): Workflow {
     const now = new Date().toISOString();
     this.db.prepare(`INSERT INTO workflows (id, machine_id, image_id, entrypoint, args, env, kernel_args, target, after, mode,
-      token, state, timeout_seconds, created_at, updated_at) VALUES (@id, @machineId, @imageId, @entrypoint, @args, @env,
-      @kernelArgs, @target, @after, @mode, @token, 'pending', @timeoutSeconds, @now, @now)`).run({
+      power_cycle, token, state, timeout_seconds, created_at, updated_at) VALUES (@id, @machineId, @imageId, @entrypoint, @args, @env,
+      @kernelArgs, @target, @after, @mode, @powerCycle, @token, 'pending', @timeoutSeconds, @now, @now)`).run({
       id: w.id, machineId: w.machineId, imageId: w.imageId,
       entrypoint: w.entrypoint ? JSON.stringify(w.entrypoint) : null, args: w.args ? JSON.stringify(w.args) : null,
-      env: JSON.stringify(w.env ?? {}), kernelArgs: w.kernelArgs ?? '', target: w.target, after: w.after, mode: w.mode ?? 'ephemeral',
+      env: JSON.stringify(w.env ?? {}), kernelArgs: w.kernelArgs ?? '', target: w.target, after: w.after, mode: w.mode ?? 'ephemeral', powerCycle: w.powerCycle ? 1 : 0,
       token: w.token, timeoutSeconds: w.timeoutSeconds ?? 3600, now,
     });
     return this.get(w.id)!;

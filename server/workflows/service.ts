@@ -24,6 +24,8 @@ export interface CreateWorkflowInput {
   env?: Record<string, string>;
   kernelArgs?: string;
   timeoutSeconds?: number;
+  /** Set next boot to PXE and power-cycle the machine through its BMC (server/power/service.ts does it). */
+  powerCycle?: boolean;
 }
 
 /**
@@ -49,6 +51,9 @@ export class WorkflowService {
       if (image.state !== 'ready') {
         throw new WorkflowError(409, 'image', `image ${image.name} is ${image.state}, not ready`);
       }
+      if (input.powerCycle && !machine.bmc) {
+        throw new WorkflowError(400, 'powerCycle', `machine ${machine.mac} has no BMC to power-cycle it with; give it one (bmc.url) or leave powerCycle out`);
+      }
       const active = store.workflows.activeForMachine(machine.id);
       if (active) {
         throw new WorkflowError(409, 'machine', `machine ${machine.mac} already has an active workflow ${active.id} (${active.state}); cancel it first`);
@@ -56,7 +61,7 @@ export class WorkflowService {
       created = store.workflows.insert({
         id: randomUUID(), machineId: machine.id, imageId: image.id, entrypoint: input.entrypoint ?? null,
         args: input.args ?? null, env: input.env ?? {}, kernelArgs: input.kernelArgs ?? '', target: input.target,
-        after: input.after ?? 'wait', mode: input.mode ?? 'ephemeral', token: randomBytes(24).toString('base64url'), timeoutSeconds: input.timeoutSeconds,
+        after: input.after ?? 'wait', mode: input.mode ?? 'ephemeral', powerCycle: input.powerCycle ?? false, token: randomBytes(24).toString('base64url'), timeoutSeconds: input.timeoutSeconds,
       });
       first = store.events.append({ workflowId: created.id, kind: 'state', state: 'pending', message: `created for image ${image.name}` });
     });
@@ -127,7 +132,7 @@ export class WorkflowService {
     return this.create({
       mac: cur.machineMac, image: cur.imageId, target: cur.target, after: cur.after, mode: cur.mode,
       entrypoint: cur.entrypoint ?? undefined, args: cur.args ?? undefined, env: cur.env,
-      kernelArgs: cur.kernelArgs, timeoutSeconds: cur.timeoutSeconds,
+      kernelArgs: cur.kernelArgs, timeoutSeconds: cur.timeoutSeconds, powerCycle: cur.powerCycle,
     });
   }
 
@@ -136,7 +141,8 @@ export class WorkflowService {
     let n = 0;
     for (const w of this.store.workflows.listActive()) {
       const since = Date.parse(w.startedAt ?? w.createdAt);
-      if (w.state !== 'pending' && now - since > w.timeoutSeconds * 1000) {
+      // a powerCycle workflow's clock runs from its creation: the daemon itself started the boot
+      if ((w.state !== 'pending' || w.powerCycle) && now - since > w.timeoutSeconds * 1000) {
         if (this.tryTransition(w.id, 'timed-out', { reason: `no completion within ${w.timeoutSeconds}s` })) n++;
       }
     }

@@ -2,9 +2,10 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import { parseMac } from '../../../mac.ts';
 import { maskToPrefix, sameSubnet, broadcastOf, networkOf, ipToInt } from '../../../ipv4.ts';
-import type { Ipv4Reservation } from '../../../store/machines.ts';
+import type { Ipv4Reservation, BmcInput as StoredBmcInput } from '../../../store/machines.ts';
+import { parseBmcUrl } from '../../../power/bmc-url.ts';
 import { badRequest, notFound, conflict } from '../../errors.ts';
-import { Machine, MachineCreate, MachineUpdate, MacParams, MachineListQuery, ErrorReply, type Ipv4Input } from '../../schemas.ts';
+import { Machine, MachineCreate, MachineUpdate, MacParams, MachineListQuery, ErrorReply, type Ipv4Input, type BmcInput } from '../../schemas.ts';
 import type { AppDeps } from '../../app.ts';
 
 export function macParam(input: string, field = 'mac'): string {
@@ -38,6 +39,19 @@ export function toReservation(v: Ipv4Input): Ipv4Reservation {
   };
 }
 
+/** Validates a BMC beyond the schema: the URL's protocol, host and port; a password for a new BMC. */
+export function toBmc(v: BmcInput, hasStoredPassword: boolean): StoredBmcInput {
+  const addr = parseBmcUrl(v.url);
+  if (typeof addr === 'string') throw badRequest('bmc.url', addr);
+  if (v.password === undefined && !hasStoredPassword) throw badRequest('bmc.password', 'a new BMC needs its password');
+  if (v.ca && !/-----BEGIN CERTIFICATE-----/.test(v.ca)) throw badRequest('bmc.ca', 'not a PEM certificate bundle (-----BEGIN CERTIFICATE-----)');
+  if (addr.protocol === 'ipmi' && (v.ca || v.tlsInsecure)) throw badRequest(v.ca ? 'bmc.ca' : 'bmc.tlsInsecure', 'IPMI has no TLS; ca and tlsInsecure are for redfish:// BMCs');
+  return {
+    url: `${addr.protocol}://${addr.host.includes(':') ? `[${addr.host}]` : addr.host}:${addr.port}`, username: v.username,
+    ...(v.password !== undefined ? { password: v.password } : {}), tlsInsecure: v.tlsInsecure ?? false, ca: v.ca ?? null,
+  };
+}
+
 export function parseLabelFilter(label: string | string[] | undefined): Record<string, string> | undefined {
   if (label === undefined) return undefined;
   const out: Record<string, string> = {};
@@ -62,9 +76,9 @@ const machinesRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, 
       const mac = macParam(b.mac);
       const m = store.machines.create({
         mac, hostname: b.hostname ?? null, ipv4: b.ipv4 ? toReservation(b.ipv4) : null, arch: b.arch,
-        efiBinary: b.efiBinary, allowPxe: b.allowPxe, labels: b.labels,
+        efiBinary: b.efiBinary, allowPxe: b.allowPxe, labels: b.labels, bmc: b.bmc ? toBmc(b.bmc, false) : null,
       });
-      log.info({ mac, hostname: m.hostname, ipv4: m.ipv4?.address }, 'machine registered');
+      log.info({ mac, hostname: m.hostname, ipv4: m.ipv4?.address, bmc: m.bmc?.url }, 'machine registered');
       return reply.code(201).send(m);
     });
 
@@ -75,6 +89,11 @@ const machinesRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, 
       if (!m) throw notFound('mac', `no machine with MAC ${mac}`);
       return m;
     });
+
+  const hasBmcPassword = (mac: string) => {
+    const m = store.machines.getByMac(mac);
+    return !!(m && store.machines.getBmcCredentials(m.id));
+  };
 
   app.patch('/machines/:mac', { schema: { tags: ['machines'], summary: 'Update a machine (only the fields given)', params: MacParams, body: MachineUpdate, response: { 200: Machine, ...errors } } },
     async (req) => {
@@ -87,6 +106,7 @@ const machinesRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, 
         ...(b.efiBinary !== undefined ? { efiBinary: b.efiBinary } : {}),
         ...(b.allowPxe !== undefined ? { allowPxe: b.allowPxe } : {}),
         ...(b.labels !== undefined ? { labels: b.labels } : {}),
+        ...(b.bmc !== undefined ? { bmc: b.bmc ? toBmc(b.bmc, hasBmcPassword(mac)) : null } : {}),
       });
       if (!m) throw notFound('mac', `no machine with MAC ${mac}`);
       log.info({ mac, fields: Object.keys(b) }, 'machine updated');

@@ -11,7 +11,7 @@ import type { AppDeps } from '../../app.ts';
 export const workflowView = (w: WorkflowRow) => ({
   id: w.id, machine: w.machineMac, image: w.imageId, state: w.state, target: w.target, after: w.after, mode: w.mode,
   entrypoint: w.entrypoint, args: w.args, env: w.env, kernelArgs: w.kernelArgs, reason: w.reason, exitCode: w.exitCode,
-  timeoutSeconds: w.timeoutSeconds, createdAt: w.createdAt, updatedAt: w.updatedAt, startedAt: w.startedAt, finishedAt: w.finishedAt,
+  timeoutSeconds: w.timeoutSeconds, powerCycle: w.powerCycle ?? false, createdAt: w.createdAt, updatedAt: w.updatedAt, startedAt: w.startedAt, finishedAt: w.finishedAt,
 });
 
 export const eventView = (e: WorkflowEvent) => ({
@@ -28,7 +28,7 @@ const workflowsRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store,
       const b = req.body;
       const wf = workflows.create({
         mac: macParam(b.machine, 'machine'), image: b.image, target: b.target, after: b.after, mode: b.mode, entrypoint: b.entrypoint,
-        args: b.args, env: b.env, kernelArgs: b.kernelArgs, timeoutSeconds: b.timeoutSeconds,
+        args: b.args, env: b.env, kernelArgs: b.kernelArgs, timeoutSeconds: b.timeoutSeconds, powerCycle: b.powerCycle,
       });
       return reply.code(201).send(workflowView(wf));
     });
