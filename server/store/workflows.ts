@@ -19,6 +19,7 @@ export interface Workflow {
   target: string;
   after: AfterAction;
   mode: WorkflowMode;
+  /** Unused since migration 004 (always empty): agent tokens live hashed in agent_tokens (server/workflows/tokens.ts). */
   token: string;
   state: WorkflowState;
   reason: string | null;
