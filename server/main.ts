@@ -85,7 +85,7 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
       await app.listen({ host: config.httpsListen.host, port: config.httpsListen.port });
       httpsAddress = bound(app.server, config.httpsListen);
       httpsPort = httpsAddress.port;
-      const plain = http.createServer(plainHttpHandler(app, () => config.publicHttpsUrl ?? `https://<this host>:${httpsPort}`));
+      const plain = http.createServer(plainHttpHandler(app, (req) => agentUrl!(`http://${req.headers.host ?? config.httpListen.host}`)));
       await new Promise<void>((resolve, reject) => {
         plain.once('error', reject);
         plain.listen(config.httpListen.port, config.httpListen.host, () => { plain.off('error', reject); resolve(); });

@@ -42,7 +42,11 @@ export function bootScriptPolicy(config: ServeConfig): BootScriptPolicy {
 export function agentUrlFor(config: ServeConfig, httpsPort: () => number): ((scriptBase: string) => string) | null {
   if (!config.tls) return null;
   if (config.publicHttpsUrl) { const u = config.publicHttpsUrl; return () => u; }
-  return (base) => { const url = new URL(base); url.protocol = 'https:'; url.port = String(httpsPort()); return url.origin; };
+  return (base) => {
+    let host = config.httpListen.host;
+    try { host = new URL(base).hostname; } catch { /* a Host header that is no host: the listen address */ }
+    return `https://${host}:${httpsPort()}`;
+  };
 }
 
 export function httpExtras(deps: { store: Store; log: Logger; registry: Registry; config: ServeConfig; agentUrl?: ((scriptBase: string) => string) | null }): HttpExtras {

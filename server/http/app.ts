@@ -57,10 +57,10 @@ export interface AppDeps {
  */
 export const PLAIN_HTTP_PATHS = /^\/(boot|artifacts|ipxe)\/|^\/healthz(\?|$)/;
 
-export function plainHttpHandler(app: FastifyInstance, httpsUrl: () => string) {
+export function plainHttpHandler(app: FastifyInstance, httpsUrl: (req: import('node:http').IncomingMessage) => string) {
   return (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): void => {
     if (PLAIN_HTTP_PATHS.test(req.url ?? '/')) { app.routing(req, res); return; }
-    const body = JSON.stringify({ error: 'Forbidden', field: 'url', message: `this daemon serves ${(req.url ?? '/').split('?')[0]} over HTTPS only: ${httpsUrl()}` });
+    const body = JSON.stringify({ error: 'Forbidden', field: 'url', message: `this daemon serves ${(req.url ?? '/').split('?')[0]} over HTTPS only: ${httpsUrl(req)}` });
     res.writeHead(403, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) }).end(body);
   };
 }
