@@ -163,3 +163,12 @@ test('served scripts are counted by kind', async () => {
   assert.match(text, /ironboot_boot_scripts_total\{kind="refused"\} 2/);
   assert.match(text, /ironboot_boot_scripts_total\{kind="unknown"\} 1/);
 });
+
+test('HEAD does not serve a provisioning script (it would mint a token and move the workflow)', async () => {
+  store.machines.create({ mac: '52:54:00:00:00:07', ipv4: { address: '10.77.0.7', prefix: 24, dns: [] } });
+  const wf = workflows.create({ mac: '52:54:00:00:00:07', image: 'web', target: 'ram' });
+  const r = await app.inject({ method: 'HEAD', url: '/boot/52:54:00:00:00:07.ipxe', remoteAddress: '10.77.0.7' });
+  assert.equal(r.statusCode, 404);
+  assert.equal(store.workflows.get(wf.id)!.state, 'pending');
+  assert.equal((store.db.prepare('SELECT COUNT(*) AS n FROM agent_tokens WHERE workflow_id = ?').get(wf.id) as { n: number }).n, 0);
+});

@@ -47,6 +47,7 @@ const bootRoutes: FastifyPluginAsync<BootRouteOptions> = async (app, opts) => {
   });
 
   app.get<{ Params: { file: string } }>('/boot/:file', {
+    exposeHeadRoute: false, // serving a provisioning script mints a boot token and moves the workflow: GET only
     schema: {
       tags: ['boot'], summary: 'iPXE script for a machine: /boot/<mac>.ipxe',
       params: { type: 'object', properties: { file: { type: 'string' } }, required: ['file'] },
