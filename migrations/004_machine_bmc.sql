@@ -1,5 +1,4 @@
--- ironboot schema: power control through each machine's BMC (IPMI v2.0 lanplus or Redfish). Issue 11's migration (006 in the plan;
--- numbered 004 on this branch because the runner requires contiguous versions: renumber at merge).
+-- ironboot schema, version 4: power control through each machine's BMC (IPMI v2.0 lanplus or Redfish).
 --
 --   bmc_url            ipmi://host[:port] | redfish://host[:port]; NULL = no BMC
 --   bmc_password       kept for the daemon only: no API read returns it

@@ -5,6 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { BOOT_SCRIPT_AUTH_MODES, type BootScriptAuth } from './boot/script-auth.ts';
 
 export type DhcpMode = 'reservation' | 'proxy' | 'full';
 
@@ -31,6 +32,13 @@ export interface ServeConfig {
   logLevel: string;
   /** Seconds between polls of every BMC's power state (0: never). */
   powerPollSeconds?: number;
+  /** Who gets a provisioning script when ironboot does not lease the addresses itself (server/boot/script-auth.ts). */
+  bootScriptAuth: BootScriptAuth;
+  /** HTTPS for the agent, the API and the images (PEM files); null: plain HTTP only. */
+  tls: { cert: string; key: string; ca: string | null } | null;
+  httpsListen: { host: string; port: number };
+  /** How agents reach the HTTPS side (default: the public URL's host on the HTTPS port). */
+  publicHttpsUrl: string | null;
 }
 
 export class ConfigError extends Error {
@@ -40,8 +48,11 @@ export class ConfigError extends Error {
   }
 }
 
+/** Keys of the config file: the ServeConfig fields, and the TLS files that ServeConfig.tls groups. */
+type SettingKey = keyof ServeConfig | 'tlsCert' | 'tlsKey' | 'tlsCa';
+
 interface Spec {
-  key: keyof ServeConfig;
+  key: SettingKey;
   flag: string;
   kind: 'string' | 'bool' | 'list' | 'int';
   help: string;
@@ -69,6 +80,12 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 'buildArtifacts', flag: 'build-artifacts', kind: 'bool', help: 'build the kernel + initramfs at start when missing (default on)' },
   { key: 'logLevel', flag: 'log-level', kind: 'string', help: 'trace | debug | info | warn | error (default info)' },
   { key: 'powerPollSeconds', flag: 'power-poll-interval', kind: 'int', help: 'seconds between polls of each BMC\'s power state (default 60; 0: never)' },
+  { key: 'bootScriptAuth', flag: 'boot-script-auth', kind: 'string', help: 'ip (default): a provisioning script (it carries a boot token) goes only to the machine\'s reserved address | none: to anyone; when ironboot leases the addresses (DHCP reservation/full) only the leased/reserved address gets it' },
+  { key: 'tlsCert', flag: 'tls-cert', kind: 'string', help: 'PEM certificate (chain) for HTTPS; with --tls-key turns on the HTTPS side for the agent, the API and the images' },
+  { key: 'tlsKey', flag: 'tls-key', kind: 'string', help: 'PEM private key of --tls-cert' },
+  { key: 'tlsCa', flag: 'tls-ca', kind: 'string', help: 'PEM CA the agent verifies the server against (built into the initramfs); default: none, the agent then verifies against node\'s built-in public CAs' },
+  { key: 'httpsListen', flag: 'https-listen', kind: 'string', help: 'HTTPS address:port with --tls-cert (default 0.0.0.0:8443)' },
+  { key: 'publicHttpsUrl', flag: 'public-https-url', kind: 'string', help: 'how agents reach the HTTPS side (default: the public URL\'s host with https and the HTTPS port)' },
 ];
 
 export const envName = (flag: string): string => 'IRONBOOT_' + flag.toUpperCase().replaceAll('-', '_');
@@ -127,8 +144,8 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     }
     return file[spec.key];
   };
-  const get = (key: keyof ServeConfig) => raw(SERVE_SETTINGS.find((s) => s.key === key)!);
-  const str = (key: keyof ServeConfig, def: string | null) => { const v = get(key); return v === undefined || v === null ? def : String(v); };
+  const get = (key: SettingKey) => raw(SERVE_SETTINGS.find((s) => s.key === key)!);
+  const str = (key: SettingKey, def: string | null) => { const v = get(key); return v === undefined || v === null ? def : String(v); };
   const int = (key: keyof ServeConfig, def: number) => {
     const v = get(key);
     if (v === undefined || v === null) return def;
@@ -154,7 +171,21 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
   const publicUrl = str('publicUrl', null);
   if (publicUrl && !/^https?:\/\/[^/]+/.test(publicUrl)) throw new ConfigError('public-url', `"${publicUrl}" is not an http(s) URL`);
 
+  const bootScriptAuth = str('bootScriptAuth', 'ip') as BootScriptAuth;
+  if (!BOOT_SCRIPT_AUTH_MODES.includes(bootScriptAuth)) throw new ConfigError('boot-script-auth', `"${bootScriptAuth}" is not one of ${BOOT_SCRIPT_AUTH_MODES.join(', ')}`);
+  const tlsCert = str('tlsCert', null);
+  const tlsKey = str('tlsKey', null);
+  const tlsCa = str('tlsCa', null);
+  if (!!tlsCert !== !!tlsKey) throw new ConfigError(tlsCert ? 'tls-key' : 'tls-cert', 'HTTPS needs both --tls-cert and --tls-key');
+  if (tlsCa && !tlsCert) throw new ConfigError('tls-ca', '--tls-ca without --tls-cert/--tls-key: there is no HTTPS side to verify');
+  const publicHttpsUrl = str('publicHttpsUrl', null);
+  if (publicHttpsUrl && !/^https:\/\/[^/]+/.test(publicHttpsUrl)) throw new ConfigError('public-https-url', `"${publicHttpsUrl}" is not an https URL`);
+
   return {
+    bootScriptAuth,
+    tls: tlsCert && tlsKey ? { cert: resolve(tlsCert), key: resolve(tlsKey), ca: tlsCa ? resolve(tlsCa) : null } : null,
+    httpsListen: parseHostPort('https-listen', str('httpsListen', '0.0.0.0:8443')!, 8443),
+    publicHttpsUrl: publicHttpsUrl ? publicHttpsUrl.replace(/\/+$/, '') : null,
     dataDir: resolve(str('dataDir', './var')!),
     httpListen: parseHostPort('http-listen', str('httpListen', '0.0.0.0:8080')!, 8080),
     publicUrl: publicUrl ? publicUrl.replace(/\/+$/, '') : null,

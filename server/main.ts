@@ -2,6 +2,7 @@
  * Composition root of `ironboot serve`: config → store → services. Nothing else starts things.
  */
 import { readFileSync, mkdirSync } from 'node:fs';
+import http from 'node:http';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
@@ -10,9 +11,10 @@ import type { ServeConfig } from './config.ts';
 import { Store } from './store/index.ts';
 import { WorkflowService } from './workflows/service.ts';
 import { loadAdminToken } from './http/auth.ts';
-import { buildApp, type AppDeps } from './http/app.ts';
+import { buildApp, plainHttpHandler, type AppDeps } from './http/app.ts';
 import { createMetricsRegistry } from './metrics.ts';
-import { httpExtras, startNetworkServices, prepareArtifacts } from './services.ts';
+import { httpExtras, startNetworkServices, prepareArtifacts, agentUrlFor } from './services.ts';
+import { ConfigError } from './config.ts';
 import { PowerService } from './power/service.ts';
 import { powerRoutes } from './http/routes/api/power.ts';
 
@@ -28,6 +30,8 @@ export interface Daemon {
   adminToken: string;
   /** Where HTTP actually listens (port resolved when 0 was asked). */
   httpAddress: { host: string; port: number };
+  /** Where HTTPS listens, with --tls-cert/--tls-key; else null. */
+  httpsAddress: { host: string; port: number } | null;
   /** The background build of missing boot artifacts, if one was started. */
   artifacts: Promise<void> | null;
   close(): Promise<void>;
@@ -64,21 +68,51 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
     const deps: AppDeps = {
       store, workflows, log, registry, adminToken: token.token, artifactsDir, ipxeDir: config.ipxeDir, version: VERSION,
     };
-    const extras = httpExtras({ store, log, registry, config });
+    let httpsPort = config.httpsListen.port;
+    const agentUrl = agentUrlFor(config, () => httpsPort);
+    const extras = httpExtras({ store, log, registry, config, agentUrl });
     deps.plugins = [...extras.plugins, { plugin: powerRoutes(power) as never, api: true }];
     deps.images = extras.images;
+    if (config.tls) {
+      const read = (key: string, path: string) => {
+        try { return readFileSync(path); } catch (err) { throw new ConfigError(key, `cannot read ${path}: ${(err as Error).message}`); }
+      };
+      deps.https = { cert: read('tls-cert', config.tls.cert), key: read('tls-key', config.tls.key) };
+    }
     const app = await buildApp(deps);
     closers.push(() => app.close());
-    await app.listen({ host: config.httpListen.host, port: config.httpListen.port });
-    const addr = app.server.address();
-    const httpAddress = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : config.httpListen;
-    log.info({ http: `${httpAddress.host}:${httpAddress.port}`, dataDir: config.dataDir, version: VERSION }, 'ironboot serving HTTP');
+    const bound = (s: { address(): unknown }, fallback: { host: string; port: number }) => {
+      const a = s.address() as { address: string; port: number } | null;
+      return a && typeof a === 'object' ? { host: a.address, port: a.port } : fallback;
+    };
+    let httpAddress: { host: string; port: number };
+    let httpsAddress: { host: string; port: number } | null = null;
+    if (config.tls) {
+      // HTTPS: the agent, the API, the images; plain HTTP keeps only what iPXE fetches (see PLAIN_HTTP_PATHS)
+      await app.listen({ host: config.httpsListen.host, port: config.httpsListen.port });
+      httpsAddress = bound(app.server, config.httpsListen);
+      httpsPort = httpsAddress.port;
+      const plain = http.createServer(plainHttpHandler(app, (req) => agentUrl!(`http://${req.headers.host ?? config.httpListen.host}`)));
+      await new Promise<void>((resolve, reject) => {
+        plain.once('error', reject);
+        plain.listen(config.httpListen.port, config.httpListen.host, () => { plain.off('error', reject); resolve(); });
+      });
+      closers.push(() => new Promise<void>((resolve) => { plain.closeAllConnections(); plain.close(() => resolve()); }));
+      httpAddress = bound(plain, config.httpListen);
+    } else {
+      await app.listen({ host: config.httpListen.host, port: config.httpListen.port });
+      httpAddress = bound(app.server, config.httpListen);
+    }
+    log.info({
+      http: `${httpAddress.host}:${httpAddress.port}`, ...(httpsAddress ? { https: `${httpsAddress.host}:${httpsAddress.port}`, tlsCa: config.tls!.ca } : {}),
+      dataDir: config.dataDir, version: VERSION, bootScriptAuth: config.bootScriptAuth,
+    }, httpsAddress ? 'ironboot serving HTTP (iPXE: boot scripts, kernel, initramfs) and HTTPS (agent, API, images)' : 'ironboot serving HTTP');
 
-    const net = await startNetworkServices({ store, log, registry, config, httpPort: httpAddress.port, artifactsDir, templates: extras.templates });
+    const net = await startNetworkServices({ store, log, registry, config, httpPort: httpAddress.port, artifactsDir, templates: extras.templates, workflows, agentUrl });
     closers.push(() => net.close());
     const artifacts = prepareArtifacts(config, artifactsDir, log);
 
-    return { config, store, app, workflows, power, adminToken: token.token, httpAddress, artifacts, close };
+    return { config, store, app, workflows, power, adminToken: token.token, httpAddress, httpsAddress, artifacts, close };
   } catch (err) {
     await close();
     throw err;

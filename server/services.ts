@@ -2,7 +2,7 @@
  * The services `ironboot serve` runs beside its HTTP API: DHCP, TFTP, container-disk files and builds, boot
  * scripts, and the boot artifacts. Each is started from here so main.ts stays a plain list.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
@@ -12,12 +12,15 @@ import type { AppDeps, AppPlugin, ImageFiles } from './http/app.ts';
 import { startDhcpService } from './dhcp/index.ts';
 import { startTftpService, type TftpVirtualFiles } from './tftp/index.ts';
 import { createImageService, type ImageService } from './images/index.ts';
-import { loadBootTemplates, renderBootScript, bootTargetFor, type BootTemplates } from './boot/ipxe.ts';
+import { loadBootTemplates, type BootTemplates } from './boot/ipxe.ts';
+import { createBootScriptServer, type BootScriptPolicy, type BootScriptServer } from './boot/serve.ts';
+import type { WorkflowService } from './workflows/service.ts';
 import { bootPlugin } from './http/routes/boot.ts';
 import { ARTIFACT_FILES } from './http/routes/artifacts.ts';
 import imageFilesRoutes from './http/routes/image-files.ts';
 import imageBuildsRoutes from './http/routes/api/image-builds.ts';
-import { buildArtifacts, formatReport } from '../init/build/index.ts';
+import { buildArtifacts, formatReport, CA_STAMP } from '../init/build/index.ts';
+import { createHash } from 'node:crypto';
 
 export interface HttpExtras {
   plugins: AppPlugin[];
@@ -27,12 +30,31 @@ export interface HttpExtras {
 }
 
 /** The boot scripts (templates checked now, not when a machine boots), container-disk files and builds. */
-export function httpExtras(deps: { store: Store; log: Logger; registry: Registry; config: ServeConfig }): HttpExtras {
+/** Who may receive a provisioning script: ironboot's own leases when its DHCP hands out addresses, else --boot-script-auth. */
+export function bootScriptPolicy(config: ServeConfig): BootScriptPolicy {
+  return { mode: config.bootScriptAuth, dhcpLeases: config.dhcp && config.dhcpInterfaces.length > 0 && config.dhcpMode !== 'proxy' };
+}
+
+/**
+ * ironboot.server= for the agent when HTTPS is on: --public-https-url, else the script's host on the HTTPS port
+ * (`httpsPort()` is read per script: the port is known once HTTPS listens).
+ */
+export function agentUrlFor(config: ServeConfig, httpsPort: () => number): ((scriptBase: string) => string) | null {
+  if (!config.tls) return null;
+  if (config.publicHttpsUrl) { const u = config.publicHttpsUrl; return () => u; }
+  return (base) => {
+    let host = config.httpListen.host;
+    try { host = new URL(base).hostname; } catch { /* a Host header that is no host: the listen address */ }
+    return `https://${host}:${httpsPort()}`;
+  };
+}
+
+export function httpExtras(deps: { store: Store; log: Logger; registry: Registry; config: ServeConfig; agentUrl?: ((scriptBase: string) => string) | null }): HttpExtras {
   const templates = loadBootTemplates(deps.config.templatesDir ?? undefined);
   const imageService = createImageService({ store: deps.store, log: deps.log, registry: deps.registry, dataDir: deps.config.dataDir });
   imageService.recover(); // builds a previous daemon left half-way: temp files removed, rows marked failed
   const plugins: AppPlugin[] = [
-    { plugin: bootPlugin(templates, deps.config.publicUrl) },
+    { plugin: bootPlugin(templates, deps.config.publicUrl, undefined, { policy: bootScriptPolicy(deps.config), agentUrl: deps.agentUrl ?? null }) },
     { plugin: async (app, d: AppDeps) => imageFilesRoutes(app, { ...d, imageService }) },
     { plugin: async (app, d: AppDeps) => imageBuildsRoutes(app, { ...d, imageService }), api: true },
   ];
@@ -40,14 +62,16 @@ export function httpExtras(deps: { store: Store; log: Logger; registry: Registry
 }
 
 /**
- * Virtual TFTP files: `boot.ipxe` (or `<mac>/boot.ipxe`) is the requesting machine's iPXE script, rendered from
- * the same templates as /boot/<mac>.ipxe, for firmware set up to chain a script over TFTP.
+ * Virtual TFTP files: `boot.ipxe` (or `<mac>/boot.ipxe`) is the requesting machine's iPXE script, served by the
+ * same rule as /boot/<mac>.ipxe (server/boot/serve.ts: a provisioning script only to that machine's address),
+ * for firmware set up to chain a script over TFTP.
  */
-export function tftpBootScripts(store: Store, templates: BootTemplates, publicUrlFor: () => string): TftpVirtualFiles {
+export function tftpBootScripts(serveBootScript: BootScriptServer, publicUrlFor: () => string, agentUrl?: ((scriptBase: string) => string) | null): TftpVirtualFiles {
   return {
-    lookup({ name, mac }) {
+    lookup({ name, mac, client }) {
       if (name !== 'boot.ipxe' || !mac) return null;
-      const out = renderBootScript(templates, bootTargetFor(store, mac), { publicUrl: publicUrlFor() });
+      const publicUrl = publicUrlFor();
+      const out = serveBootScript({ mac, sourceIp: client.address, via: 'tftp', urls: { publicUrl, agentUrl: agentUrl?.(publicUrl) } });
       return { data: Buffer.from(out.script) };
     },
   };
@@ -57,6 +81,7 @@ interface Closable { close(): Promise<void> }
 
 export async function startNetworkServices(deps: {
   store: Store; log: Logger; registry: Registry; config: ServeConfig; httpPort: number; artifactsDir: string; templates: BootTemplates;
+  workflows: WorkflowService; agentUrl?: ((scriptBase: string) => string) | null;
 }): Promise<Closable> {
   const { config, log } = deps;
   const started: Closable[] = [];
@@ -72,7 +97,9 @@ export async function startNetworkServices(deps: {
         const publicUrl = () => config.publicUrl ?? `http://${config.httpListen.host}:${deps.httpPort}`;
         const tftp = await startTftpService({
           log, registry: deps.registry, config, artifactsDir: deps.artifactsDir,
-          virtualFiles: tftpBootScripts(deps.store, deps.templates, publicUrl),
+          virtualFiles: tftpBootScripts(createBootScriptServer({
+            store: deps.store, workflows: deps.workflows, log: log.child({ svc: 'tftp-boot' }), templates: deps.templates, policy: bootScriptPolicy(config),
+          }), publicUrl, deps.agentUrl),
         });
         started.push(tftp);
         log.info({ tftp: tftp.address() }, 'ironboot serving TFTP');
@@ -97,7 +124,19 @@ export async function startNetworkServices(deps: {
  * install can boot machines without a separate step. Machines that ask before it is done get 404 and iPXE retries.
  */
 export function prepareArtifacts(config: ServeConfig, artifactsDir: string, log: Logger): Promise<void> | null {
-  const missing = ARTIFACT_FILES.filter((n) => !existsSync(join(artifactsDir, n)));
+  const missing: string[] = ARTIFACT_FILES.filter((n) => !existsSync(join(artifactsDir, n)));
+  const caFile = config.tls?.ca ?? null;
+  // the initramfs carries the CA the agent verifies HTTPS against: a build with another (or no) CA is stale
+  const wantCa = caFile ? createHash('sha256').update(readFileSync(caFile)).digest('hex') : null;
+  let builtCa: string | null = null;
+  try { builtCa = readFileSync(join(artifactsDir, CA_STAMP), 'utf8').trim(); } catch { /* none built in */ }
+  if (!missing.length && wantCa && builtCa !== wantCa) {
+    if (!config.buildArtifacts) {
+      log.warn({ artifactsDir, tlsCa: caFile }, 'the initramfs does not carry --tls-ca (and --no-build-artifacts): agents will refuse the HTTPS side; run `ironboot artifacts build --tls-ca FILE`');
+      return null;
+    }
+    missing.push('initramfs (built without this --tls-ca)');
+  }
   if (!missing.length) {
     log.info({ artifactsDir }, 'boot artifacts present');
     return null;
@@ -108,7 +147,7 @@ export function prepareArtifacts(config: ServeConfig, artifactsDir: string, log:
   }
   log.info({ artifactsDir, missing }, 'building the boot artifacts (kernel + initramfs) in the background');
   const alog = log.child({ svc: 'artifacts' });
-  return buildArtifacts({ outDir: artifactsDir, log: (msg) => alog.info(msg) }).then(
+  return buildArtifacts({ outDir: artifactsDir, caFile, log: (msg) => alog.info(msg) }).then(
     (r) => { alog.info({ report: formatReport(r.report) }, 'boot artifacts built'); },
     (err) => { alog.error({ err: (err as Error).message }, 'building the boot artifacts failed: machines cannot boot until `ironboot artifacts build` succeeds'); },
   );

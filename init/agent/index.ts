@@ -15,7 +15,8 @@ import { consoleOut, PATHS } from './sys.ts';
 import { doAfter, consoleShell } from './steps/after.ts';
 import { streamToTarget } from './steps/disk.ts';
 import { loadDrivers } from './steps/drivers.ts';
-import { sayHello } from './steps/hello.ts';
+import { sayHello, savedSessionToken } from './steps/hello.ts';
+import { trustOperatorCa } from './tls.ts';
 import { mountDisk, rootDevice } from './steps/mount.ts';
 import { mountEarly } from './steps/mounts.ts';
 import { bringUpNetwork } from './steps/net.ts';
@@ -75,8 +76,10 @@ async function main(): Promise<void> {
     await consoleShell(say);
     return;
   }
+  const ca = trustOperatorCa();
+  if (ca) say(`HTTPS: verifying the server against the operator's CA ${ca}`);
   const reporter = cfg.mode === 'server'
-    ? new EventReporter({ server: cfg.server!, workflowId: cfg.workflowId!, token: cfg.token!, console: consoleOut })
+    ? new EventReporter({ server: cfg.server!, workflowId: cfg.workflowId!, token: () => cfg.token!, console: consoleOut })
     : null;
 
   const prev = readMarker();
@@ -84,6 +87,7 @@ async function main(): Promise<void> {
     const what = prev.finished ? 'after the workflow had finished' : `during step ${prev.step}`;
     consoleOut.warn(`the agent restarted after an unexpected exit ${what} (previous pid ${prev.pid}); not starting over`);
     writeMarker({ ...prev, pid: process.pid, restarts: prev.restarts + 1 });
+    cfg.token = savedSessionToken() ?? cfg.token; // the boot token was exchanged by the previous run's hello
     if (!prev.finished && reporter) {
       await reporter.final({ state: 'failed', message: `agent exited unexpectedly during step ${prev.step}` }, { maxAttempts: 5 });
     }

@@ -51,7 +51,8 @@ export class EventReporter implements Reporter {
   serverState: string | null = null;
 
   constructor(private o: {
-    server: string; workflowId: string; token: string; console: Console;
+    /** The bearer token, or how to get the current one (the session token once hello exchanged the boot token). */
+    server: string; workflowId: string; token: string | (() => string); console: Console;
     post?: PostJson; batchDelayMs?: number; timeoutMs?: number; maxBackoffMs?: number;
   }) {}
 
@@ -93,7 +94,8 @@ export class EventReporter implements Reporter {
   private async post(events: AgentEvent[]): Promise<boolean> {
     const body: EventBatch = { workflowId: this.o.workflowId, events };
     try {
-      const r = await (this.o.post ?? postJson)(`${this.o.server}${AGENT_API_PREFIX}/events`, this.o.token, body, this.o.timeoutMs ?? 10_000);
+      const token = typeof this.o.token === 'function' ? this.o.token() : this.o.token;
+      const r = await (this.o.post ?? postJson)(`${this.o.server}${AGENT_API_PREFIX}/events`, token, body, this.o.timeoutMs ?? 10_000);
       if (r.status >= 200 && r.status < 300) {
         try { this.serverState = (JSON.parse(r.body) as EventBatchReply).state ?? null; } catch { /* no body */ }
         return true;

@@ -34,7 +34,12 @@ export interface BuildOptions {
   busybox?: string;
   node?: string;
   extraModules?: string[];
+  /** The operator's CA (PEM): built in as /etc/ironboot/ca.pem, which the agent verifies HTTPS against (init/agent/tls.ts). */
+  caFile?: string | null;
 }
+
+/** Next to the artifacts: the sha256 of the CA built into the initramfs (absent: none), so serve can tell a stale build. */
+export const CA_STAMP = 'initramfs.ca-sha256';
 
 export interface ArtifactsReport {
   kernelVersion: string;
@@ -129,6 +134,13 @@ export async function buildArtifacts(opts: BuildOptions): Promise<{ kernel: stri
   addFile('etc/group', Buffer.from('root:x:0:\n'), 0o644, 'etc');
   addFile('etc/profile', Buffer.from('export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/lib/ironboot/bin\nexport PS1="ironboot# "\n'), 0o644, 'etc');
   addFile('etc/hostname', Buffer.from('ironboot\n'), 0o644, 'etc');
+  let caPem: Buffer | null = null;
+  if (opts.caFile) {
+    caPem = readFileSync(opts.caFile);
+    if (!/-----BEGIN CERTIFICATE-----/.test(caPem.toString('latin1'))) throw new Error(`${opts.caFile} holds no PEM certificate`);
+    add({ path: 'etc/ironboot', type: 'dir', mode: 0o755 }, 'etc');
+    addFile('etc/ironboot/ca.pem', caPem, 0o644, 'etc');
+  }
 
   // --- busybox-static: PID 1 (/init → busybox init) and the applets ---
   const busybox = findBinary(opts.busybox ? [opts.busybox] : ['/usr/bin/busybox', '/bin/busybox'], 'busybox', 'busybox-static');
@@ -199,6 +211,8 @@ export async function buildArtifacts(opts: BuildOptions): Promise<{ kernel: stri
   const writeAtomic = (p: string, b: Buffer) => { writeFileSync(`${p}.tmp`, b); renameSync(`${p}.tmp`, p); };
   writeAtomic(out.kernel, kernelBytes);
   writeAtomic(out.initramfs, initramfs);
+  if (caPem) writeAtomic(join(opts.outDir, CA_STAMP), Buffer.from(sha256(caPem) + '\n'));
+  else rmSync(join(opts.outDir, CA_STAMP), { force: true });
 
   const groups: ArtifactsReport['groups'] = {};
   for (const e of normalised) {

@@ -2,8 +2,9 @@
  * The agent API: what crosses the wire between the init agent on a machine and the server.
  * Defined once, as TypeBox schemas; imported by the server's routes and by the agent (init/agent).
  *
- *   POST /agent/v1/hello   Hello        → WorkflowSpec   (Authorization: Bearer <workflow token>)
- *   POST /agent/v1/events  EventBatch   → { accepted }    (same token)
+ *   POST /agent/v1/hello   Hello        → WorkflowSpec   (Authorization: Bearer <boot token>, single-use; the spec
+ *                                                         carries the session token)
+ *   POST /agent/v1/events  EventBatch   → { accepted }    (Authorization: Bearer <session token>)
  */
 import { Type, type Static } from '@sinclair/typebox';
 
@@ -65,6 +66,11 @@ export const WorkflowSpec = Type.Object({
   workingDir: Type.Union([Type.String(), Type.Null()]),
   user: Type.Union([Type.String(), Type.Null()]),
   dns: Type.Array(Type.String()),
+  /**
+   * The session token hello exchanged the (single-use) boot token for: bound to the agent's address and this
+   * workflow; every later call (events, the image download) presents it.
+   */
+  sessionToken: Type.Optional(Type.String()),
 });
 export type WorkflowSpec = Static<typeof WorkflowSpec>;
 

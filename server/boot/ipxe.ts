@@ -175,6 +175,8 @@ export function chooseBootScript(t: BootTarget): BootDecision {
 export interface BootScriptOptions {
   /** Base URL machines reach the HTTP side at, without a trailing slash. */
   publicUrl: string;
+  /** ironboot.server= for the agent (the HTTPS side when TLS is on); default publicUrl. */
+  agentUrl?: string;
   /** Download attempts before giving up (then undionly on BIOS, then reboot). */
   maxAttempts?: number;
   retryDelaySeconds?: number;
@@ -190,9 +192,16 @@ export interface RenderedBootScript extends BootDecision {
   workflowId: string | null;
 }
 
-/** Renders the script for one machine. */
-export function renderBootScript(templates: BootTemplates, target: BootTarget, opts: BootScriptOptions): RenderedBootScript {
+/**
+ * Renders the script for one machine. A provisioning script needs the boot token minted for it
+ * (server/workflows/tokens.ts); `refused` replaces it by a script without a token that says why.
+ */
+export function renderBootScript(templates: BootTemplates, target: BootTarget, opts: BootScriptOptions,
+  auth: { bootToken: string } | { refused: string } = { refused: 'no boot token was issued' }): RenderedBootScript {
   const decision = chooseBootScript(target);
+  if (decision.kind === 'provision' && 'refused' in auth) {
+    return { ...decision, script: renderRefusedScript(target.mac, auth.refused, opts.pauseSeconds ?? 10), workflowId: target.workflow!.id };
+  }
   const serverUrl = opts.publicUrl.replace(/\/+$/, '');
   const common: View = {
     mac: target.mac, macHyphen: macHyphen(target.mac), hostname: oneLine(target.machine?.hostname ?? ''), serverUrl,
@@ -214,10 +223,10 @@ export function renderBootScript(templates: BootTemplates, target: BootTarget, o
         ...common, workflowId: wf.id, imageName: oneLine(target.image?.name ?? wf.imageId),
         kernelUrl: `${serverUrl}/artifacts/vmlinuz`, initrdUrl: `${serverUrl}/artifacts/${initrdName}`, initrdName,
         cmdline: kernelCmdline({
-          serverUrl, workflowId: wf.id, token: wf.token, mac: target.mac, kernelArgs: wf.kernelArgs, initrdName,
+          serverUrl: (opts.agentUrl ?? serverUrl).replace(/\/+$/, ''), workflowId: wf.id, token: (auth as { bootToken: string }).bootToken, mac: target.mac, kernelArgs: wf.kernelArgs, initrdName,
           panicSeconds: opts.panicSeconds ?? 10, consoles: opts.consoles ?? DEFAULT_CONSOLES,
         }),
-        token: wf.token, kernelArgs: oneLine(wf.kernelArgs),
+        token: (auth as { bootToken: string }).bootToken, kernelArgs: oneLine(wf.kernelArgs),
         maxAttempts: opts.maxAttempts ?? 3, retryDelaySeconds: opts.retryDelaySeconds ?? 5,
       };
       break;
@@ -225,4 +234,21 @@ export function renderBootScript(templates: BootTemplates, target: BootTarget, o
   }
   const script = Mustache.render(templates.sources[decision.kind], view, {}, { escape: escapeNothing });
   return { ...decision, script, workflowId };
+}
+
+/** iPXE expands ${…} in echo: a reason never carries a setting reference or a line break into the script. */
+const echoSafe = (s: string): string => oneLine(s).replace(/[$]/g, '');
+
+/**
+ * The script a machine gets when its provisioning script is refused (it would carry a boot token): no token, the
+ * reason on the console, a pause to read it, then back to the firmware. Never a 404, which would leave iPXE in
+ * its shell.
+ */
+export function renderRefusedScript(mac: string, reason: string, pauseSeconds = 10): string {
+  return '#!ipxe\n'
+    + `echo ironboot: the provisioning script for ${echoSafe(mac)} is not served to this address\n`
+    + `echo ironboot: ${echoSafe(reason)}\n`
+    + `echo ironboot: leaving the network boot in ${pauseSeconds} s\n`
+    + `sleep ${pauseSeconds}\n`
+    + 'exit 1\n';
 }

@@ -4,14 +4,15 @@ import { buildArtifacts, formatReport } from '../../init/build/index.ts';
 import { parseArgs, str } from './args.ts';
 import { CliError } from './client.ts';
 
-export const ARTIFACTS_HELP = `ironboot artifacts build [--out DIR] [--kernel PATH] [--all-drivers] [--json]
+export const ARTIFACTS_HELP = `ironboot artifacts build [--out DIR] [--kernel PATH] [--all-drivers] [--tls-ca FILE] [--json]
   Builds vmlinuz and initramfs into DIR (default: DATA_DIR/artifacts, DATA_DIR from --data-dir or IRONBOOT_DATA_DIR,
   else ./var). The kernel is the host's Debian linux-image-amd64 unless --kernel names one; --all-drivers includes
-  every network and storage driver for real hardware.
+  every network and storage driver for real hardware; --tls-ca builds in the CA the agent verifies HTTPS against
+  (the same file as ironboot serve --tls-ca).
 `;
 
 export async function artifactsCommand(argv: string[], out: (s: string) => void): Promise<number> {
-  const a = parseArgs(argv, { bool: ['all-drivers'], known: ['out', 'kernel', 'all-drivers', 'data-dir'] });
+  const a = parseArgs(argv, { bool: ['all-drivers'], known: ['out', 'kernel', 'all-drivers', 'data-dir', 'tls-ca'] });
   if (a.positionals[0] !== 'build' || a.flags.help) {
     out(ARTIFACTS_HELP);
     return a.flags.help ? 0 : 2;
@@ -21,7 +22,7 @@ export async function artifactsCommand(argv: string[], out: (s: string) => void)
   const started = Date.now();
   try {
     const r = await buildArtifacts({
-      outDir, kernel: str(a.flags, 'kernel'), allDrivers: a.flags['all-drivers'] === true,
+      outDir, kernel: str(a.flags, 'kernel'), allDrivers: a.flags['all-drivers'] === true, caFile: str(a.flags, 'tls-ca') ?? null,
       log: (msg) => process.stderr.write(`artifacts: ${msg}\n`),
     });
     if (a.flags.json) out(JSON.stringify(r.report, null, 2) + '\n');

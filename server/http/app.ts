@@ -46,6 +46,23 @@ export interface AppDeps {
   images?: ImageFiles;
   /** Extra plugins (boot scripts, image files, image builds) registered by the composition root. */
   plugins?: AppPlugin[];
+  /** PEM certificate and key: the app serves HTTPS (iPXE's plain-HTTP paths go through plainHttpHandler). */
+  https?: { cert: Buffer; key: Buffer };
+}
+
+/**
+ * What stays reachable over plain HTTP when the app serves HTTPS: what iPXE fetches (Debian's iPXE has no TLS:
+ * the boot scripts, kernel, initramfs and iPXE binaries), and health. Everything that carries a token (the agent,
+ * the API, the images) is refused there with a pointer to the HTTPS side.
+ */
+export const PLAIN_HTTP_PATHS = /^\/(boot|artifacts|ipxe)\/|^\/healthz(\?|$)/;
+
+export function plainHttpHandler(app: FastifyInstance, httpsUrl: (req: import('node:http').IncomingMessage) => string) {
+  return (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): void => {
+    if (PLAIN_HTTP_PATHS.test(req.url ?? '/')) { app.routing(req, res); return; }
+    const body = JSON.stringify({ error: 'Forbidden', field: 'url', message: `this daemon serves ${(req.url ?? '/').split('?')[0]} over HTTPS only: ${httpsUrl(req)}` });
+    res.writeHead(403, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) }).end(body);
+  };
 }
 
 /** A plugin the composition root adds; `api: true` puts it under /api/v1, behind the admin token. */
@@ -55,10 +72,11 @@ export interface AppPlugin {
 }
 
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
-  const app = Fastify({
+  const app = (Fastify as unknown as (o: object) => FastifyInstance)({
     loggerInstance: deps.log.child({ svc: 'http' }) as never,
     trustProxy: false,
     bodyLimit: 1 << 20,
+    ...(deps.https ? { https: deps.https } : {}),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
 

@@ -5,6 +5,7 @@ import { WorkflowRepository } from './workflows.ts';
 import { EventRepository } from './events.ts';
 import { LeaseRepository } from './leases.ts';
 import { MachineEventRepository } from './machine-events.ts';
+import { AgentTokenRepository } from './agent-tokens.ts';
 
 /** The one store: a SQLite database and a repository per table. */
 export class Store {
@@ -14,6 +15,7 @@ export class Store {
   readonly events: EventRepository;
   readonly leases: LeaseRepository;
   readonly machineEvents: MachineEventRepository;
+  readonly agentTokens: AgentTokenRepository;
 
   constructor(readonly db: Db) {
     this.machines = new MachineRepository(db);
@@ -22,6 +24,7 @@ export class Store {
     this.events = new EventRepository(db);
     this.leases = new LeaseRepository(db);
     this.machineEvents = new MachineEventRepository(db);
+    this.agentTokens = new AgentTokenRepository(db);
   }
 
   static open(dataDir: string): Store {

@@ -21,6 +21,7 @@ export interface Workflow {
   mode: WorkflowMode;
   /** The daemon sets next boot to PXE and power-cycles the machine through its BMC (migrations/*_machine_bmc.sql). */
   powerCycle?: boolean;
+  /** Unused since migrations/*_agent_tokens.sql (always empty): agent tokens live hashed in agent_tokens (server/workflows/tokens.ts). */
   token: string;
   state: WorkflowState;
   reason: string | null;

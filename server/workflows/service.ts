@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Store } from '../store/index.ts';
 import type { Workflow, AfterAction, WorkflowMode } from '../store/workflows.ts';
@@ -61,7 +61,7 @@ export class WorkflowService {
       created = store.workflows.insert({
         id: randomUUID(), machineId: machine.id, imageId: image.id, entrypoint: input.entrypoint ?? null,
         args: input.args ?? null, env: input.env ?? {}, kernelArgs: input.kernelArgs ?? '', target: input.target,
-        after: input.after ?? 'wait', mode: input.mode ?? 'ephemeral', powerCycle: input.powerCycle ?? false, token: randomBytes(24).toString('base64url'), timeoutSeconds: input.timeoutSeconds,
+        after: input.after ?? 'wait', mode: input.mode ?? 'ephemeral', powerCycle: input.powerCycle ?? false, token: '', timeoutSeconds: input.timeoutSeconds,
       });
       first = store.events.append({ workflowId: created.id, kind: 'state', state: 'pending', message: `created for image ${image.name}` });
     });

@@ -18,8 +18,10 @@ const ORDER: WorkflowState[] = ['pending', 'booting', 'agent-online', 'streaming
 
 /**
  * Whether a workflow may go from `from` to `to`. Forward moves along the boot may skip steps (a machine that
- * re-fetches its script, or an agent that says hello without the script having been served through us);
- * `booting` and `agent-online` may repeat (a machine that reboots mid-way starts over); final states are final.
+ * re-fetches its script, or an agent that says hello without the script having been served through us).
+ * `booting` (a boot script served: no credentials needed to ask for one) is reached only from pending or booting,
+ * so a fetch never pushes a workflow that is further along back; `agent-online` may repeat (a machine that
+ * reboots mid-way says hello again with a fresh boot token); final states are final.
  */
 export function canTransition(from: WorkflowState, to: WorkflowState): boolean {
   if (isFinal(from)) return false;
@@ -28,6 +30,7 @@ export function canTransition(from: WorkflowState, to: WorkflowState): boolean {
   const a = ORDER.indexOf(from);
   const b = ORDER.indexOf(to);
   if (b < 0) return false;
-  if (to === 'booting' || to === 'agent-online') return true; // a reboot restarts the boot
+  if (to === 'booting') return from === 'pending' || from === 'booting';
+  if (to === 'agent-online') return true; // a reboot restarts the boot
   return b > a;
 }

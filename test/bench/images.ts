@@ -164,10 +164,13 @@ async function benchBuild(): Promise<void> {
 }
 
 /** n concurrent curl downloads of url; returns aggregate GB/s (1e9 bytes/s). */
+/** /images/ needs a token (server/http/routes/image-files.ts); nginx ignores the header. */
+const BENCH_ADMIN = 'bench-admin-token';
+
 async function curlClients(url: string, n: number, bytes: number): Promise<number> {
   const t = performance.now();
   await Promise.all(Array.from({ length: n }, () => new Promise<void>((resolve, reject) => {
-    const c = spawn('curl', ['-s', '-f', '-o', '/dev/null', '-w', '%{size_download}', url], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const c = spawn('curl', ['-s', '-f', '-H', `authorization: Bearer ${BENCH_ADMIN}`, '-o', '/dev/null', '-w', '%{size_download}', url], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     c.stdout.on('data', (d) => { out += d; });
     c.on('close', (code) => (code === 0 && Number(out) === bytes ? resolve() : reject(new Error(`curl ${url}: exit ${code}, ${out} bytes`))));
@@ -188,7 +191,7 @@ async function benchServe(): Promise<void> {
   linkSync(file, svc.filePath(id, 'zst'));
   store.images.insert({ id, name: 'bench', state: 'ready', rawSha256: 'x', compressedSha256: 'y', rawSize: bytes, compressedSize: bytes });
   const app = Fastify({ logger: false });
-  await app.register(imageFilesRoutes, { store, log, imageService: svc } as never);
+  await app.register(imageFilesRoutes, { store, log, imageService: svc, adminToken: BENCH_ADMIN } as never);
   const port = await freePort();
   await app.listen({ host: '127.0.0.1', port });
   const nport = await freePort();

@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino from 'pino';
 import { Store } from '../../server/store/index.ts';
+import { AgentTokens } from '../../server/workflows/tokens.ts';
 import { WorkflowService } from '../../server/workflows/service.ts';
 import { testArtifacts } from '../helpers/agent-artifacts.ts';
 import { makeBusyboxRootfs } from '../helpers/agent-rootfs.ts';
@@ -98,9 +99,12 @@ before(async () => {
     });
     const svc = new WorkflowService(store, pino({ level: 'silent' }));
     const wf = svc.create({ mac: MAC, image: id, target: '/dev/vda', after: 'poweroff' });
-    wfs[MAC] = { id: wf.id, token: wf.token };
+    // as the boot route does under --boot-script-auth none (udhcpd, not ironboot, picks the VM's address): a boot
+    // token not bound to an address; the agent's hello exchanges it for a session token bound to the VM's address
+    const tokens = new AgentTokens(store);
+    wfs[MAC] = { id: wf.id, token: tokens.issueBoot(wf.id, null) };
     const wf2 = svc.create({ mac: MAC_RAM, image: id, target: 'ram', after: 'poweroff', args: ['fail', '3'], env: { GREETING: 'from-the-workflow' } });
-    wfs[MAC_RAM] = { id: wf2.id, token: wf2.token };
+    wfs[MAC_RAM] = { id: wf2.id, token: tokens.issueBoot(wf2.id, null) };
   } finally {
     store.close();
   }

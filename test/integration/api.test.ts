@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { inProcessApp, readyImage } from '../helpers/daemon.ts';
+import { AgentTokens } from '../../server/workflows/tokens.ts';
 
 type Ctx = Awaited<ReturnType<typeof inProcessApp>>;
 
@@ -191,7 +192,7 @@ test('workflows: create, list by machine and state, get with events, cancel, ret
   assert.equal((await ctx.app.inject({ method: 'DELETE', url: '/api/v1/machines/525400123456', headers: ctx.auth })).statusCode, 409);
 });
 
-test('agent API: token per workflow, hello returns the merged spec, events move the workflow and record logs', async (t) => {
+test('agent API: hello exchanges the boot token for a session token, returns the merged spec; events move the workflow and record logs', async (t) => {
   const ctx = await setup(t);
   ctx.store.images.insert(readyImage({ id: 'img1', name: 'web', config: { entrypoint: ['/bin/httpd'], cmd: ['-f'], env: ['PATH=/bin', 'A=image'], workingDir: '/srv', user: 'www' } }));
   ctx.store.machines.create({ mac: '52:54:00:12:34:56', hostname: 'n1', ipv4: { address: '10.0.0.5', prefix: 24, dns: ['10.0.0.1'] } });
@@ -201,12 +202,21 @@ test('agent API: token per workflow, hello returns the merged spec, events move 
   assert.equal(noTok.statusCode, 401);
   const admin = await ctx.app.inject({ method: 'POST', url: '/agent/v1/hello', headers: ctx.auth, payload: hello });
   assert.equal(admin.statusCode, 401, 'the admin token is not a workflow token');
-  const auth = { authorization: `Bearer ${wf.token}` };
-  const wrongMac = await ctx.app.inject({ method: 'POST', url: '/agent/v1/hello', headers: auth, payload: { ...hello, mac: '52:54:00:00:00:09' } });
+  // what the boot route does when it serves the script to 10.0.0.5
+  const bootToken = new AgentTokens(ctx.store).issueBoot(wf.id, '10.0.0.5');
+  const boot = { authorization: `Bearer ${bootToken}` };
+  const at = (remoteAddress: string) => ({ remoteAddress });
+  const wrongMac = await ctx.app.inject({ method: 'POST', url: '/agent/v1/hello', headers: boot, payload: { ...hello, mac: '52:54:00:00:00:09' }, ...at('10.0.0.5') });
   assert.equal(wrongMac.statusCode, 403);
-  const h = await ctx.app.inject({ method: 'POST', url: '/agent/v1/hello', headers: { ...auth, host: 'srv:8080' }, payload: hello });
+  const elsewhere = await ctx.app.inject({ method: 'POST', url: '/agent/v1/hello', headers: boot, payload: hello, ...at('10.0.0.66') });
+  assert.equal(elsewhere.statusCode, 403, 'the boot token is bound to the address the script went to');
+  assert.match(elsewhere.json().message, /issued to 10\.0\.0\.5; hello came from 10\.0\.0\.66/);
+  const h = await ctx.app.inject({ method: 'POST', url: '/agent/v1/hello', headers: { ...boot, host: 'srv:8080' }, payload: hello, ...at('10.0.0.5') });
   assert.equal(h.statusCode, 200, h.body);
   const spec = h.json();
+  assert.ok(spec.sessionToken.length >= 32);
+  assert.notEqual(spec.sessionToken, bootToken);
+  const auth = { authorization: `Bearer ${spec.sessionToken}` };
   assert.equal(spec.image.url, 'http://srv:8080/images/img1.ext4.zst');
   assert.equal(spec.image.rawSha256, 'b'.repeat(64));
   assert.deepEqual(spec.entrypoint, ['/bin/httpd']);
@@ -217,7 +227,10 @@ test('agent API: token per workflow, hello returns the merged spec, events move 
   assert.deepEqual(spec.dns, ['10.0.0.1']);
   assert.equal(ctx.store.workflows.get(wf.id)!.state, 'agent-online');
 
-  const post = (events: object[]) => ctx.app.inject({ method: 'POST', url: '/agent/v1/events', headers: auth, payload: { workflowId: wf.id, events } });
+  const post = (events: object[], headers = auth, ip = '10.0.0.5') => ctx.app.inject({ method: 'POST', url: '/agent/v1/events', headers, payload: { workflowId: wf.id, events }, ...at(ip) });
+  assert.equal((await post([{ state: 'streaming' }], boot)).statusCode, 401, 'the boot token only serves the hello');
+  assert.equal((await post([{ state: 'streaming' }], auth, '10.0.0.66')).statusCode, 403, 'a session token from another address is refused');
+  assert.equal(ctx.store.workflows.get(wf.id)!.state, 'agent-online');
   assert.equal((await post([{ state: 'streaming' }, { bytesDone: 10, bytesTotal: 100 }, { state: 'verifying' }, { state: 'mounted' }, { state: 'running' }])).statusCode, 200);
   assert.equal((await post([{ state: 'running' }])).statusCode, 200, 'a repeated report is accepted');
   assert.equal((await post([{ state: 'streaming' }])).statusCode, 409, 'no going back');
@@ -228,11 +241,48 @@ test('agent API: token per workflow, hello returns the merged spec, events move 
   assert.equal(w.exitCode, 3);
   assert.match(w.reason!, /exited with code 3/);
   const kinds = ctx.store.events.list(wf.id).map((e) => `${e.kind}:${e.state ?? ''}`);
-  assert.deepEqual(kinds, ['state:pending', 'state:agent-online', 'state:streaming', 'progress:streaming', 'state:verifying', 'state:mounted', 'state:running', 'log:', 'state:failed']);
+  assert.deepEqual(kinds, ['state:pending', 'info:', 'state:agent-online', 'state:streaming', 'progress:streaming', 'state:verifying', 'state:mounted', 'state:running', 'log:', 'state:failed']);
   const log = ctx.store.events.list(wf.id).find((e) => e.kind === 'log')!;
   assert.deepEqual(log.payload.lines, [{ stream: 'stdout', line: 'hello' }, { stream: 'stderr', line: 'oops' }]);
-  const bad = await ctx.app.inject({ method: 'POST', url: '/agent/v1/events', headers: auth, payload: { workflowId: wf.id, events: [{ state: 'exploded' }] } });
+  const bad = await ctx.app.inject({ method: 'POST', url: '/agent/v1/events', headers: auth, payload: { workflowId: wf.id, events: [{ state: 'exploded' }] }, ...at('10.0.0.5') });
   assert.equal(bad.statusCode, 400);
+  // the workflow is final: its tokens expired with it
+  const after = await post([{ log: [{ stream: 'stdout', line: 'late' }] }]);
+  assert.equal(after.statusCode, 409, after.body);
+  assert.match(after.json().message, /already failed; its tokens expired/);
+});
+
+test('agent API: a replayed hello is refused (409) and recorded; a newer hello supersedes the session', async (t) => {
+  const ctx = await setup(t);
+  ctx.store.images.insert(readyImage({ id: 'img1', name: 'web' }));
+  ctx.store.machines.create({ mac: '52:54:00:12:34:56', ipv4: { address: '10.0.0.5', prefix: 24, dns: [] } });
+  const wf = ctx.workflows.create({ mac: '52:54:00:12:34:56', image: 'web', target: 'ram' });
+  const tokens = new AgentTokens(ctx.store);
+  const hello = (token: string) => ctx.app.inject({ method: 'POST', url: '/agent/v1/hello', headers: { authorization: `Bearer ${token}` }, payload: { workflowId: wf.id, mac: '52:54:00:12:34:56' }, remoteAddress: '10.0.0.5' });
+  const first = tokens.issueBoot(wf.id, '10.0.0.5');
+  const h1 = await hello(first);
+  assert.equal(h1.statusCode, 200, h1.body);
+  const replay = await hello(first);
+  assert.equal(replay.statusCode, 409);
+  assert.match(replay.json().message, /already exchanged/);
+  const ev = ctx.store.events.list(wf.id).find((e) => e.kind === 'info' && e.payload.refused === 'replayed-boot-token');
+  assert.ok(ev, 'the replay is an event of the workflow');
+  assert.match(ev.message!, /hello refused from 10\.0\.0\.5/);
+  // a newer script supersedes the unused boot token; its hello supersedes the first session
+  const stale = tokens.issueBoot(wf.id, '10.0.0.5');
+  const second = tokens.issueBoot(wf.id, '10.0.0.5');
+  assert.equal((await hello(stale)).statusCode, 401);
+  const h2 = await hello(second);
+  assert.equal(h2.statusCode, 200, h2.body);
+  const events = (token: string) => ctx.app.inject({ method: 'POST', url: '/agent/v1/events', headers: { authorization: `Bearer ${token}` }, payload: { workflowId: wf.id, events: [{ message: 'x' }] }, remoteAddress: '10.0.0.5' });
+  assert.equal((await events(h1.json().sessionToken)).statusCode, 401, 'the first session was superseded');
+  assert.equal((await events(h2.json().sessionToken)).statusCode, 200);
+  // tokens are kept hashed: neither token appears in the database
+  const rows = ctx.store.db.prepare('SELECT hash FROM agent_tokens').all() as { hash: string }[];
+  assert.ok(rows.length >= 5);
+  for (const r of rows) assert.match(r.hash, /^[0-9a-f]{64}$/);
+  const dump = JSON.stringify(ctx.store.db.prepare('SELECT * FROM agent_tokens').all()) + JSON.stringify(ctx.store.db.prepare('SELECT * FROM workflows').all());
+  for (const tok of [first, second, h1.json().sessionToken, h2.json().sessionToken]) assert.ok(!dump.includes(tok));
 });
 
 test('the event stream delivers workflow events live as server-sent events', async (t) => {

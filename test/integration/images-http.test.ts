@@ -31,6 +31,8 @@ let app: FastifyInstance;
 let base: string;
 let img: Image;
 let layout: string;
+/** /images/ needs a token (a workflow's session token, or the admin token): these tests use the admin token. */
+const ADMIN = 'images-http-admin-token';
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 before(async () => {
@@ -45,7 +47,7 @@ before(async () => {
   app = Fastify({ logger: false, forceCloseConnections: true, ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } } }); // as buildApp
   app.setErrorHandler(errorHandler as never);
   app.addSchema(ErrorReply);
-  const deps = { store, log, registry: new Registry(), imageService: svc } as never;
+  const deps = { store, log, registry: new Registry(), imageService: svc, adminToken: ADMIN } as never;
   await app.register(imageFilesRoutes, deps);
   await app.register(imageBuildsRoutes, { ...(deps as object), prefix: '/api/v1' } as never);
   await app.listen({ host: '127.0.0.1', port: 0 });
@@ -61,7 +63,7 @@ after(async () => {
 
 function get(path: string, headers: Record<string, string> = {}, method = 'GET', stopAfter = Infinity): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }> {
   return new Promise((resolve, reject) => {
-    const req = request(base + path, { method, headers, agent: false }, (res) => {
+    const req = request(base + path, { method, headers: { authorization: `Bearer ${ADMIN}`, ...headers }, agent: false }, (res) => {
       const parts: Buffer[] = [];
       let n = 0;
       res.on('data', (c: Buffer) => {

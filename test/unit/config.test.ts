@@ -44,3 +44,19 @@ test('the example config documents every setting and loads', () => {
   }
   loadServeConfig(['--config', join(ROOT, 'deploy', 'ironboot.example.json')], {});
 });
+
+test('boot script auth and TLS settings: defaults, flags, environment, file, errors', () => {
+  const d = loadServeConfig([], {});
+  assert.equal(d.bootScriptAuth, 'ip', 'the safe default: a token only to a known address');
+  assert.equal(d.tls, null);
+  assert.deepEqual(d.httpsListen, { host: '0.0.0.0', port: 8443 });
+  assert.equal(loadServeConfig(['--boot-script-auth', 'none'], {}).bootScriptAuth, 'none');
+  assert.equal(loadServeConfig([], { IRONBOOT_BOOT_SCRIPT_AUTH: 'none' }).bootScriptAuth, 'none');
+  assert.throws(() => loadServeConfig(['--boot-script-auth', 'mac'], {}), /boot-script-auth: "mac" is not one of ip, none/);
+  const t = loadServeConfig(['--tls-cert', '/x/c.pem', '--tls-key', '/x/k.pem', '--tls-ca', '/x/ca.pem', '--https-listen', '127.0.0.1:9443'], {});
+  assert.deepEqual(t.tls, { cert: '/x/c.pem', key: '/x/k.pem', ca: '/x/ca.pem' });
+  assert.deepEqual(t.httpsListen, { host: '127.0.0.1', port: 9443 });
+  assert.throws(() => loadServeConfig(['--tls-cert', '/x/c.pem'], {}), /tls-key: HTTPS needs both/);
+  assert.throws(() => loadServeConfig(['--tls-ca', '/x/ca.pem'], {}), /tls-ca: .*no HTTPS side/);
+  assert.throws(() => loadServeConfig(['--tls-cert', 'c', '--tls-key', 'k', '--public-https-url', 'http://x'], {}), /not an https URL/);
+});

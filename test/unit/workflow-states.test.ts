@@ -12,7 +12,10 @@ test('transition table', () => {
     ['running', 'succeeded', true], ['running', 'failed', true], ['streaming', 'failed', true],
     ['pending', 'cancelled', true], ['running', 'timed-out', true],
     ['pending', 'succeeded', false], ['verifying', 'succeeded', false], ['running', 'streaming', false],
-    ['mounted', 'verifying', false], ['running', 'booting', true], // a reboot mid-way starts the boot over
+    ['mounted', 'verifying', false],
+    // a served boot script (no credentials) never pushes a workflow back (issue 16); a hello after a reboot may
+    ['running', 'booting', false], ['agent-online', 'booting', false], ['streaming', 'booting', false],
+    ['booting', 'booting', true], ['running', 'agent-online', true],
     ['succeeded', 'booting', false], ['failed', 'running', false], ['cancelled', 'failed', false],
   ];
   for (const [from, to, ok] of cases) assert.equal(canTransition(from as never, to as never), ok, `${from} → ${to}`);
@@ -29,7 +32,7 @@ test('the service records one event per change, emits it, refuses illegal moves,
   svc.events.on('event', (e) => seen.push(`${e.kind}:${e.state}`));
   const wf = svc.create({ mac: '52:54:00:00:00:01', image: 'web', target: '/dev/sda' });
   assert.equal(wf.state, 'pending');
-  assert.equal(wf.token.length >= 32, true);
+  assert.equal(wf.token, '', 'no plaintext token is stored with the workflow (agent_tokens holds hashes)');
   assert.throws(() => svc.create({ mac: '52:54:00:00:00:01', image: 'web', target: '/dev/sda' }), (e: unknown) => (e as WorkflowError).status === 409);
   svc.transition(wf.id, 'booting');
   assert.throws(() => svc.transition(wf.id, 'succeeded'), (e: unknown) => (e as WorkflowError).status === 409 && /booting/.test((e as Error).message));
@@ -40,7 +43,6 @@ test('the service records one event per change, emits it, refuses illegal moves,
   assert.throws(() => svc.cancel(wf.id), /already cancelled/);
   const again = svc.retry(wf.id);
   assert.notEqual(again.id, wf.id);
-  assert.notEqual(again.token, wf.token);
   assert.deepEqual(seen, ['state:pending', 'state:booting', 'state:cancelled', 'state:pending']);
   assert.deepEqual(store.events.list(wf.id).map((e) => e.state), ['pending', 'booting', 'cancelled']);
 });

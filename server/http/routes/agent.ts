@@ -4,18 +4,39 @@ import type { Workflow } from '../../store/workflows.ts';
 import type { Store } from '../../store/index.ts';
 import { parseMac } from '../../mac.ts';
 import { isFinal } from '../../workflows/states.ts';
-import { bearer, tokenMatches } from '../auth.ts';
+import { bearer } from '../auth.ts';
 import { ApiError, badRequest } from '../errors.ts';
 import { ErrorReply } from '../schemas.ts';
 import type { AppDeps } from '../app.ts';
+import { AgentTokens, plainAddress, refuse, type TokenRefusal } from '../../workflows/tokens.ts';
+import type { WorkflowService } from '../../workflows/service.ts';
+import type { Logger } from 'pino';
 
-/** The workflow a token belongs to; 401 for a missing or wrong token. */
-function authorize(store: Store, workflowId: string, authorization: string | undefined): Workflow {
-  const wf = store.workflows.get(workflowId);
-  if (!wf || !tokenMatches(bearer(authorization), wf.token)) {
-    throw new ApiError(401, 'authorization', 'missing or wrong workflow token');
+/** A refused agent token as the error reply; a suspicious one (a replay, another address) also as a workflow event. */
+function refused(r: TokenRefusal, ctx: { workflows: WorkflowService; log: Logger; ip: string; route: string }): ApiError {
+  if (r.suspicious) {
+    ctx.log.warn({ workflow: r.suspicious.workflowId, from: ctx.ip, route: ctx.route, why: r.suspicious.kind, status: r.status }, `agent call refused: ${r.message}`);
+    if (ctx.route === 'hello') {
+      ctx.workflows.record({
+        workflowId: r.suspicious.workflowId, kind: 'info', message: `hello refused from ${ctx.ip}: ${r.message}`,
+        payload: { refused: r.suspicious.kind, ip: ctx.ip, status: r.status },
+      });
+    }
+  } else {
+    ctx.log.info({ from: ctx.ip, route: ctx.route, status: r.status }, `agent call refused: ${r.message}`);
   }
-  return wf;
+  return new ApiError(r.status, r.field, r.message);
+}
+
+/**
+ * The workflow of a session token presented from the request's address (server/workflows/tokens.ts): 401 for a
+ * missing, wrong or superseded token, 403 from another address than the hello's, 409 once the workflow is final.
+ */
+export function authorizeSession(store: Store, workflows: WorkflowService, log: Logger,
+  req: { ip: string; headers: { authorization?: string } }, workflowId?: string): Workflow {
+  const r = new AgentTokens(store).checkSession(bearer(req.headers.authorization), req.ip, workflowId);
+  if (!r.ok) throw refused(r, { workflows, log, ip: plainAddress(req.ip), route: 'events' });
+  return r.workflow;
 }
 
 /** Merges the image config with the workflow's overrides into what the agent runs. */
@@ -49,28 +70,42 @@ export function buildSpec(store: Store, wf: Workflow, baseUrl: string): Workflow
 /** /agent/v1: the init agent on a machine says hello and reports its steps. */
 const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, workflows, log }) => {
   const errors = { 400: ErrorReply, 401: ErrorReply, 403: ErrorReply, 409: ErrorReply };
+  const tokens = new AgentTokens(store);
 
-  app.post('/hello', { schema: { tags: ['agent'], summary: 'Agent online: returns its workflow', body: Hello, response: { 200: WorkflowSpec, ...errors } } },
+  app.post('/hello', { schema: { tags: ['agent'], summary: 'Agent online: exchanges its single-use boot token for a session token; returns its workflow', body: Hello, response: { 200: WorkflowSpec, ...errors } } },
     async (req) => {
-      const wf = authorize(store, req.body.workflowId, req.headers.authorization);
+      const ip = plainAddress(req.ip);
       const mac = parseMac(req.body.mac);
-      if (!mac) throw badRequest('mac', `"${req.body.mac}" is not a MAC address`);
-      if (mac !== wf.machineMac) {
-        log.warn({ mac, expected: wf.machineMac, workflow: wf.id }, 'agent hello from the wrong machine');
-        throw new ApiError(403, 'mac', `workflow ${wf.id} belongs to ${wf.machineMac}, not ${mac}`);
-      }
-      if (isFinal(wf.state)) throw new ApiError(409, 'workflowId', `workflow ${wf.id} is already ${wf.state}`);
-      workflows.transition(wf.id, 'agent-online', {
-        message: `agent online at ${req.body.ip ?? req.ip}`,
-        payload: { ip: req.body.ip ?? req.ip, inventory: req.body.inventory ?? {}, agentVersion: req.body.agentVersion },
+      // the exchange and agent-online in one transaction; a refusal writes nothing but its own event (below)
+      const r = store.tx(() => {
+        const r = tokens.exchangeBoot(bearer(req.headers.authorization), req.body.workflowId, ip, (wf) => {
+          if (!mac) return refuse(400 as never, 'mac', `"${req.body.mac}" is not a MAC address`);
+          if (mac !== wf.machineMac) {
+            log.warn({ mac, expected: wf.machineMac, workflow: wf.id }, 'agent hello from the wrong machine');
+            return refuse(403, 'mac', `workflow ${wf.id} belongs to ${wf.machineMac}, not ${mac}`);
+          }
+          return null;
+        });
+        if (r.ok) {
+          workflows.transition(r.workflow.id, 'agent-online', {
+            message: `agent online at ${ip}${req.body.ip && req.body.ip !== ip ? ` (it says ${req.body.ip})` : ''}; boot token exchanged for a session token bound to ${ip}`,
+            payload: { ip, reportedIp: req.body.ip ?? null, inventory: req.body.inventory ?? {}, agentVersion: req.body.agentVersion },
+          });
+        }
+        return r;
       });
+      if (!r.ok) {
+        if ((r.status as number) === 400) throw badRequest(r.field, r.message);
+        throw refused(r, { workflows, log, ip, route: 'hello' });
+      }
+      const { workflow: wf, session } = r;
       const host = req.headers.host ?? `${req.hostname}`;
-      return buildSpec(store, wf, `${req.protocol}://${host}`);
+      return { ...buildSpec(store, wf, `${req.protocol}://${host}`), sessionToken: session };
     });
 
   app.post('/events', { bodyLimit: 4 << 20, schema: { tags: ['agent'], summary: 'Agent reports steps, progress, log lines, exit code', body: EventBatch, response: { 200: EventBatchReply, ...errors } } },
     async (req) => {
-      let wf = authorize(store, req.body.workflowId, req.headers.authorization);
+      let wf = authorizeSession(store, workflows, log, req, req.body.workflowId);
       let accepted = 0;
       for (const ev of req.body.events) {
         wf = applyEvent(ev, wf);

@@ -1,11 +1,17 @@
 /**
  * GET/HEAD /images/<id>.ext4.zst and /images/<id>.ext4: container disks for machines (Range for resume,
  * ETag = the file's sha256, Content-Length), via send-file.ts (sendfile(2) for big bodies).
+ *
+ * Each request presents a bearer token: the session token of a workflow that uses this image (from the address
+ * its hello came from, while the workflow is not finished), or the admin token. 401 without or with a wrong
+ * token, 403 for a workflow of another image or from another address, 409 once the workflow is final.
  */
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { AppDeps } from '../app.ts';
 import type { ImageService } from '../../images/index.ts';
 import { sendFile } from '../send-file.ts';
+import { bearer, tokenMatches } from '../auth.ts';
+import { authorizeSession } from './agent.ts';
 
 export type ImageFilesOptions = AppDeps & { imageService?: ImageService };
 
@@ -14,10 +20,17 @@ const FILE = /^([a-z0-9]{1,64})\.ext4(\.zst)?$/;
 const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts) => {
   const svc = opts.imageService ?? (opts.images as ImageService | undefined);
   if (!svc || typeof svc.filePath !== 'function') throw new Error('image-files: no imageService given');
-  const { store } = opts;
+  const { store, workflows, log, adminToken } = opts;
   const handler = async (req: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply) => {
     const m = FILE.exec(req.params.file);
     if (!m) return reply.code(404).send({ error: 'Not Found', message: 'expected /images/<id>.ext4 or /images/<id>.ext4.zst' });
+    if (!tokenMatches(bearer(req.headers.authorization), adminToken)) {
+      const wf = authorizeSession(store, workflows, log, req);
+      if (wf.imageId !== m[1]) {
+        log.warn({ mac: wf.machineMac, workflow: wf.id, image: m[1], from: req.ip }, 'image download refused: the workflow uses another image');
+        return reply.code(403).send({ error: 'Forbidden', field: 'image', message: `workflow ${wf.id} uses image ${wf.imageId}, not ${m[1]}` });
+      }
+    }
     const img = store.images.get(m[1]);
     if (!img || img.state !== 'ready') return reply.code(404).send({ error: 'Not Found', message: img ? `image ${img.id} is ${img.state}` : `no image ${m[1]}` });
     const kind = m[2] ? 'zst' : 'raw';
