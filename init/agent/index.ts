@@ -9,7 +9,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseAgentConfig, type AgentConfig } from './cmdline.ts';
-import { runAgent, type AgentSteps, type Step } from './main.ts';
+import { runAgent, type AgentSteps, type PersistSteps, type Step } from './main.ts';
 import { EventReporter } from './reporter.ts';
 import { consoleOut, PATHS } from './sys.ts';
 import { doAfter, consoleShell } from './steps/after.ts';
@@ -19,6 +19,7 @@ import { sayHello } from './steps/hello.ts';
 import { mountDisk, rootDevice } from './steps/mount.ts';
 import { mountEarly } from './steps/mounts.ts';
 import { bringUpNetwork } from './steps/net.ts';
+import { checkIn, findPersistentDisk, markDisk, reportBoot } from './steps/persist.ts';
 import { currentEntrypoint, runEntrypoint } from './steps/run.ts';
 
 interface Marker { pid: number; step: Step; startedAt: number; finished: boolean; restarts: number }
@@ -59,6 +60,13 @@ export const realSteps: AgentSteps = {
   after: (action) => doAfter(action, say),
 };
 
+export const realPersistSteps: PersistSteps = {
+  markDisk: async (spec, device, net) => { await markDisk(spec, device, net.mac); },
+  findDisk: (cfg, net) => findPersistentDisk(cfg, net.mac),
+  checkIn: (cfg, net, found) => checkIn(cfg, net, found, say),
+  report: (cfg, net, found, r) => reportBoot(cfg, net, found, r),
+};
+
 async function main(): Promise<void> {
   // An error that escapes a step is printed, not fatal: the agent exiting would only make init respawn it.
   process.on('uncaughtException', (e) => { consoleOut.warn(`agent error: ${e.stack ?? e.message}`); });
@@ -95,7 +103,7 @@ async function main(): Promise<void> {
 
 
   await runAgent({
-    cfg, steps: realSteps, reporter, console: consoleOut,
+    cfg, steps: realSteps, persist: realPersistSteps, reporter, console: consoleOut,
     onStep: (s) => {
       marker.step = s;
       if (s === 'after') marker.finished = true;

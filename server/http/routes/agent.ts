@@ -4,6 +4,7 @@ import type { Workflow } from '../../store/workflows.ts';
 import type { Store } from '../../store/index.ts';
 import { parseMac } from '../../mac.ts';
 import { isFinal } from '../../workflows/states.ts';
+import { issueBootToken } from '../../workflows/persistent.ts';
 import { bearer, tokenMatches } from '../auth.ts';
 import { ApiError, badRequest } from '../errors.ts';
 import { ErrorReply } from '../schemas.ts';
@@ -16,6 +17,12 @@ function authorize(store: Store, workflowId: string, authorization: string | und
     throw new ApiError(401, 'authorization', 'missing or wrong workflow token');
   }
   return wf;
+}
+
+function persistentBootToken(store: Store, workflowId: string): string {
+  const { token, sha256 } = issueBootToken();
+  store.workflows.setBootTokenSha256(workflowId, sha256);
+  return token;
 }
 
 /** Merges the image config with the workflow's overrides into what the agent runs. */
@@ -65,7 +72,10 @@ const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, wor
         payload: { ip: req.body.ip ?? req.ip, inventory: req.body.inventory ?? {}, agentVersion: req.body.agentVersion },
       });
       const host = req.headers.host ?? `${req.hostname}`;
-      return buildSpec(store, wf, `${req.protocol}://${host}`);
+      const spec = buildSpec(store, wf, `${req.protocol}://${host}`);
+      // persistent: a fresh disk-marker token per hello (only its sha256 is kept); the last hello's disk is the one marked
+      if (wf.mode === 'persistent') spec.persistent = { token: persistentBootToken(store, wf.id) };
+      return spec;
     });
 
   app.post('/events', { bodyLimit: 4 << 20, schema: { tags: ['agent'], summary: 'Agent reports steps, progress, log lines, exit code', body: EventBatch, response: { 200: EventBatchReply, ...errors } } },
