@@ -5,7 +5,7 @@
  *   every later boot                findPersistentDisk: the disk named by ironboot.disk=, its marker and superblock checked
  *                                   checkIn / reportBoot: POST /agent/v1/boot with the marker's token
  */
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { Value } from '@sinclair/typebox/value';
 import { AGENT_API_PREFIX, PersistentBootReply, type MarkerInfo, type PersistentBootReport, type WorkflowSpec } from '../../../server/agent/api.ts';
 import type { AgentConfig } from '../cmdline.ts';
@@ -70,7 +70,9 @@ export async function markDisk(spec: WorkflowSpec, device: string, mac: string, 
 export async function findPersistentDisk(cfg: AgentConfig, mac: string | null, timeoutMs = 30_000): Promise<FoundDisk> {
   let device: string;
   try {
-    device = await resolveBlockTarget(cfg.persistentDisk!, timeoutMs);
+    // a regular file is taken as it is (a disk image: the unit tests); anything else is resolved as a block device
+    const isFile = await stat(cfg.persistentDisk!).then((st) => st.isFile()).catch(() => false);
+    device = isFile ? cfg.persistentDisk! : await resolveBlockTarget(cfg.persistentDisk!, timeoutMs);
   } catch (e) {
     throw new DiskRefused((e as Error).message);
   }
