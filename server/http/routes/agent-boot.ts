@@ -22,7 +22,7 @@ import type { AppDeps } from '../app.ts';
 import { buildSpec } from './agent.ts';
 
 const agentBootRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, workflows, log }) => {
-  const errors = { 400: ErrorReply, 401: ErrorReply, 403: ErrorReply, 404: ErrorReply, 409: ErrorReply };
+  const errors = { 400: ErrorReply, 401: ErrorReply, 403: ErrorReply, 409: ErrorReply };
 
   app.post('/boot', {
     schema: { tags: ['agent'], summary: 'Persistent boot: check in with the disk marker\'s token, report the entrypoint\'s end or a refused disk', body: PersistentBootReport, response: { 200: PersistentBootReply, ...errors } },
@@ -32,7 +32,7 @@ const agentBootRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store,
     const mac = parseMac(b.mac);
     if (!mac) throw badRequest('mac', `"${b.mac}" is not a MAC address`);
     const tokenOk = !!wf && bootTokenMatches(bearer(req.headers.authorization), store.workflows.bootTokenSha256(wf.id));
-    if (!wf) throw new ApiError(tokenOk ? 404 : 401, 'workflowId', `no persistent workflow ${b.workflowId} with this token`);
+    if (!wf) throw new ApiError(401, 'authorization', `no persistent workflow ${b.workflowId} with this token`);
     const latest = store.workflows.latestForMachine(wf.machineId);
     const ip = b.ip ?? req.ip;
     const ctx = { mac: wf.machineMac, workflow: wf.id, ip, device: b.device };
