@@ -74,8 +74,11 @@ export function splitWords(s: string): string[] {
 export interface StaticIp { address: string; prefix: number; gateway: string | null; dns: string[] }
 
 export interface AgentConfig {
-  /** server: the ironboot flow; seed: `root=` + `entrypoint=` without a server (ginit's flow); none: nothing to do. */
-  mode: 'server' | 'seed' | 'none';
+  /**
+   * server: the ironboot flow; persistent: a later boot of a persistent workflow (`ironboot.boot=persistent`, runs the
+   * disk it wrote); seed: `root=` + `entrypoint=` without a server (ginit's flow); none: nothing to do.
+   */
+  mode: 'server' | 'persistent' | 'seed' | 'none';
   server: string | null;
   workflowId: string | null;
   token: string | null;
@@ -83,6 +86,8 @@ export interface AgentConfig {
   mac: string | null;
   vlan: number | null;
   staticIp: StaticIp | null;
+  /** Persistent boot: ironboot.disk=, the disk the workflow wrote (its target). */
+  persistentDisk: string | null;
   /** Seed flow: the root device and the entrypoint's argv. */
   root: string | null;
   rootFsType: string | null;
@@ -172,10 +177,18 @@ export function parseAgentConfig(text: string): AgentConfig {
     try { entrypoint = splitWords(epRaw); } catch (e) { warnings.push(`entrypoint: ${(e as Error).message}`); }
   }
 
+  const bootKind = get('ironboot.boot');
+  const persistentDisk = get('ironboot.disk');
+  if (bootKind && bootKind !== 'persistent') warnings.push(`ignoring ironboot.boot="${bootKind}": the only kind is persistent`);
   let mode: AgentConfig['mode'] = 'none';
   if (server && workflowId && token) mode = 'server';
+  else if (server && workflowId && bootKind === 'persistent' && persistentDisk) mode = 'persistent';
   else if (root && entrypoint.length) mode = 'seed';
-  if (mode !== 'server' && (server || workflowId || token)) {
+  if (bootKind === 'persistent' && mode !== 'persistent' && mode !== 'server') {
+    const missing = [['ironboot.server', server], ['ironboot.workflow', workflowId], ['ironboot.disk', persistentDisk]]
+      .filter(([, v]) => !v).map(([k]) => k);
+    warnings.push(`a persistent boot needs ${missing.join(' and ')} on the kernel command line`);
+  } else if (mode !== 'server' && mode !== 'persistent' && (server || workflowId || token)) {
     const missing = [['ironboot.server', server], ['ironboot.workflow', workflowId], ['ironboot.token', token]]
       .filter(([, v]) => !v).map(([k]) => k);
     warnings.push(`server flow needs ${missing.join(' and ')} on the kernel command line`);
@@ -184,7 +197,7 @@ export function parseAgentConfig(text: string): AgentConfig {
 
   return {
     mode, server: server ? server.replace(/\/+$/, '') : null, workflowId, token, mac, vlan, staticIp,
-    root, rootFsType: get('rootfstype'), entrypoint, after, modules,
+    persistentDisk: mode === 'persistent' ? persistentDisk : null, root, rootFsType: get('rootfstype'), entrypoint, after, modules,
     zeroout: get('ironboot.zeroout') !== '0', net: get('ironboot.net') !== '0', warnings,
   };
 }

@@ -9,7 +9,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseAgentConfig, type AgentConfig } from './cmdline.ts';
-import { runAgent, type AgentSteps, type Step } from './main.ts';
+import { runAgent, type AgentSteps, type PersistSteps, type Step } from './main.ts';
 import { EventReporter } from './reporter.ts';
 import { consoleOut, PATHS } from './sys.ts';
 import { doAfter, consoleShell } from './steps/after.ts';
@@ -20,6 +20,7 @@ import { trustOperatorCa } from './tls.ts';
 import { mountDisk, rootDevice } from './steps/mount.ts';
 import { mountEarly } from './steps/mounts.ts';
 import { bringUpNetwork } from './steps/net.ts';
+import { checkIn, findPersistentDisk, markDisk, reportBoot } from './steps/persist.ts';
 import { currentEntrypoint, runEntrypoint } from './steps/run.ts';
 
 interface Marker { pid: number; step: Step; startedAt: number; finished: boolean; restarts: number }
@@ -58,6 +59,13 @@ export const realSteps: AgentSteps = {
   mount: (device, o) => mountDisk(device, o),
   run: (spec, onLine) => runEntrypoint(spec, onLine),
   after: (action) => doAfter(action, say),
+};
+
+export const realPersistSteps: PersistSteps = {
+  markDisk: async (spec, device, net) => { await markDisk(spec, device, net.mac); },
+  findDisk: (cfg, net) => findPersistentDisk(cfg, net.mac),
+  checkIn: (cfg, net, found) => checkIn(cfg, net, found, say),
+  report: (cfg, net, found, r) => reportBoot(cfg, net, found, r),
 };
 
 async function main(): Promise<void> {
@@ -99,7 +107,7 @@ async function main(): Promise<void> {
 
 
   await runAgent({
-    cfg, steps: realSteps, reporter, console: consoleOut,
+    cfg, steps: realSteps, persist: realPersistSteps, reporter, console: consoleOut,
     onStep: (s) => {
       marker.step = s;
       if (s === 'after') marker.finished = true;

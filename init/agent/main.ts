@@ -4,12 +4,17 @@
  * and the failure rules are tested without a machine.
  *
  *   server flow: mounts → drivers → net → hello → stream (+ verify) → mount → run → report final → after
+ *     (mode persistent: stream → mark → mount: the disk's marker is written after verify, before anything mounts it)
+ *   persistent boot (ironboot.boot=persistent, a later boot of a persistent workflow):
+ *                mounts → drivers → net → marker (find the disk, check it) → check-in (server checks it, gives the spec)
+ *                → mount → run → report `exited` → after; a refused disk is never mounted: `refused` + reason → shell
  *   seed flow:   mounts → drivers → net (best effort) → root device → mount → run → after   (no server)
  *   on failure:  console message → `failed` event with the reason (if the server can be reached) → shell
  */
 import type { AgentEvent, AgentState, WorkflowSpec } from '../../server/agent/api.ts';
 import type { AgentConfig, After } from './cmdline.ts';
 import type { Console } from './sys.ts';
+import type { DiskMarker } from './steps/marker.ts';
 
 export interface NetInfo {
   iface: string; mac: string; ip: string; prefix: number; router: string | null;
@@ -52,7 +57,23 @@ export interface Reporter {
   final(e: AgentEvent, opts?: { maxAttempts?: number }): Promise<boolean>;
 }
 
-export type Step = 'mounts' | 'drivers' | 'net' | 'hello' | 'stream' | 'root' | 'mount' | 'run' | 'report' | 'after';
+export type Step = 'mounts' | 'drivers' | 'net' | 'hello' | 'stream' | 'mark' | 'marker' | 'check-in' | 'root' | 'mount' | 'run' | 'report' | 'after';
+
+/** A disk found for a persistent boot (init/agent/steps/persist.ts). */
+export interface FoundDisk { device: string; marker: DiskMarker }
+
+/** Persistent boot's steps (init/agent/steps/persist.ts; unit tests pass fakes). */
+export interface PersistSteps {
+  /** Provisioning a persistent workflow: writes the disk's marker (after verify; the last write before mount). */
+  markDisk(spec: WorkflowSpec, device: string, net: NetInfo): Promise<void>;
+  /** The disk named on the command line, checked against its marker; throws (DiskRefused) with the reason. */
+  findDisk(cfg: AgentConfig, net: NetInfo): Promise<FoundDisk>;
+  /** The server checks the marker and answers the boot number and the spec; throws with the server's reason. */
+  checkIn(cfg: AgentConfig, net: NetInfo, found: FoundDisk): Promise<{ boot: number; spec: WorkflowSpec }>;
+  /** Reports the entrypoint's end or a refused disk; resolves whether the server took it. */
+  report(cfg: AgentConfig, net: NetInfo, found: { device?: string; marker: DiskMarker | null } | null,
+    r: { phase: 'exited' | 'refused'; boot?: number; exitCode?: number; reason?: string }): Promise<boolean>;
+}
 
 export interface Outcome { ok: boolean; step: Step; exitCode: number | null; reason: string | null }
 
@@ -60,6 +81,8 @@ export interface AgentDeps {
   cfg: AgentConfig;
   steps: AgentSteps;
   reporter: Reporter | null;
+  /** Persistent boot and marking disks (index.ts wires steps/persist.ts). */
+  persist?: PersistSteps;
   console: Console;
   /** Told before each step starts (index.ts writes it to /run so a respawned agent knows where it died). */
   onStep?: (s: Step) => void;
@@ -85,6 +108,9 @@ export async function runAgent(d: AgentDeps): Promise<Outcome> {
   let after: After = 'shell';
   if (cfg.mode === 'server') {
     const r = await serverFlow(d);
+    outcome = r.outcome; after = r.after;
+  } else if (cfg.mode === 'persistent') {
+    const r = await persistentFlow(d);
     outcome = r.outcome; after = r.after;
   } else if (cfg.mode === 'seed') {
     outcome = await seedFlow(d);
@@ -163,6 +189,13 @@ async function serverFlow(d: AgentDeps): Promise<{ outcome: Outcome; after: Afte
       },
       verifying: () => state('verifying', `sha256 ${spec.image.rawSha256}`),
     }));
+    if (spec.mode === 'persistent') {
+      // after verify and resize, before anything mounts it: a disk without a marker is never booted again
+      if (!d.persist) throw new StepError('mark', 'this agent cannot mark disks for persistent boot');
+      await step(d, 'mark', () => d.persist!.markDisk(spec, device, net));
+      console.say(`persistent-boot marker written to ${device}`);
+      reporter?.send({ message: `persistent-boot marker written to ${device}`, payload: { marker: device } });
+    }
     const hostname = spec.machine.hostname ?? net.hostname;
     const { fsType } = await step(d, 'mount', () => steps.mount(device, {
       fsType: spec.image.format || null, hostname, dns: spec.dns.length ? spec.dns : net.dns, searchDomain: net.domain,
@@ -199,6 +232,62 @@ async function serverFlow(d: AgentDeps): Promise<{ outcome: Outcome; after: Afte
       if (!acked) console.warn(`could not report the failure to ${cfg.server}`);
     }
     return { outcome: { ok: false, step: s, exitCode, reason }, after: 'shell' };
+  }
+}
+
+/**
+ * A later boot of a persistent workflow: the disk it wrote, checked by its marker locally and by the server, runs
+ * again without a stream. Nothing is mounted before both checks passed; a refusal is reported with its reason.
+ */
+async function persistentFlow(d: AgentDeps): Promise<{ outcome: Outcome; after: After }> {
+  const { cfg, steps, console } = d;
+  const p = d.persist;
+  let net: NetInfo | null = null;
+  let found: FoundDisk | null = null;
+  let refusedMarker: DiskMarker | null = null;
+  let boot: number | undefined;
+  let started = false;
+  try {
+    if (!p) throw new StepError('marker', 'this agent has no persistent-boot steps');
+    await step(d, 'mounts', () => steps.mounts());
+    await step(d, 'drivers', () => steps.drivers(cfg));
+    net = await step(d, 'net', () => steps.net(cfg));
+    const n = net;
+    console.say(`network up: ${n.iface} ${n.mac} ${n.ip}/${n.prefix}; persistent boot of workflow ${cfg.workflowId} from ${cfg.persistentDisk}`);
+    found = await step(d, 'marker', async () => {
+      try { return await p.findDisk(cfg, n); } catch (e) {
+        refusedMarker = (e as { marker?: DiskMarker | null }).marker ?? null;   // reported with the refusal
+        throw e;
+      }
+    });
+    const f = found;
+    console.say(`${f.device}: marker of workflow ${f.marker.workflowId}, image ${f.marker.imageId}, written ${f.marker.writtenAt}`);
+    const r = await step(d, 'check-in', () => p.checkIn(cfg, n, f));
+    boot = r.boot;
+    const spec = r.spec;
+    console.say(`persistent boot ${boot} accepted by ${cfg.server}: image ${spec.image.name}, then ${spec.after}`);
+    const { fsType } = await step(d, 'mount', () => steps.mount(f.device, {
+      fsType: spec.image.format || null, hostname: spec.machine.hostname ?? n.hostname, dns: spec.dns.length ? spec.dns : n.dns, searchDomain: n.domain,
+    }));
+    const run = runSpecFromWorkflow(spec);
+    console.say(`mounted ${f.device} (${fsType}) at /mnt; running ${run.argv.join(' ')}`);
+    started = true;
+    const exitCode = await step(d, 'run', () => steps.run(run, () => {}));   // output goes to the console
+    console.say(`entrypoint exited with code ${exitCode}`);
+    d.onStep?.('report');
+    if (!await p.report(cfg, n, f, { phase: 'exited', boot, exitCode })) console.warn(`could not report the exit to ${cfg.server}`);
+    if (exitCode !== 0) return { outcome: { ok: false, step: 'run', exitCode, reason: `entrypoint exited with code ${exitCode}` }, after: 'shell' };
+    return { outcome: { ok: true, step: 'run', exitCode, reason: null }, after: spec.after };
+  } catch (e) {
+    const s = e instanceof StepError ? e.step : 'run';
+    const reason = (e as Error)?.message ?? String(e);
+    console.warn(`persistent boot: step ${s} failed: ${reason}${started ? '' : '; the disk was not run'}`);
+    if (net && p) {
+      const r = started ? { phase: 'exited' as const, boot, reason: `${s}: ${reason}` } : { phase: 'refused' as const, reason: `${s}: ${reason}` };
+      const acked = await p.report(cfg, net, found ?? { marker: refusedMarker }, r);
+      console.say(acked ? `reported to ${cfg.server}: ${r.phase}` : `could not report to ${cfg.server}`);
+    }
+    return { outcome: { ok: false, step: s, exitCode: null, reason }, after: 'shell' };
   }
 }
 

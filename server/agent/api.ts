@@ -5,6 +5,7 @@
  *   POST /agent/v1/hello   Hello        → WorkflowSpec   (Authorization: Bearer <boot token>, single-use; the spec
  *                                                         carries the session token)
  *   POST /agent/v1/events  EventBatch   → { accepted }    (Authorization: Bearer <session token>)
+ *   POST /agent/v1/boot    PersistentBootReport → PersistentBootReply  (Bearer <persistent-boot token from the disk's marker>)
  */
 import { Type, type Static } from '@sinclair/typebox';
 
@@ -71,6 +72,8 @@ export const WorkflowSpec = Type.Object({
    * workflow; every later call (events, the image download) presents it.
    */
   sessionToken: Type.Optional(Type.String()),
+  /** mode persistent, at hello only: the token the agent writes into the disk's marker (init/agent/steps/marker.ts). */
+  persistent: Type.Optional(Type.Object({ token: Type.String({ minLength: 16 }) })),
 });
 export type WorkflowSpec = Static<typeof WorkflowSpec>;
 
@@ -105,3 +108,37 @@ export type EventBatch = Static<typeof EventBatch>;
 
 export const EventBatchReply = Type.Object({ accepted: Type.Integer(), state: Type.String() });
 export type EventBatchReply = Static<typeof EventBatchReply>;
+
+/** What a persistent boot's marker says (the token travels as the bearer, never in the body). */
+export const MarkerInfo = Type.Object({
+  workflowId: Type.String(), imageId: Type.String(), rawSha256: Type.String(), rawSize: Type.Integer(),
+  mac: Type.String(), fsUuid: Type.String(), writtenAt: Type.String(),
+});
+export type MarkerInfo = Static<typeof MarkerInfo>;
+
+/**
+ * A persistent boot checking in (started: the server checks the marker and answers the spec to run), its entrypoint
+ * ending (exited), or the agent refusing the disk it found (refused, with the reason).
+ */
+export const PersistentBootReport = Type.Object({
+  workflowId: Type.String({ minLength: 1 }),
+  mac: Type.String({ minLength: 1 }),
+  ip: Type.Optional(Type.String()),
+  phase: Type.Union([Type.Literal('started'), Type.Literal('exited'), Type.Literal('refused')]),
+  /** The boot number the server answered at `started` (exited). */
+  boot: Type.Optional(Type.Integer({ minimum: 1 })),
+  device: Type.Optional(Type.String({ maxLength: 256 })),
+  marker: Type.Optional(MarkerInfo),
+  exitCode: Type.Optional(Type.Integer()),
+  reason: Type.Optional(Type.String({ maxLength: 2000 })),
+});
+export type PersistentBootReport = Static<typeof PersistentBootReport>;
+
+export const PersistentBootReply = Type.Object({
+  /** This boot's number (1 = the first boot after provisioning); 0 for a refusal. */
+  boot: Type.Integer(),
+  /** Whether the report was authenticated by the marker's token (a refusal may come without one). */
+  verified: Type.Boolean(),
+  spec: Type.Optional(WorkflowSpec),
+});
+export type PersistentBootReply = Static<typeof PersistentBootReply>;

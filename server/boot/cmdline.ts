@@ -39,3 +39,36 @@ export function kernelCmdline(c: CmdlineInput): string {
   if (extra) words.push(extra);
   return words.map(oneLine).join(' ');
 }
+
+export interface PersistentCmdlineInput {
+  serverUrl: string;
+  workflowId: string;
+  mac: string;
+  /** The disk the workflow wrote (its target). */
+  disk: string;
+  kernelArgs: string;
+  initrdName: string;
+  panicSeconds: number;
+  consoles: string[];
+}
+
+/**
+ * The kernel command line of a persistent boot (a machine whose latest workflow is persistent and succeeded):
+ * `ironboot.boot=persistent ironboot.disk=<target>` instead of a token. The credential is on the disk (the marker),
+ * not here: a boot script can be fetched by anyone on the LAN.
+ */
+export function persistentCmdline(c: PersistentCmdlineInput): string {
+  const words = [
+    `initrd=${c.initrdName}`,
+    ...c.consoles.map((x) => `console=${x}`),
+    `ironboot.server=${c.serverUrl}`,
+    `ironboot.workflow=${c.workflowId}`,
+    'ironboot.boot=persistent',
+    `ironboot.disk=${c.disk}`,
+    `ironboot.mac=${c.mac}`,
+    `panic=${c.panicSeconds}`,
+  ];
+  const extra = oneLine(c.kernelArgs);
+  if (extra) words.push(extra);
+  return words.map(oneLine).join(' ');
+}

@@ -4,6 +4,7 @@
  *
  *   unknown MAC                          → unknown.ipxe     (says so, pauses, exits; never a 404)
  *   registered, active workflow          → provision.ipxe   (kernel + initramfs + cmdline, retries, undionly fallback)
+ *   registered, latest workflow persistent + succeeded → persistent.ipxe (kernel + initramfs, agent runs the disk it wrote)
  *   registered, no workflow / finished / PXE disabled → local-boot.ipxe (sanboot 0x80 on BIOS, exit on UEFI)
  *
  * Templates are Mustache (logic-less: operator input must not run code) with HTML escaping off. They are checked
@@ -11,7 +12,7 @@
  * exist (a typo would silently render as nothing) or does not render to an `#!ipxe` script is refused with the
  * file and the problem.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Mustache from 'mustache';
@@ -21,12 +22,14 @@ import type { Image } from '../store/images.ts';
 import type { Store } from '../store/index.ts';
 import { macHyphen } from '../mac.ts';
 import { isFinal } from '../workflows/states.ts';
-import { DEFAULT_CONSOLES, kernelCmdline, oneLine } from './cmdline.ts';
+import { bootsPersistently } from '../workflows/persistent.ts';
+import { DEFAULT_CONSOLES, kernelCmdline, oneLine, persistentCmdline } from './cmdline.ts';
 
-export type BootScriptKind = 'provision' | 'local-boot' | 'unknown';
+export type BootScriptKind = 'provision' | 'persistent' | 'local-boot' | 'unknown';
 
 export const BOOT_TEMPLATE_FILES: Record<BootScriptKind, string> = {
   provision: 'provision.ipxe',
+  persistent: 'persistent.ipxe',
   'local-boot': 'local-boot.ipxe',
   unknown: 'unknown.ipxe',
 };
@@ -60,6 +63,12 @@ const SAMPLE_VIEWS: Record<BootScriptKind, View> = {
     initrdName: 'initramfs', cmdline: 'initrd=initramfs console=ttyS0,115200 ironboot.server=http://192.0.2.1:8080',
     token: 'sample-token', kernelArgs: '', maxAttempts: 3, retryDelaySeconds: 5,
   },
+  persistent: {
+    ...COMMON_SAMPLE, workflowId: '00000000-0000-4000-8000-000000000000', imageName: 'sample',
+    kernelUrl: 'http://192.0.2.1:8080/artifacts/vmlinuz', initrdUrl: 'http://192.0.2.1:8080/artifacts/initramfs',
+    initrdName: 'initramfs', cmdline: 'initrd=initramfs console=ttyS0,115200 ironboot.boot=persistent ironboot.disk=/dev/sda',
+    kernelArgs: '', maxAttempts: 3, retryDelaySeconds: 5,
+  },
   'local-boot': { ...COMMON_SAMPLE, reason: 'no active workflow', workflowId: '', state: '' },
   unknown: { mac: COMMON_SAMPLE.mac, macHyphen: COMMON_SAMPLE.macHyphen, serverUrl: COMMON_SAMPLE.serverUrl, pauseSeconds: 10 },
 };
@@ -67,7 +76,11 @@ const SAMPLE_VIEWS: Record<BootScriptKind, View> = {
 /** A provisioning template that never passes the token cannot boot anything: the agent could not say hello. */
 const REQUIRED: Partial<Record<BootScriptKind, string[][]>> = {
   provision: [['cmdline', 'token']],
+  persistent: [['cmdline']],
 };
+
+/** Templates added after operators may have copied the directory: a directory without them uses the built-in one. */
+const OPTIONAL_IN_OPERATOR_DIR: ReadonlySet<BootScriptKind> = new Set(['persistent']);
 
 const escapeNothing = (s: unknown): string => String(s);
 
@@ -128,7 +141,8 @@ export function checkBootTemplate(kind: BootScriptKind, file: string, source: st
 export function loadBootTemplates(dir: string = DEFAULT_TEMPLATES_DIR): BootTemplates {
   const sources = {} as Record<BootScriptKind, string>;
   for (const [kind, name] of Object.entries(BOOT_TEMPLATE_FILES) as [BootScriptKind, string][]) {
-    const file = join(dir, name);
+    let file = join(dir, name);
+    if (OPTIONAL_IN_OPERATOR_DIR.has(kind) && !existsSync(file)) file = join(DEFAULT_TEMPLATES_DIR, name);
     let source: string;
     try {
       source = readFileSync(file, 'utf8');
@@ -168,6 +182,9 @@ export function chooseBootScript(t: BootTarget): BootDecision {
   if (!t.machine) return { kind: 'unknown', reason: 'not a registered machine' };
   if (!t.machine.allowPxe) return { kind: 'local-boot', reason: 'network boot is disabled for this machine (allowPxe=false)' };
   if (!t.workflow) return { kind: 'local-boot', reason: 'no workflow' };
+  if (bootsPersistently(t.workflow)) {
+    return { kind: 'persistent', reason: `workflow ${t.workflow.id} is persistent and succeeded: run its disk (${t.workflow.target}) again` };
+  }
   if (isFinal(t.workflow.state)) return { kind: 'local-boot', reason: `workflow ${t.workflow.id} is ${t.workflow.state}` };
   return { kind: 'provision', reason: `workflow ${t.workflow.id} is ${t.workflow.state}` };
 }
@@ -227,6 +244,22 @@ export function renderBootScript(templates: BootTemplates, target: BootTarget, o
           panicSeconds: opts.panicSeconds ?? 10, consoles: opts.consoles ?? DEFAULT_CONSOLES,
         }),
         token: (auth as { bootToken: string }).bootToken, kernelArgs: oneLine(wf.kernelArgs),
+        maxAttempts: opts.maxAttempts ?? 3, retryDelaySeconds: opts.retryDelaySeconds ?? 5,
+      };
+      break;
+    }
+    case 'persistent': {
+      const wf = target.workflow!;
+      workflowId = wf.id;
+      const initrdName = 'initramfs';
+      view = {
+        ...common, workflowId: wf.id, imageName: oneLine(target.image?.name ?? wf.imageId),
+        kernelUrl: `${serverUrl}/artifacts/vmlinuz`, initrdUrl: `${serverUrl}/artifacts/${initrdName}`, initrdName,
+        cmdline: persistentCmdline({
+          serverUrl, workflowId: wf.id, mac: target.mac, disk: wf.target, kernelArgs: wf.kernelArgs, initrdName,
+          panicSeconds: opts.panicSeconds ?? 10, consoles: opts.consoles ?? DEFAULT_CONSOLES,
+        }),
+        kernelArgs: oneLine(wf.kernelArgs),
         maxAttempts: opts.maxAttempts ?? 3, retryDelaySeconds: opts.retryDelaySeconds ?? 5,
       };
       break;

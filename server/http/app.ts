@@ -25,6 +25,7 @@ import imagesRoutes from './routes/api/images.ts';
 import workflowsRoutes from './routes/api/workflows.ts';
 import eventsRoutes from './routes/api/events.ts';
 import agentRoutes from './routes/agent.ts';
+import agentBootRoutes from './routes/agent-boot.ts';
 import artifactsRoutes from './routes/artifacts.ts';
 import uiRoutes from './routes/ui.ts';
 
@@ -106,6 +107,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     for (const p of deps.plugins ?? []) if (p.api) await api.register(p.plugin, deps);
   }, { prefix: '/api/v1' });
   await app.register(agentRoutes, { ...deps, prefix: '/agent/v1' });
+  await app.register(agentBootRoutes, { ...deps, prefix: '/agent/v1' });
   await app.register(artifactsRoutes, deps);
   await app.register(uiRoutes);
   for (const p of deps.plugins ?? []) if (!p.api) await app.register(p.plugin, deps);

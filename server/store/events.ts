@@ -1,6 +1,7 @@
 import type { Db } from './db.ts';
 
-export type EventKind = 'state' | 'progress' | 'log' | 'info';
+/** boot: a persistent boot of a succeeded workflow (server/http/routes/agent-boot.ts). */
+export type EventKind = 'state' | 'progress' | 'log' | 'info' | 'boot';
 
 export interface WorkflowEvent {
   id: number;

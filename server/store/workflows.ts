@@ -121,6 +121,20 @@ export class WorkflowRepository {
     return this.get(w.id)!;
   }
 
+  /** Persistent boot (migrations/006_persistent_boot.sql): the sha256 of the token the agent writes into the disk's marker. */
+  setBootTokenSha256(id: string, sha256: string): void {
+    this.db.prepare('UPDATE workflows SET boot_token_sha256 = ? WHERE id = ?').run(sha256, id);
+  }
+
+  bootTokenSha256(id: string): string | null {
+    return (this.db.prepare('SELECT boot_token_sha256 AS h FROM workflows WHERE id = ?').get(id) as { h: string | null } | undefined)?.h ?? null;
+  }
+
+  /** Counts one more persistent boot; returns its number (1 for the first boot after provisioning). */
+  countBoot(id: string): number {
+    return (this.db.prepare('UPDATE workflows SET boots = boots + 1 WHERE id = ? RETURNING boots').get(id) as { boots: number }).boots;
+  }
+
   setState(id: string, state: WorkflowState, fields: { reason?: string | null; exitCode?: number | null; final?: boolean; started?: boolean } = {}): void {
     const now = new Date().toISOString();
     this.db.prepare(`UPDATE workflows SET state = @state, updated_at = @now,

@@ -54,6 +54,11 @@ export class WorkflowService {
       if (input.powerCycle && !machine.bmc) {
         throw new WorkflowError(400, 'powerCycle', `machine ${machine.mac} has no BMC to power-cycle it with; give it one (bmc.url) or leave powerCycle out`);
       }
+      if (input.mode === 'persistent') {
+        // later boots find the disk by its marker in the filesystem's unused first sector (init/agent/steps/marker.ts)
+        if (input.target === 'ram') throw new WorkflowError(400, 'target', 'a persistent workflow needs a disk target (e.g. /dev/sda): a disk in RAM is gone at the next boot');
+        if (!/^ext[234]$/.test(image.format)) throw new WorkflowError(400, 'mode', `persistent boot needs an ext2/3/4 disk; image ${image.name} is ${image.format}`);
+      }
       const active = store.workflows.activeForMachine(machine.id);
       if (active) {
         throw new WorkflowError(409, 'machine', `machine ${machine.mac} already has an active workflow ${active.id} (${active.state}); cancel it first`);

@@ -4,7 +4,8 @@ import type { Workflow } from '../../store/workflows.ts';
 import type { Store } from '../../store/index.ts';
 import { parseMac } from '../../mac.ts';
 import { isFinal } from '../../workflows/states.ts';
-import { bearer } from '../auth.ts';
+import { issueBootToken } from '../../workflows/persistent.ts';
+import { bearer, tokenMatches } from '../auth.ts';
 import { ApiError, badRequest } from '../errors.ts';
 import { ErrorReply } from '../schemas.ts';
 import type { AppDeps } from '../app.ts';
@@ -37,6 +38,12 @@ export function authorizeSession(store: Store, workflows: WorkflowService, log: 
   const r = new AgentTokens(store).checkSession(bearer(req.headers.authorization), req.ip, workflowId);
   if (!r.ok) throw refused(r, { workflows, log, ip: plainAddress(req.ip), route: 'events' });
   return r.workflow;
+}
+
+function persistentBootToken(store: Store, workflowId: string): string {
+  const { token, sha256 } = issueBootToken();
+  store.workflows.setBootTokenSha256(workflowId, sha256);
+  return token;
 }
 
 /** Merges the image config with the workflow's overrides into what the agent runs. */
@@ -100,7 +107,10 @@ const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, wor
       }
       const { workflow: wf, session } = r;
       const host = req.headers.host ?? `${req.hostname}`;
-      return { ...buildSpec(store, wf, `${req.protocol}://${host}`), sessionToken: session };
+      const spec = { ...buildSpec(store, wf, `${req.protocol}://${host}`), sessionToken: session };
+      // persistent: a fresh disk-marker token per hello (only its sha256 is kept); the last hello's disk is the one marked
+      if (wf.mode === 'persistent') spec.persistent = { token: persistentBootToken(store, wf.id) };
+      return spec;
     });
 
   app.post('/events', { bodyLimit: 4 << 20, schema: { tags: ['agent'], summary: 'Agent reports steps, progress, log lines, exit code', body: EventBatch, response: { 200: EventBatchReply, ...errors } } },

@@ -7,6 +7,7 @@
  * token, 403 for a workflow of another image or from another address, 409 once the workflow is final.
  */
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
+import { Counter, type Registry } from 'prom-client';
 import type { AppDeps } from '../app.ts';
 import type { ImageService } from '../../images/index.ts';
 import { sendFile } from '../send-file.ts';
@@ -15,12 +16,21 @@ import { authorizeSession } from './agent.ts';
 
 export type ImageFilesOptions = AppDeps & { imageService?: ImageService };
 
+/** Body bytes of container disks answered 200/206 to GET (a resumed download counts its remaining range only). */
+function imageBytesCounter(registry: Registry): Counter<'kind'> {
+  const name = 'ironboot_image_bytes_sent_total';
+  return (registry.getSingleMetric(name) as Counter<'kind'> | undefined) ?? new Counter({
+    name, help: 'Container disk body bytes sent to machines (GET answered 200/206), by file kind (zst, raw)', labelNames: ['kind'], registers: [registry],
+  });
+}
+
 const FILE = /^([a-z0-9]{1,64})\.ext4(\.zst)?$/;
 
 const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts) => {
   const svc = opts.imageService ?? (opts.images as ImageService | undefined);
   if (!svc || typeof svc.filePath !== 'function') throw new Error('image-files: no imageService given');
   const { store, workflows, log, adminToken } = opts;
+  const bytesSent = imageBytesCounter(opts.registry);
   const handler = async (req: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply) => {
     const m = FILE.exec(req.params.file);
     if (!m) return reply.code(404).send({ error: 'Not Found', message: 'expected /images/<id>.ext4 or /images/<id>.ext4.zst' });
@@ -34,11 +44,15 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
     const img = store.images.get(m[1]);
     if (!img || img.state !== 'ready') return reply.code(404).send({ error: 'Not Found', message: img ? `image ${img.id} is ${img.state}` : `no image ${m[1]}` });
     const kind = m[2] ? 'zst' : 'raw';
-    return sendFile(req, reply, svc.filePath(img.id, kind), {
+    const out = sendFile(req, reply, svc.filePath(img.id, kind), {
       cacheControl: 'public, max-age=31536000, immutable',
       etag: (kind === 'zst' ? img.compressedSha256 : img.rawSha256) ?? undefined,
       contentType: kind === 'zst' ? 'application/zstd' : 'application/octet-stream',
     });
+    if (req.method === 'GET' && (reply.statusCode === 200 || reply.statusCode === 206)) {
+      bytesSent.inc({ kind }, Number(reply.getHeader('content-length') ?? 0));
+    }
+    return out;
   };
   app.get('/images/:file', { schema: { hide: true } as never, logLevel: 'warn' }, handler);
 };
