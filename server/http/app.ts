@@ -16,6 +16,7 @@ import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { Store } from '../store/index.ts';
 import type { WorkflowService } from '../workflows/service.ts';
+import type { AgentEventLimits } from '../workflows/agent-events.ts';
 import { errorHandler, ApiError } from './errors.ts';
 import { bearer, tokenMatches } from './auth.ts';
 import { ErrorReply } from './schemas.ts';
@@ -44,6 +45,10 @@ export interface AppDeps {
   ipxeDir?: string;
   version: string;
   images?: ImageFiles;
+  /** Caps on what one workflow's agent may store (server/workflows/agent-events.ts); defaults apply when unset. */
+  agentEventLimits?: AgentEventLimits;
+  /** Most concurrent /api/v1/events/stream clients (default 64). */
+  sseMaxClients?: number;
   /** Extra plugins (boot scripts, image files, image builds) registered by the composition root. */
   plugins?: AppPlugin[];
 }

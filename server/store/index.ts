@@ -4,6 +4,7 @@ import { ImageRepository } from './images.ts';
 import { WorkflowRepository } from './workflows.ts';
 import { EventRepository } from './events.ts';
 import { LeaseRepository } from './leases.ts';
+import { AgentEventRepository } from './agent-events.ts';
 
 /** The one store: a SQLite database and a repository per table. */
 export class Store {
@@ -12,6 +13,7 @@ export class Store {
   readonly workflows: WorkflowRepository;
   readonly events: EventRepository;
   readonly leases: LeaseRepository;
+  readonly agentEvents: AgentEventRepository;
 
   constructor(readonly db: Db) {
     this.machines = new MachineRepository(db);
@@ -19,6 +21,7 @@ export class Store {
     this.workflows = new WorkflowRepository(db);
     this.events = new EventRepository(db);
     this.leases = new LeaseRepository(db);
+    this.agentEvents = new AgentEventRepository(db);
   }
 
   static open(dataDir: string): Store {

@@ -33,8 +33,33 @@ export interface CreateWorkflowInput {
 export class WorkflowService {
   readonly events = new EventEmitter();
 
+  /** While a batch() runs: what to log and publish once its transaction has committed. */
+  private deferred: (() => void)[] | null = null;
+
   constructor(private store: Store, private log: Logger) {
     this.events.setMaxListeners(0);
+  }
+
+  private publish(fn: () => void): void {
+    if (this.deferred) this.deferred.push(fn); else fn();
+  }
+
+  /**
+   * Runs several changes (transitions, records) as one transaction: all are written or none. Their logs and
+   * live events go out only after the commit, so a refused batch shows nothing on the stream either.
+   */
+  batch<T>(fn: () => T): T {
+    if (this.deferred) return this.store.tx(fn);
+    const after: (() => void)[] = [];
+    this.deferred = after;
+    let result: T;
+    try {
+      result = this.store.tx(fn);
+    } finally {
+      this.deferred = null;
+    }
+    for (const f of after) f();
+    return result;
   }
 
   create(input: CreateWorkflowInput): Workflow {
@@ -90,8 +115,10 @@ export class WorkflowService {
       });
       wf = this.store.workflows.get(id)!;
     });
-    this.log.info({ mac: wf!.machineMac, workflow: id, from: ev!.payload.from, state: to, reason: detail.reason }, `workflow ${to}`);
-    this.events.emit('event', ev!);
+    this.publish(() => {
+      this.log.info({ mac: wf!.machineMac, workflow: id, from: ev!.payload.from, state: to, reason: detail.reason }, `workflow ${to}`);
+      this.events.emit('event', ev!);
+    });
     return wf!;
   }
 
@@ -108,7 +135,7 @@ export class WorkflowService {
   /** Appends a non-state event (progress, log lines, info). */
   record(e: EventInput): WorkflowEvent {
     const ev = this.store.events.append(e);
-    this.events.emit('event', ev);
+    this.publish(() => this.events.emit('event', ev));
     return ev;
   }
 
