@@ -29,6 +29,12 @@ export interface ServeConfig {
   templatesDir: string | null;
   buildArtifacts: boolean;
   logLevel: string;
+  /** Per workflow: most output events (log, progress, info) its agent may store. */
+  agentMaxEvents: number;
+  /** Per workflow: most bytes of agent output stored. */
+  agentMaxEventBytes: number;
+  /** Most concurrent live event stream (SSE) clients. */
+  sseMaxClients: number;
 }
 
 export class ConfigError extends Error {
@@ -66,6 +72,9 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 'templatesDir', flag: 'templates-dir', kind: 'string', help: 'iPXE templates (default: the shipped templates/ipxe)' },
   { key: 'buildArtifacts', flag: 'build-artifacts', kind: 'bool', help: 'build the kernel + initramfs at start when missing (default on)' },
   { key: 'logLevel', flag: 'log-level', kind: 'string', help: 'trace | debug | info | warn | error (default info)' },
+  { key: 'agentMaxEvents', flag: 'agent-max-events', kind: 'int', help: 'per workflow: most log/progress/info events stored (default 50000)' },
+  { key: 'agentMaxEventBytes', flag: 'agent-max-event-bytes', kind: 'int', help: 'per workflow: most bytes of agent output stored (default 67108864)' },
+  { key: 'sseMaxClients', flag: 'sse-max-clients', kind: 'int', help: 'most concurrent live event stream clients (default 64)' },
 ];
 
 export const envName = (flag: string): string => 'IRONBOOT_' + flag.toUpperCase().replaceAll('-', '_');
@@ -172,5 +181,8 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     templatesDir: str('templatesDir', null),
     buildArtifacts: bool('buildArtifacts', true),
     logLevel,
+    agentMaxEvents: int('agentMaxEvents', 50_000),
+    agentMaxEventBytes: int('agentMaxEventBytes', 64 << 20),
+    sseMaxClients: int('sseMaxClients', 64),
   };
 }

@@ -56,6 +56,7 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
     const artifactsDir = config.artifactsDir ?? join(config.dataDir, 'artifacts');
     const deps: AppDeps = {
       store, workflows, log, registry, adminToken: token.token, artifactsDir, ipxeDir: config.ipxeDir, version: VERSION,
+      agentEventLimits: { maxEvents: config.agentMaxEvents, maxBytes: config.agentMaxEventBytes }, sseMaxClients: config.sseMaxClients,
     };
     const extras = httpExtras({ store, log, registry, config });
     deps.plugins = extras.plugins;

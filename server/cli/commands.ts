@@ -160,6 +160,20 @@ export function formatEvent(e: Obj): string {
   return `${t}  ${String(e.kind).padEnd(12)} ${e.message ?? fmt(e.payload)}`;
 }
 
+/** A workflow with every event: GET /api/v1/workflows/{id} pages its events (eventsNext). */
+async function workflowWithAllEvents(api: ApiClient, id: string): Promise<Obj> {
+  const path = `/api/v1/workflows/${encodeURIComponent(id)}`;
+  const w = await api.request<Obj>('GET', path);
+  const events: Obj[] = [...(w.events as Obj[])];
+  for (let next = w.eventsNext as number | null | undefined; next != null;) {
+    const page = await api.request<Obj>('GET', `${path}?eventsAfter=${next}`);
+    events.push(...(page.events as Obj[]));
+    next = page.eventsNext as number | null | undefined;
+  }
+  const { eventsNext: _next, ...rest } = w;
+  return { ...rest, events };
+}
+
 export async function workflowsCommand(argv: string[], out: Out): Promise<number> {
   const a = parseArgs(argv, { list: ['env'], known: ['machine', 'image', 'target', 'after', 'mode', 'entrypoint', 'env', 'kernel-args', 'timeout', 'state'] });
   const sub = a.positionals[0];
@@ -197,7 +211,7 @@ export async function workflowsCommand(argv: string[], out: Out): Promise<number
       return 0;
     }
     case 'show': case 'get': {
-      const w = await api.request<Obj>('GET', `/api/v1/workflows/${encodeURIComponent(need(a, 1, 'workflow id'))}`);
+      const w = await workflowWithAllEvents(api, need(a, 1, 'workflow id'));
       print(out, json, w, () => {
         const { events, ...rest } = w;
         return keyValues(rest) + '\nevents:\n' + (events as Obj[]).map(formatEvent).join('\n') + '\n';
@@ -213,7 +227,7 @@ export async function workflowsCommand(argv: string[], out: Out): Promise<number
     case 'watch': {
       const id = need(a, 1, 'workflow id');
       let final: Obj | undefined;
-      const cur = await api.request<Obj>('GET', `/api/v1/workflows/${encodeURIComponent(id)}`);
+      const cur = await workflowWithAllEvents(api, id);
       if (FINAL.has(cur.state)) {
         for (const e of cur.events) out((json ? JSON.stringify(e) : formatEvent(e)) + '\n');
         return cur.state === 'succeeded' ? 0 : 1;

@@ -112,7 +112,19 @@ export const Event = Type.Object({
   payload: Type.Record(Type.String(), Type.Unknown()),
 });
 
-export const WorkflowWithEvents = Type.Intersect([Workflow, Type.Object({ events: Type.Array(Event) })]);
+export const WorkflowWithEvents = Type.Intersect([Workflow, Type.Object({
+  events: Type.Array(Event),
+  /** More events follow: pass this as ?eventsAfter= for the next page; null on the last page. */
+  eventsNext: Type.Optional(Type.Union([Type.Integer(), Type.Null()])),
+})]);
+
+/** GET /workflows/{id}: one page of its events, in order (seq). */
+export const WorkflowEventsQuery = Type.Object({
+  eventsAfter: Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$', description: 'events with seq above this (default 0)' })),
+  eventsLimit: Type.Optional(Type.String({ pattern: '^[0-9]{1,5}$', description: 'events per page, 1…10000 (default 1000)' })),
+});
+export const EVENTS_PAGE_DEFAULT = 1000;
+export const EVENTS_PAGE_MAX = 10_000;
 
 export const WorkflowListQuery = Type.Object({
   machine: Type.Optional(Type.String()),
