@@ -281,7 +281,7 @@ test('the web page is served at / and talks to the API it documents', async (t) 
   const r = await ctx.app.inject({ method: 'GET', url: '/' });
   assert.equal(r.statusCode, 200);
   assert.match(r.headers['content-type'] as string, /text\/html/);
-  for (const path of ["'/machines'", "'/images'", "'/workflows'", '/api/v1/events/stream?token=']) assert.ok(r.body.includes(path), path);
+  for (const path of ["'/machines'", "'/images'", "'/workflows'", '/api/v1/events/stream?ticket=', "'/events/ticket'"]) assert.ok(r.body.includes(path), path);
 });
 
 test('iPXE binaries are served over HTTP for UEFI HTTP boot, and nothing outside their directory', async (t) => {
