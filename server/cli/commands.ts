@@ -132,7 +132,8 @@ export async function imagesCommand(argv: string[], out: Out, extra: { build?: (
   }
 }
 
-export const WORKFLOWS_HELP = `ironboot workflows create --machine MAC --image ID|NAME --target /dev/sda|ram [--after wait|shell|reboot|poweroff] [--mode ephemeral|persistent|install]
+export const WORKFLOWS_HELP = `ironboot workflows create --machine MAC --image ID|NAME --target /dev/disk/by-id/…|/dev/sda|ram [--after wait|shell|reboot|poweroff] [--mode ephemeral|persistent|install]
+                          [--wipe] [--target-serial SERIAL] [--target-size BYTES]
                           [--entrypoint PATH | --entrypoint '["/bin/sh","-c","..."]'] [--env KEY=VALUE]...
                           [--kernel-args "..."] [--timeout SECONDS] [-- ARGS...]
 ironboot workflows list [--machine MAC] [--state STATE]
@@ -140,6 +141,10 @@ ironboot workflows show ID
 ironboot workflows cancel ID
 ironboot workflows retry ID
 ironboot workflows watch ID      follow its events live until it finishes
+
+Prefer a stable /dev/disk/by-id/… name (see the machine's inventory) over /dev/sdX, whose order can change between
+boots. The agent refuses a target that already holds a partition table or a filesystem unless --wipe is given, and
+checks --target-serial / --target-size before it writes anything.
 `;
 
 const workflowColumns: [string, (r: Obj) => unknown][] = [
@@ -175,7 +180,7 @@ async function workflowWithAllEvents(api: ApiClient, id: string): Promise<Obj> {
 }
 
 export async function workflowsCommand(argv: string[], out: Out): Promise<number> {
-  const a = parseArgs(argv, { list: ['env'], known: ['machine', 'image', 'target', 'after', 'mode', 'entrypoint', 'env', 'kernel-args', 'timeout', 'state'] });
+  const a = parseArgs(argv, { bool: ['wipe'], list: ['env'], known: ['machine', 'image', 'target', 'after', 'mode', 'entrypoint', 'env', 'kernel-args', 'timeout', 'state', 'wipe', 'target-serial', 'target-size'] });
   const sub = a.positionals[0];
   if (!sub || a.flags.help) { out(WORKFLOWS_HELP); return 0; }
   const api = new ApiClient(clientOptions(a.flags));
@@ -188,6 +193,9 @@ export async function workflowsCommand(argv: string[], out: Out): Promise<number
       if (!body.image) throw new CliError('--image ID|NAME is required');
       if (str(f, 'after')) body.after = str(f, 'after');
       if (str(f, 'mode')) body.mode = str(f, 'mode');
+      if (f.wipe === true) body.wipe = true;
+      if (str(f, 'target-serial')) body.targetSerial = str(f, 'target-serial');
+      if (str(f, 'target-size')) body.targetSize = Number(str(f, 'target-size'));
       const ep = str(f, 'entrypoint');
       if (ep) {
         if (ep.startsWith('[')) {

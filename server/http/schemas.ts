@@ -91,6 +91,9 @@ export const WorkflowCreate = Type.Object({
   env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String(), { additionalProperties: false })),
   kernelArgs: Type.Optional(Type.String({ maxLength: 2048 })),
   timeoutSeconds: Type.Optional(Type.Integer({ minimum: 10, maximum: 604800 })),
+  wipe: Type.Optional(Type.Boolean({ description: 'allow overwriting a target that already holds a partition table or filesystem (default false: the agent refuses)' })),
+  targetSerial: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'the target disk must have this serial number' })),
+  targetSize: Type.Optional(Type.Integer({ minimum: 1, description: 'the target disk must be exactly this many bytes' })),
 }, { additionalProperties: false });
 export type WorkflowCreate = Static<typeof WorkflowCreate>;
 
@@ -101,6 +104,8 @@ export const Workflow = Type.Object({
   env: Type.Record(Type.String(), Type.String()), kernelArgs: Type.String(),
   reason: Type.Union([Type.String(), Type.Null()]), exitCode: Type.Union([Type.Integer(), Type.Null()]),
   timeoutSeconds: Type.Integer(),
+  wipe: Type.Optional(Type.Boolean()), targetSerial: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+  targetSize: Type.Optional(Type.Union([Type.Integer(), Type.Null()])),
   createdAt: Type.String(), updatedAt: Type.String(),
   startedAt: Type.Union([Type.String(), Type.Null()]), finishedAt: Type.Union([Type.String(), Type.Null()]),
 });

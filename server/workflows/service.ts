@@ -24,6 +24,9 @@ export interface CreateWorkflowInput {
   env?: Record<string, string>;
   kernelArgs?: string;
   timeoutSeconds?: number;
+  wipe?: boolean;
+  targetSerial?: string;
+  targetSize?: number;
 }
 
 /**
@@ -82,6 +85,7 @@ export class WorkflowService {
         id: randomUUID(), machineId: machine.id, imageId: image.id, entrypoint: input.entrypoint ?? null,
         args: input.args ?? null, env: input.env ?? {}, kernelArgs: input.kernelArgs ?? '', target: input.target,
         after: input.after ?? 'wait', mode: input.mode ?? 'ephemeral', token: randomBytes(24).toString('base64url'), timeoutSeconds: input.timeoutSeconds,
+        wipe: input.wipe ?? false, targetSerial: input.targetSerial ?? null, targetSize: input.targetSize ?? null,
       });
       first = store.events.append({ workflowId: created.id, kind: 'state', state: 'pending', message: `created for image ${image.name}` });
     });
@@ -155,6 +159,7 @@ export class WorkflowService {
       mac: cur.machineMac, image: cur.imageId, target: cur.target, after: cur.after, mode: cur.mode,
       entrypoint: cur.entrypoint ?? undefined, args: cur.args ?? undefined, env: cur.env,
       kernelArgs: cur.kernelArgs, timeoutSeconds: cur.timeoutSeconds,
+      wipe: cur.wipe, targetSerial: cur.targetSerial ?? undefined, targetSize: cur.targetSize ?? undefined,
     });
   }
 

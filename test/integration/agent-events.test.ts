@@ -94,3 +94,30 @@ test('the byte cap cuts a log event at the line that no longer fits', async (t) 
   assert.ok(stored.length > 0 && stored.length < 20, `some lines stored (${stored.length})`);
   assert.equal(events().filter((e) => e.payload.truncated === true).length, 1);
 });
+
+test('wipe, targetSerial and targetSize go from POST /api/v1/workflows to the agent\'s spec; wipe defaults to false', async (t) => {
+  const ctx = await inProcessApp();
+  t.after(() => ctx.close());
+  ctx.store.images.insert(readyImage({ id: 'img1' }));
+  ctx.store.machines.create({ mac: '52:54:00:12:34:56' });
+  ctx.store.machines.create({ mac: '52:54:00:12:34:57' });
+  const mk = (payload: object) => ctx.app.inject({ method: 'POST', url: '/api/v1/workflows', headers: ctx.auth, payload });
+  const a = await mk({ machine: '52:54:00:12:34:56', image: 'img1', target: '/dev/disk/by-id/virtio-S1', wipe: true, targetSerial: 'S1', targetSize: 68719476736 });
+  assert.equal(a.statusCode, 201, a.body);
+  assert.deepEqual([a.json().wipe, a.json().targetSerial, a.json().targetSize], [true, 'S1', 68719476736]);
+  const b = await mk({ machine: '52:54:00:12:34:57', image: 'img1', target: '/dev/vda' });
+  assert.deepEqual([b.json().wipe, b.json().targetSerial, b.json().targetSize], [false, null, null]);
+  assert.equal((await mk({ machine: '52:54:00:12:34:57', image: 'img1', target: '/dev/vda', targetSize: 0 })).statusCode, 400);
+  const hello = async (id: string, mac: string) => {
+    const wf = ctx.store.workflows.get(id)!;
+    return (await ctx.app.inject({ method: 'POST', url: '/agent/v1/hello', headers: { authorization: `Bearer ${wf.token}` }, payload: { workflowId: id, mac } })).json();
+  };
+  const sa = await hello(a.json().id, '52:54:00:12:34:56');
+  assert.deepEqual([sa.wipe, sa.targetSerial, sa.targetSize], [true, 'S1', 68719476736]);
+  const sb = await hello(b.json().id, '52:54:00:12:34:57');
+  assert.deepEqual([sb.wipe, sb.targetSerial, sb.targetSize], [false, undefined, undefined]);
+  // retry keeps them
+  ctx.workflows.cancel(a.json().id);
+  const r = ctx.workflows.retry(a.json().id);
+  assert.deepEqual([r.wipe, r.targetSerial, r.targetSize], [true, 'S1', 68719476736]);
+});

@@ -44,6 +44,9 @@ export function buildSpec(store: Store, wf: Workflow, baseUrl: string): Workflow
     workingDir: img.config.workingDir,
     user: img.config.user,
     dns: machine.ipv4?.dns ?? [],
+    wipe: wf.wipe ?? false,
+    ...(wf.targetSerial != null ? { targetSerial: wf.targetSerial } : {}),
+    ...(wf.targetSize != null ? { targetSize: wf.targetSize } : {}),
   };
 }
 

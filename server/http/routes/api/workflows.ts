@@ -11,7 +11,7 @@ import type { AppDeps } from '../../app.ts';
 export const workflowView = (w: WorkflowRow) => ({
   id: w.id, machine: w.machineMac, image: w.imageId, state: w.state, target: w.target, after: w.after, mode: w.mode,
   entrypoint: w.entrypoint, args: w.args, env: w.env, kernelArgs: w.kernelArgs, reason: w.reason, exitCode: w.exitCode,
-  timeoutSeconds: w.timeoutSeconds, createdAt: w.createdAt, updatedAt: w.updatedAt, startedAt: w.startedAt, finishedAt: w.finishedAt,
+  timeoutSeconds: w.timeoutSeconds, wipe: w.wipe ?? false, targetSerial: w.targetSerial ?? null, targetSize: w.targetSize ?? null, createdAt: w.createdAt, updatedAt: w.updatedAt, startedAt: w.startedAt, finishedAt: w.finishedAt,
 });
 
 export const eventView = (e: WorkflowEvent) => ({
@@ -29,6 +29,7 @@ const workflowsRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store,
       const wf = workflows.create({
         mac: macParam(b.machine, 'machine'), image: b.image, target: b.target, after: b.after, mode: b.mode, entrypoint: b.entrypoint,
         args: b.args, env: b.env, kernelArgs: b.kernelArgs, timeoutSeconds: b.timeoutSeconds,
+        wipe: b.wipe, targetSerial: b.targetSerial, targetSize: b.targetSize,
       });
       return reply.code(201).send(workflowView(wf));
     });
