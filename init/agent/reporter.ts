@@ -189,7 +189,12 @@ export class EventReporter implements Reporter {
     const batch = this.nextBatch();
     this.inflight = batch.length;
     this.sending = this.post(batch).then((r) => {
-      if (r === 'retry') { this.failures++; return false; }
+      if (r === 'retry') {
+        this.failures++;
+        // a proxy that resets big requests instead of answering 413: retry with smaller batches too
+        if (batch.length > 1) this.batchEvents = Math.max(1, Math.ceil(batch.length / 2));
+        return false;
+      }
       this.failures = 0;
       if (r === 'too-large') {
         if (batch.length > 1) {

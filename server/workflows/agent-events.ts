@@ -59,7 +59,7 @@ export function applyAgentBatch(store: Store, workflows: WorkflowService, workfl
     const usage = store.agentEvents.usage(wf.id);
     const before = usage.dropped;
     for (const ev of fresh) {
-      wf = applyOne(store, workflows, ev, wf, usage, limits);
+      wf = applyOne(workflows, ev, wf, usage, limits);
       if (ev.id !== undefined) store.agentEvents.remember(wf.id, ev.id);
     }
     store.agentEvents.setUsage(wf.id, usage);
@@ -89,7 +89,7 @@ function truncate(workflows: WorkflowService, wf: Workflow, usage: AgentEventUsa
   });
 }
 
-function applyOne(store: Store, workflows: WorkflowService, ev: AgentEvent, wf: Workflow, usage: AgentEventUsage, limits: AgentEventLimits): Workflow {
+function applyOne(workflows: WorkflowService, ev: AgentEvent, wf: Workflow, usage: AgentEventUsage, limits: AgentEventLimits): Workflow {
   if (isFinal(wf.state) && ev.state !== wf.state) {
     throw new WorkflowError(409, 'state', `workflow ${wf.id} became ${wf.state} earlier in this batch; it accepts no more events`);
   }
