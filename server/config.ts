@@ -39,6 +39,12 @@ export interface ServeConfig {
   httpsListen: { host: string; port: number };
   /** How agents reach the HTTPS side (default: the public URL's host on the HTTPS port). */
   publicHttpsUrl: string | null;
+  /** Per workflow: most output events (log, progress, info) its agent may store. */
+  agentMaxEvents: number;
+  /** Per workflow: most bytes of agent output stored. */
+  agentMaxEventBytes: number;
+  /** Most concurrent live event stream (SSE) clients. */
+  sseMaxClients: number;
 }
 
 export class ConfigError extends Error {
@@ -86,6 +92,9 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 'tlsCa', flag: 'tls-ca', kind: 'string', help: 'PEM CA the agent verifies the server against (built into the initramfs); default: none, the agent then verifies against node\'s built-in public CAs' },
   { key: 'httpsListen', flag: 'https-listen', kind: 'string', help: 'HTTPS address:port with --tls-cert (default 0.0.0.0:8443)' },
   { key: 'publicHttpsUrl', flag: 'public-https-url', kind: 'string', help: 'how agents reach the HTTPS side (default: the public URL\'s host with https and the HTTPS port)' },
+  { key: 'agentMaxEvents', flag: 'agent-max-events', kind: 'int', help: 'per workflow: most log/progress/info events stored (default 50000)' },
+  { key: 'agentMaxEventBytes', flag: 'agent-max-event-bytes', kind: 'int', help: 'per workflow: most bytes of agent output stored (default 67108864)' },
+  { key: 'sseMaxClients', flag: 'sse-max-clients', kind: 'int', help: 'most concurrent live event stream clients (default 64)' },
 ];
 
 export const envName = (flag: string): string => 'IRONBOOT_' + flag.toUpperCase().replaceAll('-', '_');
@@ -207,5 +216,8 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     buildArtifacts: bool('buildArtifacts', true),
     logLevel,
     powerPollSeconds: int('powerPollSeconds', 60),
+    agentMaxEvents: int('agentMaxEvents', 50_000),
+    agentMaxEventBytes: int('agentMaxEventBytes', 64 << 20),
+    sseMaxClients: int('sseMaxClients', 64),
   };
 }

@@ -3,6 +3,7 @@
  */
 import { readFileSync, mkdirSync } from 'node:fs';
 import http from 'node:http';
+import { ensurePrivateDataDir, weakTokenReason } from './data-dir.ts';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
@@ -38,7 +39,8 @@ export interface Daemon {
 }
 
 export async function startDaemon(config: ServeConfig, log: Logger): Promise<Daemon> {
-  mkdirSync(config.dataDir, { recursive: true });
+  const dirWarning = ensurePrivateDataDir(config.dataDir);
+  if (dirWarning) log.warn({ dataDir: config.dataDir }, dirWarning);
   const store = Store.open(config.dataDir);
   const closers: (() => Promise<void> | void)[] = [() => store.close()];
   const close = async () => {
@@ -53,6 +55,8 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
       process.stderr.write(`\nironboot: generated the admin API token (saved in ${token.source}, mode 0600):\n\n    ${token.token}\n\n`);
     } else {
       log.info({ source: token.source }, 'admin token loaded');
+      const weak = weakTokenReason(token.token);
+      if (weak) log.warn({ source: token.source }, `the admin token is weak: ${weak}; anyone on the network who guesses it controls every machine. Use e.g. \`openssl rand -base64 32\``);
     }
     const registry = createMetricsRegistry();
     const workflows = new WorkflowService(store, log.child({ svc: 'workflows' }));
@@ -67,6 +71,7 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
     const artifactsDir = config.artifactsDir ?? join(config.dataDir, 'artifacts');
     const deps: AppDeps = {
       store, workflows, log, registry, adminToken: token.token, artifactsDir, ipxeDir: config.ipxeDir, version: VERSION,
+      agentEventLimits: { maxEvents: config.agentMaxEvents, maxBytes: config.agentMaxEventBytes }, sseMaxClients: config.sseMaxClients,
     };
     let httpsPort = config.httpsListen.port;
     const agentUrl = agentUrlFor(config, () => httpsPort);

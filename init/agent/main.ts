@@ -55,6 +55,8 @@ export interface Reporter {
   send(e: AgentEvent): void;
   /** Sends `e` and resolves once the server has acknowledged it (and everything queued before it). */
   final(e: AgentEvent, opts?: { maxAttempts?: number }): Promise<boolean>;
+  /** Why the server refused the last final event, if it did (final() then resolved false). */
+  readonly finalRefusal?: string | null;
 }
 
 export type Step = 'mounts' | 'drivers' | 'net' | 'hello' | 'stream' | 'mark' | 'marker' | 'check-in' | 'root' | 'mount' | 'run' | 'report' | 'after';
@@ -218,7 +220,13 @@ async function serverFlow(d: AgentDeps): Promise<{ outcome: Outcome; after: Afte
     // The after action waits for this acknowledgement, so a reboot never races the last report.
     if (reporter) {
       console.say(`reporting ${final.state} to ${cfg.server}`);
-      await reporter.final(final);
+      if (!await reporter.final(final)) {
+        // Refused (e.g. the workflow was cancelled or timed out meanwhile): not delivered, so not a success.
+        const reason = `the server refused the final report (${final.state})${reporter.finalRefusal ? `: ${reporter.finalRefusal}` : ''}`;
+        console.warn(reason);
+        if (final.state !== 'failed') await reporter.final({ state: 'failed', message: reason, exitCode }, { maxAttempts: 3 });
+        return { outcome: { ok: false, step: 'report', exitCode, reason }, after: 'shell' };
+      }
       console.say('final status acknowledged by the server');
     }
     if (exitCode !== 0) return { outcome: { ok: false, step: 'run', exitCode, reason: final.message! }, after: 'shell' };

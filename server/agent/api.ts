@@ -11,6 +11,9 @@ import { Type, type Static } from '@sinclair/typebox';
 
 export const AGENT_API_PREFIX = '/agent/v1';
 
+/** The server's body limit for POST /agent/v1/events; the agent keeps its batches well below it. */
+export const AGENT_EVENTS_BODY_LIMIT = 4 << 20;
+
 export const Inventory = Type.Object({
   cpus: Type.Optional(Type.Object({ count: Type.Integer(), model: Type.Optional(Type.String()) })),
   memoryBytes: Type.Optional(Type.Integer()),
@@ -74,6 +77,12 @@ export const WorkflowSpec = Type.Object({
   sessionToken: Type.Optional(Type.String()),
   /** mode persistent, at hello only: the token the agent writes into the disk's marker (init/agent/steps/marker.ts). */
   persistent: Type.Optional(Type.Object({ token: Type.String({ minLength: 16 }) })),
+  /** The agent may overwrite a target that already holds a partition table or a filesystem (default: refuse). */
+  wipe: Type.Optional(Type.Boolean()),
+  /** When set, the target disk's serial number must be this (checked before anything is written). */
+  targetSerial: Type.Optional(Type.String()),
+  /** When set, the target disk must be exactly this many bytes. */
+  targetSize: Type.Optional(Type.Integer({ minimum: 1 })),
 });
 export type WorkflowSpec = Static<typeof WorkflowSpec>;
 
@@ -85,6 +94,11 @@ export const AgentState = Type.Union([
 export type AgentState = Static<typeof AgentState>;
 
 export const AgentEvent = Type.Object({
+  /**
+   * The agent's id for this event, unique within its workflow: the server stores an event once per id, so a
+   * batch retried after a lost reply is not written twice.
+   */
+  id: Type.Optional(Type.String({ minLength: 1, maxLength: 80 })),
   /** A state change; omitted for progress and log events. */
   state: Type.Optional(AgentState),
   message: Type.Optional(Type.String()),
@@ -106,7 +120,14 @@ export const EventBatch = Type.Object({
 });
 export type EventBatch = Static<typeof EventBatch>;
 
-export const EventBatchReply = Type.Object({ accepted: Type.Integer(), state: Type.String() });
+export const EventBatchReply = Type.Object({
+  accepted: Type.Integer(),
+  state: Type.String(),
+  /** Events of this batch the server already had (by id): acknowledged, not written again. */
+  duplicates: Type.Optional(Type.Integer()),
+  /** Output events dropped because the workflow reached its cap of events or bytes (a marker event says so). */
+  dropped: Type.Optional(Type.Integer()),
+});
 export type EventBatchReply = Static<typeof EventBatchReply>;
 
 /** What a persistent boot's marker says (the token travels as the bearer, never in the body). */

@@ -159,7 +159,8 @@ export async function imagesCommand(argv: string[], out: Out, extra: { build?: (
   }
 }
 
-export const WORKFLOWS_HELP = `ironboot workflows create --machine MAC --image ID|NAME --target /dev/sda|ram [--after wait|shell|reboot|poweroff] [--mode ephemeral|persistent|install]
+export const WORKFLOWS_HELP = `ironboot workflows create --machine MAC --image ID|NAME --target /dev/disk/by-id/…|/dev/sda|ram [--after wait|shell|reboot|poweroff] [--mode ephemeral|persistent|install]
+                          [--wipe] [--target-serial SERIAL] [--target-size BYTES]
                           [--entrypoint PATH | --entrypoint '["/bin/sh","-c","..."]'] [--env KEY=VALUE]...
                           [--kernel-args "..."] [--timeout SECONDS] [--power-cycle] [-- ARGS...]
                           (--power-cycle: the machine's BMC sets next boot to PXE and power-cycles it)
@@ -168,6 +169,10 @@ ironboot workflows show ID
 ironboot workflows cancel ID
 ironboot workflows retry ID
 ironboot workflows watch ID      follow its events live until it finishes
+
+Prefer a stable /dev/disk/by-id/… name (see the machine's inventory) over /dev/sdX, whose order can change between
+boots. The agent refuses a target that already holds a partition table or a filesystem unless --wipe is given, and
+checks --target-serial / --target-size before it writes anything.
 `;
 
 const workflowColumns: [string, (r: Obj) => unknown][] = [
@@ -188,8 +193,22 @@ export function formatEvent(e: Obj): string {
   return `${t}  ${String(e.kind).padEnd(12)} ${e.message ?? fmt(e.payload)}`;
 }
 
+/** A workflow with every event: GET /api/v1/workflows/{id} pages its events (eventsNext). */
+async function workflowWithAllEvents(api: ApiClient, id: string): Promise<Obj> {
+  const path = `/api/v1/workflows/${encodeURIComponent(id)}`;
+  const w = await api.request<Obj>('GET', path);
+  const events: Obj[] = [...(w.events as Obj[])];
+  for (let next = w.eventsNext as number | null | undefined; next != null;) {
+    const page = await api.request<Obj>('GET', `${path}?eventsAfter=${next}`);
+    events.push(...(page.events as Obj[]));
+    next = page.eventsNext as number | null | undefined;
+  }
+  const { eventsNext: _next, ...rest } = w;
+  return { ...rest, events };
+}
+
 export async function workflowsCommand(argv: string[], out: Out): Promise<number> {
-  const a = parseArgs(argv, { bool: ['power-cycle'], list: ['env'], known: ['machine', 'image', 'target', 'after', 'mode', 'entrypoint', 'env', 'kernel-args', 'timeout', 'state', 'power-cycle'] });
+  const a = parseArgs(argv, { bool: ['power-cycle', 'wipe'], list: ['env'], known: ['machine', 'image', 'target', 'after', 'mode', 'entrypoint', 'env', 'kernel-args', 'timeout', 'state', 'power-cycle', 'wipe', 'target-serial', 'target-size'] });
   const sub = a.positionals[0];
   if (!sub || a.flags.help) { out(WORKFLOWS_HELP); return 0; }
   const api = new ApiClient(clientOptions(a.flags));
@@ -202,6 +221,9 @@ export async function workflowsCommand(argv: string[], out: Out): Promise<number
       if (!body.image) throw new CliError('--image ID|NAME is required');
       if (str(f, 'after')) body.after = str(f, 'after');
       if (str(f, 'mode')) body.mode = str(f, 'mode');
+      if (f.wipe === true) body.wipe = true;
+      if (str(f, 'target-serial')) body.targetSerial = str(f, 'target-serial');
+      if (str(f, 'target-size')) body.targetSize = Number(str(f, 'target-size'));
       const ep = str(f, 'entrypoint');
       if (ep) {
         if (ep.startsWith('[')) {
@@ -226,7 +248,7 @@ export async function workflowsCommand(argv: string[], out: Out): Promise<number
       return 0;
     }
     case 'show': case 'get': {
-      const w = await api.request<Obj>('GET', `/api/v1/workflows/${encodeURIComponent(need(a, 1, 'workflow id'))}`);
+      const w = await workflowWithAllEvents(api, need(a, 1, 'workflow id'));
       print(out, json, w, () => {
         const { events, ...rest } = w;
         return keyValues(rest) + '\nevents:\n' + (events as Obj[]).map(formatEvent).join('\n') + '\n';
@@ -242,7 +264,7 @@ export async function workflowsCommand(argv: string[], out: Out): Promise<number
     case 'watch': {
       const id = need(a, 1, 'workflow id');
       let final: Obj | undefined;
-      const cur = await api.request<Obj>('GET', `/api/v1/workflows/${encodeURIComponent(id)}`);
+      const cur = await workflowWithAllEvents(api, id);
       if (FINAL.has(cur.state)) {
         for (const e of cur.events) out((json ? JSON.stringify(e) : formatEvent(e)) + '\n');
         return cur.state === 'succeeded' ? 0 : 1;

@@ -16,9 +16,12 @@ import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { Store } from '../store/index.ts';
 import type { WorkflowService } from '../workflows/service.ts';
+import type { AgentEventLimits } from '../workflows/agent-events.ts';
 import { errorHandler, ApiError } from './errors.ts';
 import { bearer, tokenMatches } from './auth.ts';
 import { ErrorReply } from './schemas.ts';
+import { redactedRequest } from './redact.ts';
+import { StreamTickets } from './stream-tickets.ts';
 import healthRoutes from './routes/health.ts';
 import machinesRoutes from './routes/api/machines.ts';
 import imagesRoutes from './routes/api/images.ts';
@@ -45,6 +48,12 @@ export interface AppDeps {
   ipxeDir?: string;
   version: string;
   images?: ImageFiles;
+  /** Caps on what one workflow's agent may store (server/workflows/agent-events.ts); defaults apply when unset. */
+  agentEventLimits?: AgentEventLimits;
+  /** Most concurrent /api/v1/events/stream clients (default 64). */
+  sseMaxClients?: number;
+  /** Tickets for the live event stream (created by buildApp when unset). */
+  streamTickets?: StreamTickets;
   /** Extra plugins (boot scripts, image files, image builds) registered by the composition root. */
   plugins?: AppPlugin[];
   /** PEM certificate and key: the app serves HTTPS (iPXE's plain-HTTP paths go through plainHttpHandler). */
@@ -73,8 +82,10 @@ export interface AppPlugin {
 }
 
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const streamTickets = deps.streamTickets ?? new StreamTickets();
   const app = (Fastify as unknown as (o: object) => FastifyInstance)({
-    loggerInstance: deps.log.child({ svc: 'http' }) as never,
+    // request URLs are logged with credential-like query values redacted (?token=, ?ticket=)
+    loggerInstance: deps.log.child({ svc: 'http' }, { serializers: { req: redactedRequest } }) as never,
     trustProxy: false,
     bodyLimit: 1 << 20,
     ...(deps.https ? { https: deps.https } : {}),
@@ -97,13 +108,16 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   await app.register(healthRoutes, deps);
   await app.register(async (api) => {
     api.addHook('onRequest', async (req) => {
-      const presented = bearer(req.headers.authorization) ?? (req.url.startsWith('/api/v1/events/stream') ? (req.query as { token?: string }).token : undefined);
+      const stream = req.url.startsWith('/api/v1/events/stream');
+      // EventSource cannot send headers: the stream also takes a short-lived ?ticket= (or, still, ?token=)
+      if (stream && streamTickets.valid((req.query as { ticket?: string }).ticket)) return;
+      const presented = bearer(req.headers.authorization) ?? (stream ? (req.query as { token?: string }).token : undefined);
       if (!tokenMatches(presented, deps.adminToken)) throw new ApiError(401, 'authorization', 'missing or wrong bearer token (Authorization: Bearer <admin token>)');
     });
     await api.register(machinesRoutes, deps);
     await api.register(imagesRoutes, deps);
     await api.register(workflowsRoutes, deps);
-    await api.register(eventsRoutes, deps);
+    await api.register(eventsRoutes, { ...deps, streamTickets });
     for (const p of deps.plugins ?? []) if (p.api) await api.register(p.plugin, deps);
   }, { prefix: '/api/v1' });
   await app.register(agentRoutes, { ...deps, prefix: '/agent/v1' });

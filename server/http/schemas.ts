@@ -121,6 +121,9 @@ export const WorkflowCreate = Type.Object({
   kernelArgs: Type.Optional(Type.String({ maxLength: 2048 })),
   timeoutSeconds: Type.Optional(Type.Integer({ minimum: 10, maximum: 604800 })),
   powerCycle: Type.Optional(Type.Boolean({ description: 'set the machine\'s next boot to PXE and power-cycle it through its BMC' })),
+  wipe: Type.Optional(Type.Boolean({ description: 'allow overwriting a target that already holds a partition table or filesystem (default false: the agent refuses)' })),
+  targetSerial: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'the target disk must have this serial number' })),
+  targetSize: Type.Optional(Type.Integer({ minimum: 1, description: 'the target disk must be exactly this many bytes' })),
 }, { additionalProperties: false });
 export type WorkflowCreate = Static<typeof WorkflowCreate>;
 
@@ -131,6 +134,8 @@ export const Workflow = Type.Object({
   env: Type.Record(Type.String(), Type.String()), kernelArgs: Type.String(),
   reason: Type.Union([Type.String(), Type.Null()]), exitCode: Type.Union([Type.Integer(), Type.Null()]),
   timeoutSeconds: Type.Integer(), powerCycle: Type.Optional(Type.Boolean()),
+  wipe: Type.Optional(Type.Boolean()), targetSerial: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+  targetSize: Type.Optional(Type.Union([Type.Integer(), Type.Null()])),
   createdAt: Type.String(), updatedAt: Type.String(),
   startedAt: Type.Union([Type.String(), Type.Null()]), finishedAt: Type.Union([Type.String(), Type.Null()]),
 });
@@ -142,7 +147,19 @@ export const Event = Type.Object({
   payload: Type.Record(Type.String(), Type.Unknown()),
 });
 
-export const WorkflowWithEvents = Type.Intersect([Workflow, Type.Object({ events: Type.Array(Event) })]);
+export const WorkflowWithEvents = Type.Intersect([Workflow, Type.Object({
+  events: Type.Array(Event),
+  /** More events follow: pass this as ?eventsAfter= for the next page; null on the last page. */
+  eventsNext: Type.Optional(Type.Union([Type.Integer(), Type.Null()])),
+})]);
+
+/** GET /workflows/{id}: one page of its events, in order (seq). */
+export const WorkflowEventsQuery = Type.Object({
+  eventsAfter: Type.Optional(Type.String({ pattern: '^[0-9]{1,12}$', description: 'events with seq above this (default 0)' })),
+  eventsLimit: Type.Optional(Type.String({ pattern: '^[0-9]{1,5}$', description: 'events per page, 1…10000 (default 1000)' })),
+});
+export const EVENTS_PAGE_DEFAULT = 1000;
+export const EVENTS_PAGE_MAX = 10_000;
 
 export const WorkflowListQuery = Type.Object({
   machine: Type.Optional(Type.String()),

@@ -97,11 +97,17 @@ function zeroCopy(reply: FastifyReply, fd: number, start: number, length: number
   const headers = { ...reply.getHeaders(), connection: 'close', date: new Date().toUTCString() } as Record<string, string | number | string[]>;
   let head = `HTTP/1.1 ${reply.statusCode} ${STATUS_CODES[reply.statusCode] ?? ''}\r\n`;
   for (const [k, v] of Object.entries(headers)) for (const x of Array.isArray(v) ? v : [v]) head += `${k}: ${x}\r\n`;
-  socket.write(head + '\r\n', () => {
-    sendfileToSocket(fd, start, length, socket).then(() => {
-      closeSync(fd);
-      socket.end();
-    });
+  let closed = false;
+  const done = (ok: boolean) => {
+    if (closed) return;
+    closed = true;
+    closeSync(fd);
+    if (ok) socket.end(); else socket.destroy();
+  };
+  socket.write(head + '\r\n', (err) => {
+    // the client may be gone already (the write fails, or the socket has no handle left for the helper)
+    if (err || socket.destroyed) { done(false); return; }
+    sendfileToSocket(fd, start, length, socket).then(done, () => done(false));
   });
   return reply;
 }

@@ -28,10 +28,16 @@ while n > 0:
 
 export const sendfileAvailable = (): boolean => PYTHON !== null && process.env.IRONBOOT_SENDFILE !== '0';
 
-/** Sends `length` bytes of file descriptor `fd` from `start` on `socket`; resolves true when all were sent. */
+/** Sends `length` bytes of file descriptor `fd` from `start` on `socket`; resolves true when all were sent, false otherwise (never rejects). */
 export function sendfileToSocket(fd: number, start: number, length: number, socket: Socket): Promise<boolean> {
   return new Promise((resolve) => {
-    const child = spawn(PYTHON!, ['-S', '-c', SCRIPT, String(start), String(length)], { stdio: [fd, socket as never, 'ignore'] });
+    if (socket.destroyed) return resolve(false); // the client is gone: nothing to send to
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn(PYTHON!, ['-S', '-c', SCRIPT, String(start), String(length)], { stdio: [fd, socket as never, 'ignore'] });
+    } catch {
+      return resolve(false); // e.g. the socket lost its handle meanwhile
+    }
     const onClose = () => { if (child.exitCode === null) child.kill('SIGKILL'); };
     socket.once('close', onClose);
     child.once('error', () => { socket.off('close', onClose); resolve(false); });

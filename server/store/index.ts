@@ -6,6 +6,7 @@ import { EventRepository } from './events.ts';
 import { LeaseRepository } from './leases.ts';
 import { MachineEventRepository } from './machine-events.ts';
 import { AgentTokenRepository } from './agent-tokens.ts';
+import { AgentEventRepository } from './agent-events.ts';
 
 /** The one store: a SQLite database and a repository per table. */
 export class Store {
@@ -16,6 +17,7 @@ export class Store {
   readonly leases: LeaseRepository;
   readonly machineEvents: MachineEventRepository;
   readonly agentTokens: AgentTokenRepository;
+  readonly agentEvents: AgentEventRepository;
 
   constructor(readonly db: Db) {
     this.machines = new MachineRepository(db);
@@ -25,6 +27,7 @@ export class Store {
     this.leases = new LeaseRepository(db);
     this.machineEvents = new MachineEventRepository(db);
     this.agentTokens = new AgentTokenRepository(db);
+    this.agentEvents = new AgentEventRepository(db);
   }
 
   static open(dataDir: string): Store {

@@ -21,6 +21,11 @@ export interface Workflow {
   mode: WorkflowMode;
   /** The daemon sets next boot to PXE and power-cycles the machine through its BMC (migrations/*_machine_bmc.sql). */
   powerCycle?: boolean;
+  /** The agent may overwrite a target holding a partition table or filesystem. */
+  wipe?: boolean;
+  /** Checks of the target disk before anything is written (null: none). */
+  targetSerial?: string | null;
+  targetSize?: number | null;
   /** Unused since migrations/*_agent_tokens.sql (always empty): agent tokens live hashed in agent_tokens (server/workflows/tokens.ts). */
   token: string;
   state: WorkflowState;
@@ -45,6 +50,9 @@ export interface WorkflowInput {
   after: AfterAction;
   mode?: WorkflowMode;
   powerCycle?: boolean;
+  wipe?: boolean;
+  targetSerial?: string | null;
+  targetSize?: number | null;
   token: string;
   timeoutSeconds?: number;
 }
@@ -54,6 +62,7 @@ interface Row {
   env: string; kernel_args: string; target: string; after: string; mode: string; power_cycle: number; token: string; state: string;
   reason: string | null; exit_code: number | null; timeout_seconds: number; created_at: string; updated_at: string;
   started_at: string | null; finished_at: string | null;
+  wipe: number; target_serial: string | null; target_size: number | null;
 }
 
 function fromRow(r: Row): Workflow {
@@ -61,6 +70,7 @@ function fromRow(r: Row): Workflow {
     id: r.id, machineId: r.machine_id, machineMac: r.mac, imageId: r.image_id,
     entrypoint: r.entrypoint ? JSON.parse(r.entrypoint) : null, args: r.args ? JSON.parse(r.args) : null,
     env: JSON.parse(r.env), kernelArgs: r.kernel_args, target: r.target, after: r.after as AfterAction, mode: r.mode as WorkflowMode, powerCycle: r.power_cycle === 1,
+    wipe: r.wipe === 1, targetSerial: r.target_serial, targetSize: r.target_size,
     token: r.token, state: r.state as WorkflowState, reason: r.reason, exitCode: r.exit_code,
     timeoutSeconds: r.timeout_seconds, createdAt: r.created_at, updatedAt: r.updated_at,
     startedAt: r.started_at, finishedAt: r.finished_at,
@@ -111,8 +121,9 @@ export class WorkflowRepository {
   insert(w: WorkflowInput): Workflow {
     const now = new Date().toISOString();
     this.db.prepare(`INSERT INTO workflows (id, machine_id, image_id, entrypoint, args, env, kernel_args, target, after, mode,
-      power_cycle, token, state, timeout_seconds, created_at, updated_at) VALUES (@id, @machineId, @imageId, @entrypoint, @args, @env,
-      @kernelArgs, @target, @after, @mode, @powerCycle, @token, 'pending', @timeoutSeconds, @now, @now)`).run({
+      power_cycle, token, state, timeout_seconds, created_at, updated_at, wipe, target_serial, target_size) VALUES (@id, @machineId, @imageId, @entrypoint, @args, @env,
+      @kernelArgs, @target, @after, @mode, @powerCycle, @token, 'pending', @timeoutSeconds, @now, @now, @wipe, @targetSerial, @targetSize)`).run({
+      wipe: w.wipe ? 1 : 0, targetSerial: w.targetSerial ?? null, targetSize: w.targetSize ?? null,
       id: w.id, machineId: w.machineId, imageId: w.imageId,
       entrypoint: w.entrypoint ? JSON.stringify(w.entrypoint) : null, args: w.args ? JSON.stringify(w.args) : null,
       env: JSON.stringify(w.env ?? {}), kernelArgs: w.kernelArgs ?? '', target: w.target, after: w.after, mode: w.mode ?? 'ephemeral', powerCycle: w.powerCycle ? 1 : 0,

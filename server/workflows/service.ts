@@ -26,6 +26,9 @@ export interface CreateWorkflowInput {
   timeoutSeconds?: number;
   /** Set next boot to PXE and power-cycle the machine through its BMC (server/power/service.ts does it). */
   powerCycle?: boolean;
+  wipe?: boolean;
+  targetSerial?: string;
+  targetSize?: number;
 }
 
 /**
@@ -35,8 +38,33 @@ export interface CreateWorkflowInput {
 export class WorkflowService {
   readonly events = new EventEmitter();
 
+  /** While a batch() runs: what to log and publish once its transaction has committed. */
+  private deferred: (() => void)[] | null = null;
+
   constructor(private store: Store, private log: Logger) {
     this.events.setMaxListeners(0);
+  }
+
+  private publish(fn: () => void): void {
+    if (this.deferred) this.deferred.push(fn); else fn();
+  }
+
+  /**
+   * Runs several changes (transitions, records) as one transaction: all are written or none. Their logs and
+   * live events go out only after the commit, so a refused batch shows nothing on the stream either.
+   */
+  batch<T>(fn: () => T): T {
+    if (this.deferred) return this.store.tx(fn);
+    const after: (() => void)[] = [];
+    this.deferred = after;
+    let result: T;
+    try {
+      result = this.store.tx(fn);
+    } finally {
+      this.deferred = null;
+    }
+    for (const f of after) f();
+    return result;
   }
 
   create(input: CreateWorkflowInput): Workflow {
@@ -67,6 +95,7 @@ export class WorkflowService {
         id: randomUUID(), machineId: machine.id, imageId: image.id, entrypoint: input.entrypoint ?? null,
         args: input.args ?? null, env: input.env ?? {}, kernelArgs: input.kernelArgs ?? '', target: input.target,
         after: input.after ?? 'wait', mode: input.mode ?? 'ephemeral', powerCycle: input.powerCycle ?? false, token: '', timeoutSeconds: input.timeoutSeconds,
+        wipe: input.wipe ?? false, targetSerial: input.targetSerial ?? null, targetSize: input.targetSize ?? null,
       });
       first = store.events.append({ workflowId: created.id, kind: 'state', state: 'pending', message: `created for image ${image.name}` });
     });
@@ -100,8 +129,10 @@ export class WorkflowService {
       });
       wf = this.store.workflows.get(id)!;
     });
-    this.log.info({ mac: wf!.machineMac, workflow: id, from: ev!.payload.from, state: to, reason: detail.reason }, `workflow ${to}`);
-    this.events.emit('event', ev!);
+    this.publish(() => {
+      this.log.info({ mac: wf!.machineMac, workflow: id, from: ev!.payload.from, state: to, reason: detail.reason }, `workflow ${to}`);
+      this.events.emit('event', ev!);
+    });
     return wf!;
   }
 
@@ -118,7 +149,7 @@ export class WorkflowService {
   /** Appends a non-state event (progress, log lines, info). */
   record(e: EventInput): WorkflowEvent {
     const ev = this.store.events.append(e);
-    this.events.emit('event', ev);
+    this.publish(() => this.events.emit('event', ev));
     return ev;
   }
 
@@ -138,6 +169,7 @@ export class WorkflowService {
       mac: cur.machineMac, image: cur.imageId, target: cur.target, after: cur.after, mode: cur.mode,
       entrypoint: cur.entrypoint ?? undefined, args: cur.args ?? undefined, env: cur.env,
       kernelArgs: cur.kernelArgs, timeoutSeconds: cur.timeoutSeconds, powerCycle: cur.powerCycle,
+      wipe: cur.wipe, targetSerial: cur.targetSerial ?? undefined, targetSize: cur.targetSize ?? undefined,
     });
   }
 

@@ -101,7 +101,8 @@ export class AgentTokens {
    * the address it was issued to, and the workflow is not finished. `workflowId`, when the request names one,
    * must be the token's.
    */
-  checkSession(presented: string | undefined, ip: string, workflowId?: string): TokenCheck<{ workflow: Workflow }> {
+  checkSession(presented: string | undefined, ip: string, workflowId?: string,
+    opts: { finished?: 'refuse' | 'retries-only' } = {}): TokenCheck<{ workflow: Workflow }> {
     const row = lookup(this.store, presented);
     if (!row || (workflowId !== undefined && row.workflowId !== workflowId)) return refuse(401, 'authorization', 'missing or wrong workflow token');
     if (row.kind !== 'session') return refuse(401, 'authorization', 'the boot token only serves the hello; use the session token it returned');
@@ -112,7 +113,9 @@ export class AgentTokens {
     }
     const workflow = this.store.workflows.get(row.workflowId);
     if (!workflow) return refuse(401, 'authorization', 'missing or wrong workflow token');
-    if (isFinal(workflow.state)) return refuse(409, 'workflowId', `workflow ${workflow.id} is already ${workflow.state}; its tokens expired with it`);
+    // 'retries-only': the caller (the events route) refuses every new event of a finished workflow itself and only
+    // acknowledges a batch it already has, so a final report whose reply was lost can be retried
+    if (isFinal(workflow.state) && opts.finished !== 'retries-only') return refuse(409, 'workflowId', `workflow ${workflow.id} is already ${workflow.state}; its tokens expired with it`);
     return { ok: true, workflow };
   }
 }

@@ -12,6 +12,7 @@ import pino from 'pino';
 import { Store } from '../../server/store/index.ts';
 import { WorkflowService } from '../../server/workflows/service.ts';
 import { buildApp, type AppDeps } from '../../server/http/app.ts';
+import { AgentTokens } from '../../server/workflows/tokens.ts';
 import { createMetricsRegistry } from '../../server/metrics.ts';
 import type { ImageInput } from '../../server/store/images.ts';
 
@@ -81,3 +82,17 @@ export async function spawnDaemon(dataDir: string, args: string[] = [], env: Nod
     }),
   };
 }
+
+/**
+ * An agent's session token for a workflow, as a real hello would get it: a boot token minted for `ip` (as a served
+ * provisioning script does) and exchanged once (server/workflows/tokens.ts). Moves no state.
+ */
+export function agentSession(store: Store, workflowId: string, ip = '127.0.0.1'): string {
+  const tokens = new AgentTokens(store);
+  const r = tokens.exchangeBoot(tokens.issueBoot(workflowId, ip), workflowId, ip);
+  if (!r.ok) throw new Error(`agentSession: ${r.message}`);
+  return r.session;
+}
+
+/** A boot token for a workflow, as a provisioning script served to `ip` carries it. */
+export const bootTokenFor = (store: Store, workflowId: string, ip = '127.0.0.1'): string => new AgentTokens(store).issueBoot(workflowId, ip);

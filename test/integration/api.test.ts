@@ -246,10 +246,10 @@ test('agent API: hello exchanges the boot token for a session token, returns the
   assert.deepEqual(log.payload.lines, [{ stream: 'stdout', line: 'hello' }, { stream: 'stderr', line: 'oops' }]);
   const bad = await ctx.app.inject({ method: 'POST', url: '/agent/v1/events', headers: auth, payload: { workflowId: wf.id, events: [{ state: 'exploded' }] }, ...at('10.0.0.5') });
   assert.equal(bad.statusCode, 400);
-  // the workflow is final: its tokens expired with it
+  // the workflow is final: nothing new lands (a retry of what it already reported is only acknowledged)
   const after = await post([{ log: [{ stream: 'stdout', line: 'late' }] }]);
   assert.equal(after.statusCode, 409, after.body);
-  assert.match(after.json().message, /already failed; its tokens expired/);
+  assert.match(after.json().message, /already failed; it accepts no more events/);
 });
 
 test('agent API: a replayed hello is refused (409) and recorded; a newer hello supersedes the session', async (t) => {
@@ -331,7 +331,7 @@ test('the web page is served at / and talks to the API it documents', async (t) 
   const r = await ctx.app.inject({ method: 'GET', url: '/' });
   assert.equal(r.statusCode, 200);
   assert.match(r.headers['content-type'] as string, /text\/html/);
-  for (const path of ["'/machines'", "'/images'", "'/workflows'", '/api/v1/events/stream?token=']) assert.ok(r.body.includes(path), path);
+  for (const path of ["'/machines'", "'/images'", "'/workflows'", '/api/v1/events/stream?ticket=', "'/events/ticket'"]) assert.ok(r.body.includes(path), path);
 });
 
 test('iPXE binaries are served over HTTP for UEFI HTTP boot, and nothing outside their directory', async (t) => {

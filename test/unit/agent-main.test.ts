@@ -118,3 +118,16 @@ test('no flow configured: a warning and a shell', async () => {
 test('runSpecFromWorkflow joins Entrypoint and Cmd', () => {
   assert.deepEqual(runSpecFromWorkflow(SPEC), { argv: ['/docker-entrypoint.sh', 'nginx', '-g', 'daemon off;'], env: ['A=1'], workingDir: '/srv', user: 'www' });
 });
+
+test('a final success the server refuses is shown as a failure: console, a best-effort failed report, a shell', async () => {
+  const h = harness({}, { acked: false });
+  const out = await runAgent({ cfg: parseAgentConfig(SERVER_CMDLINE), steps: h.steps, reporter: h.reporter, console: h.con, progressIntervalMs: 0 });
+  assert.equal(out.ok, false);
+  assert.equal(out.step, 'report');
+  assert.match(out.reason!, /server refused the final report \(succeeded\)/);
+  assert.deepEqual(h.finals.map((f) => f.e.state), ['succeeded', 'failed']);
+  assert.equal(h.finals[1].max, 3, 'the failure report after a refusal is best effort');
+  assert.ok(h.said.some((m) => /^WARN the server refused the final report/.test(m)), h.said.join('\n'));
+  assert.ok(h.said.some((m) => /^WARN FAILED in step report/.test(m)));
+  assert.equal(h.calls[h.calls.length - 1], 'after:shell', 'not the workflow\'s after action (reboot)');
+});

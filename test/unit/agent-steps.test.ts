@@ -156,8 +156,9 @@ test('reporter: batches events, retries a failing server, resolves final only on
   const ok = await rep.final({ state: 'succeeded', exitCode: 0 });
   assert.equal(ok, true);
   assert.equal(rep.pending, 0);
-  const events = bodies.flatMap((b) => b.body.events);
-  assert.deepEqual(events, [{ state: 'streaming' }, { bytesDone: 5, bytesTotal: 10 }, { state: 'succeeded', exitCode: 0 }]);
+  const events = bodies.flatMap((b) => b.body.events) as Array<{ id?: string }>;
+  assert.ok(events.every((e) => typeof e.id === 'string'), 'every event carries its id');
+  assert.deepEqual(events.map(({ id: _id, ...e }) => e), [{ state: 'streaming' }, { bytesDone: 5, bytesTotal: 10 }, { state: 'succeeded', exitCode: 0 }]);
   assert.ok(bodies.every((b) => b.auth === 'Bearer sekrit' && b.body.workflowId === 'wf'));
   assert.equal(rep.serverState, 'running');
 });
@@ -186,5 +187,5 @@ test('reporter: a progress event sent while the previous batch is on the wire is
   await new Promise((r) => setTimeout(r, 20));        // the first batch is now in flight
   rep.send({ bytesDone: 10, bytesTotal: 10 });
   await rep.final({ state: 'verifying' });
-  assert.deepEqual(got, [{ bytesDone: 1, bytesTotal: 10 }, { bytesDone: 10, bytesTotal: 10 }, { state: 'verifying' }]);
+  assert.deepEqual((got as Array<{ id?: string }>).map(({ id: _id, ...e }) => e), [{ bytesDone: 1, bytesTotal: 10 }, { bytesDone: 10, bytesTotal: 10 }, { state: 'verifying' }]);
 });

@@ -2,7 +2,8 @@
  * Step 5 around the streaming writer: where the disk goes (a block device, a /dev/disk/by-… name, `ram`),
  * zeroing what the writer skips on a block device, and growing the filesystem to the disk afterwards.
  */
-import { mkdir, readdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { basename } from 'node:path';
 import type { WorkflowSpec } from '../../../server/agent/api.ts';
 import type { AgentConfig } from '../cmdline.ts';
 import type { StreamHooks } from '../main.ts';
@@ -56,6 +57,88 @@ export async function resolveBlockTarget(target: string, timeoutMs = 30_000): Pr
   }
 }
 
+/** How much of the start of a disk the signature check reads (btrfs keeps its superblock at 64 KiB). */
+export const SIGNATURE_BYTES = 128 << 10;
+
+/**
+ * What the first bytes of a disk say it already holds: a partition table or a filesystem/volume signature
+ * (the common ones blkid knows), or null for a disk that looks blank (pure).
+ */
+export function diskSignature(b: Buffer): string | null {
+  const at = (off: number, magic: string | Buffer) => {
+    const m = typeof magic === 'string' ? Buffer.from(magic, 'latin1') : magic;
+    return b.length >= off + m.length && b.subarray(off, off + m.length).equals(m);
+  };
+  if (at(512, 'EFI PART') || at(4096, 'EFI PART')) return 'a GPT partition table';
+  if (at(0, Buffer.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe]))) return 'a LUKS encrypted volume';
+  if (at(0, 'XFSB')) return 'an XFS filesystem';
+  if (at(1080, Buffer.from([0x53, 0xef]))) return 'an ext2/3/4 filesystem';
+  if (at(65600, '_BHRfS_M')) return 'a btrfs filesystem';
+  if (at(3, 'NTFS    ')) return 'an NTFS filesystem';
+  if (at(512, 'LABELONE') || at(1024, 'LABELONE')) return 'an LVM physical volume';
+  if (at(4086, 'SWAPSPACE2') || at(4086, 'SWAP-SPACE')) return 'a swap area';
+  if (at(0, Buffer.from([0xfc, 0x4e, 0x2b, 0xa9])) || at(4096, Buffer.from([0xfc, 0x4e, 0x2b, 0xa9]))) return 'an MD RAID member';
+  if (at(32769, 'CD001')) return 'an ISO 9660 filesystem';
+  if (at(510, Buffer.from([0x55, 0xaa]))) {
+    if (at(54, 'FAT') || at(82, 'FAT32')) return 'a FAT filesystem';
+    for (let i = 0; i < 4; i++) if (b[446 + 16 * i + 4] !== 0) return 'an MBR (DOS) partition table';
+  }
+  return null;
+}
+
+/**
+ * A whole-disk ext filesystem that ironboot's image builder wrote (volume label "ironboot", no partition table):
+ * a previous container disk, which a new workflow replaces without `wipe: true`, as re-provisioning does.
+ */
+export function isIronbootDisk(head: Buffer): boolean {
+  if (head.length < 1160 || head.readUInt16LE(1080) !== 0xef53) return false;
+  if (head.subarray(512, 520).toString('latin1') === 'EFI PART') return false;
+  const label = head.subarray(1024 + 120, 1024 + 136);
+  const end = label.indexOf(0);
+  return label.subarray(0, end < 0 ? 16 : end).toString('latin1') === 'ironboot';
+}
+
+export class TargetRefused extends Error {
+  constructor(message: string) { super(message); this.name = 'TargetRefused'; }
+}
+
+/**
+ * Checks a block target before anything is written: its serial and size when the workflow names them, and that
+ * it holds no partition table or filesystem unless the workflow says `wipe: true` (a previous ironboot container
+ * disk, isIronbootDisk, is replaced without it). Throws TargetRefused with
+ * the reason (the agent reports it as the workflow's failure).
+ */
+export async function checkTarget(device: string, want: { wipe?: boolean; serial?: string; size?: number }, sysRoot = '/sys'): Promise<void> {
+  const name = basename(await realpath(device).catch(() => device));
+  if (want.serial !== undefined) {
+    const b = `${sysRoot}/class/block/${name}`;
+    const serial = (await read(`${b}/device/serial`)) || (await read(`${b}/serial`));
+    if (serial.trim() !== want.serial) {
+      throw new TargetRefused(`target ${device} has serial "${serial || 'none'}", but the workflow wants "${want.serial}"; nothing was written`);
+    }
+  }
+  const fh = await open(device, 'r');
+  try {
+    if (want.size !== undefined) {
+      const sectors = Number(await read(`${sysRoot}/class/block/${name}/size`));
+      const size = sectors > 0 ? sectors * 512 : (await fh.stat()).size;
+      if (size !== want.size) throw new TargetRefused(`target ${device} is ${size} bytes, but the workflow wants ${want.size}; nothing was written`);
+    }
+    if (!want.wipe) {
+      const buf = Buffer.alloc(SIGNATURE_BYTES);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+      const head = buf.subarray(0, bytesRead);
+      const found = diskSignature(head);
+      if (found && !isIronbootDisk(head)) {
+        throw new TargetRefused(`target ${device} already holds ${found}; refusing to overwrite it (nothing was written). ` +
+          'If this disk may be erased, create the workflow with wipe: true (ironboot workflows create --wipe)');
+      }
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
 /** BLKZEROOUT over [0, length) (util-linux blkdiscard -z), so the blocks the writer skips read as zeros. */
 export async function zeroOut(device: string, length: number): Promise<void> {
   const len = Math.ceil(length / 4096) * 4096;
@@ -76,6 +159,8 @@ export async function streamToTarget(spec: WorkflowSpec, cfg: AgentConfig, hooks
   } else {
     target = await resolveBlockTarget(spec.target);
     if (target !== spec.target) say(`target ${spec.target} is ${target}`);
+    await checkTarget(target, { wipe: spec.wipe, serial: spec.targetSerial, size: spec.targetSize });
+    say(spec.wipe ? `target ${target}: checked; wipe allowed` : `target ${target}: no partition table or filesystem found; writing`);
   }
   const t0 = Date.now();
   const r = await streamDisk({

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
-import { Hello, WorkflowSpec, EventBatch, EventBatchReply, type AgentEvent } from '../../agent/api.ts';
+import { Hello, WorkflowSpec, EventBatch, EventBatchReply, AGENT_EVENTS_BODY_LIMIT } from '../../agent/api.ts';
+import { applyAgentBatch } from '../../workflows/agent-events.ts';
 import type { Workflow } from '../../store/workflows.ts';
 import type { Store } from '../../store/index.ts';
 import { parseMac } from '../../mac.ts';
@@ -34,8 +35,8 @@ function refused(r: TokenRefusal, ctx: { workflows: WorkflowService; log: Logger
  * missing, wrong or superseded token, 403 from another address than the hello's, 409 once the workflow is final.
  */
 export function authorizeSession(store: Store, workflows: WorkflowService, log: Logger,
-  req: { ip: string; headers: { authorization?: string } }, workflowId?: string): Workflow {
-  const r = new AgentTokens(store).checkSession(bearer(req.headers.authorization), req.ip, workflowId);
+  req: { ip: string; headers: { authorization?: string } }, workflowId?: string, opts: { finished?: 'refuse' | 'retries-only' } = {}): Workflow {
+  const r = new AgentTokens(store).checkSession(bearer(req.headers.authorization), req.ip, workflowId, opts);
   if (!r.ok) throw refused(r, { workflows, log, ip: plainAddress(req.ip), route: 'events' });
   return r.workflow;
 }
@@ -71,11 +72,14 @@ export function buildSpec(store: Store, wf: Workflow, baseUrl: string): Workflow
     workingDir: img.config.workingDir,
     user: img.config.user,
     dns: machine.ipv4?.dns ?? [],
+    wipe: wf.wipe ?? false,
+    ...(wf.targetSerial != null ? { targetSerial: wf.targetSerial } : {}),
+    ...(wf.targetSize != null ? { targetSize: wf.targetSize } : {}),
   };
 }
 
 /** /agent/v1: the init agent on a machine says hello and reports its steps. */
-const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, workflows, log }) => {
+const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, workflows, log, agentEventLimits }) => {
   const errors = { 400: ErrorReply, 401: ErrorReply, 403: ErrorReply, 409: ErrorReply };
   const tokens = new AgentTokens(store);
 
@@ -113,40 +117,16 @@ const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, wor
       return spec;
     });
 
-  app.post('/events', { bodyLimit: 4 << 20, schema: { tags: ['agent'], summary: 'Agent reports steps, progress, log lines, exit code', body: EventBatch, response: { 200: EventBatchReply, ...errors } } },
+  app.post('/events', { bodyLimit: AGENT_EVENTS_BODY_LIMIT, schema: { tags: ['agent'], summary: 'Agent reports steps, progress, log lines, exit code (one transaction per batch)', body: EventBatch, response: { 200: EventBatchReply, ...errors } } },
     async (req) => {
-      let wf = authorizeSession(store, workflows, log, req, req.body.workflowId);
-      let accepted = 0;
-      for (const ev of req.body.events) {
-        wf = applyEvent(ev, wf);
-        accepted++;
-      }
-      return { accepted, state: wf.state };
+      // a finished workflow's session still reaches applyAgentBatch, which acknowledges a retried final report (its
+      // event ids were already accepted) and refuses anything new with 409: no event lands after the final status
+      const wf = authorizeSession(store, workflows, log, req, req.body.workflowId, { finished: 'retries-only' });
+      const r = applyAgentBatch(store, workflows, wf.id, req.body.events, agentEventLimits);
+      if (r.duplicates) log.info({ mac: wf.machineMac, workflow: wf.id, duplicates: r.duplicates }, 'agent resent events the server already has (acknowledged, not written again)');
+      if (r.dropped) log.warn({ mac: wf.machineMac, workflow: wf.id, dropped: r.dropped }, 'agent output over the workflow cap dropped');
+      return r;
     });
-
-  function applyEvent(ev: AgentEvent, wf: Workflow): Workflow {
-    if (ev.log?.length) {
-      workflows.record({ workflowId: wf.id, kind: 'log', message: ev.log.map((l) => l.line).join('\n').slice(0, 4000), payload: { lines: ev.log } });
-    }
-    if (ev.bytesDone !== undefined && !ev.state) {
-      workflows.record({ workflowId: wf.id, kind: 'progress', state: wf.state, bytesDone: ev.bytesDone, bytesTotal: ev.bytesTotal ?? null, message: ev.message ?? null });
-    }
-    if (ev.state) {
-      if (ev.state === wf.state) return wf; // a retried report: already there
-      if (isFinal(wf.state)) throw new ApiError(409, 'state', `workflow ${wf.id} is already ${wf.state}`);
-      let to = ev.state;
-      if (to === 'succeeded' && ev.exitCode !== undefined && ev.exitCode !== 0) to = 'failed';
-      const reason = to === 'failed' ? (ev.message ?? (ev.exitCode !== undefined ? `entrypoint exited with code ${ev.exitCode}` : 'agent reported failure')) : undefined;
-      return workflows.transition(wf.id, to, {
-        message: ev.message, reason, exitCode: ev.exitCode,
-        payload: { ...(ev.payload ?? {}), ...(ev.bytesDone !== undefined ? { bytesDone: ev.bytesDone, bytesTotal: ev.bytesTotal } : {}) },
-      });
-    }
-    if (!ev.log?.length && ev.bytesDone === undefined) {
-      workflows.record({ workflowId: wf.id, kind: 'info', state: wf.state, message: ev.message ?? null, payload: ev.payload ?? {} });
-    }
-    return wf;
-  }
 };
 
 export default agentRoutes;

@@ -3,15 +3,15 @@ import { Type } from '@sinclair/typebox';
 import type { Workflow as WorkflowRow } from '../../../store/workflows.ts';
 import type { WorkflowEvent } from '../../../store/events.ts';
 import type { WorkflowState as WorkflowStateName } from '../../../workflows/states.ts';
-import { notFound } from '../../errors.ts';
-import { Workflow, WorkflowCreate, WorkflowListQuery, WorkflowWithEvents, IdParams, ErrorReply } from '../../schemas.ts';
+import { notFound, badRequest } from '../../errors.ts';
+import { Workflow, WorkflowCreate, WorkflowListQuery, WorkflowWithEvents, WorkflowEventsQuery, EVENTS_PAGE_DEFAULT, EVENTS_PAGE_MAX, IdParams, ErrorReply } from '../../schemas.ts';
 import { macParam } from './machines.ts';
 import type { AppDeps } from '../../app.ts';
 
 export const workflowView = (w: WorkflowRow) => ({
   id: w.id, machine: w.machineMac, image: w.imageId, state: w.state, target: w.target, after: w.after, mode: w.mode,
   entrypoint: w.entrypoint, args: w.args, env: w.env, kernelArgs: w.kernelArgs, reason: w.reason, exitCode: w.exitCode,
-  timeoutSeconds: w.timeoutSeconds, powerCycle: w.powerCycle ?? false, createdAt: w.createdAt, updatedAt: w.updatedAt, startedAt: w.startedAt, finishedAt: w.finishedAt,
+  timeoutSeconds: w.timeoutSeconds, powerCycle: w.powerCycle ?? false, wipe: w.wipe ?? false, targetSerial: w.targetSerial ?? null, targetSize: w.targetSize ?? null, createdAt: w.createdAt, updatedAt: w.updatedAt, startedAt: w.startedAt, finishedAt: w.finishedAt,
 });
 
 export const eventView = (e: WorkflowEvent) => ({
@@ -29,6 +29,7 @@ const workflowsRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store,
       const wf = workflows.create({
         mac: macParam(b.machine, 'machine'), image: b.image, target: b.target, after: b.after, mode: b.mode, entrypoint: b.entrypoint,
         args: b.args, env: b.env, kernelArgs: b.kernelArgs, timeoutSeconds: b.timeoutSeconds, powerCycle: b.powerCycle,
+        wipe: b.wipe, targetSerial: b.targetSerial, targetSize: b.targetSize,
       });
       return reply.code(201).send(workflowView(wf));
     });
@@ -45,11 +46,17 @@ const workflowsRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store,
       return store.workflows.list({ machineId, state: req.query.state as WorkflowStateName | undefined }).map(workflowView);
     });
 
-  app.get('/workflows/:id', { schema: { tags: ['workflows'], summary: 'Get a workflow with its events', params: IdParams, response: { 200: WorkflowWithEvents, ...errors } } },
+  app.get('/workflows/:id', { schema: { tags: ['workflows'], summary: 'Get a workflow with a page of its events (?eventsAfter=SEQ&eventsLimit=N)', params: IdParams, querystring: WorkflowEventsQuery, response: { 200: WorkflowWithEvents, ...errors } } },
     async (req) => {
       const wf = store.workflows.get(req.params.id);
       if (!wf) throw notFound('id', `no workflow ${req.params.id}`);
-      return { ...workflowView(wf), events: store.events.list(wf.id).map(eventView) };
+      const after = Number(req.query.eventsAfter ?? 0);
+      const limit = Number(req.query.eventsLimit ?? EVENTS_PAGE_DEFAULT);
+      if (limit < 1 || limit > EVENTS_PAGE_MAX) throw badRequest('eventsLimit', `eventsLimit must be 1…${EVENTS_PAGE_MAX}, not ${limit}`);
+      const page = store.events.list(wf.id, { afterSeq: after, limit: limit + 1 });
+      const more = page.length > limit;
+      const events = (more ? page.slice(0, limit) : page).map(eventView);
+      return { ...workflowView(wf), events, eventsNext: more ? events[events.length - 1].seq : null };
     });
 
   app.post('/workflows/:id/cancel', { schema: { tags: ['workflows'], summary: 'Cancel an active workflow', params: IdParams, response: { 200: Workflow, ...errors } } },
