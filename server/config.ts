@@ -10,7 +10,8 @@ export type DhcpMode = 'reservation' | 'proxy' | 'full';
 
 export interface ServeConfig {
   dataDir: string;
-  httpListen: { host: string; port: number };
+  /** host null: the provisioning interfaces' addresses (--dhcp-interface) and loopback (server/listen.ts). */
+  httpListen: { host: string | null; port: number };
   publicUrl: string | null;
   dhcp: boolean;
   dhcpMode: DhcpMode;
@@ -23,7 +24,7 @@ export interface ServeConfig {
   dhcpPort: number;
   proxyPort: number;
   tftp: boolean;
-  tftpListen: { host: string; port: number };
+  tftpListen: { host: string | null; port: number };
   ipxeDir: string;
   artifactsDir: string | null;
   templatesDir: string | null;
@@ -47,7 +48,7 @@ interface Spec {
 
 export const SERVE_SETTINGS: Spec[] = [
   { key: 'dataDir', flag: 'data-dir', kind: 'string', help: 'data directory: database, token, images, artifacts (default ./var)' },
-  { key: 'httpListen', flag: 'http-listen', kind: 'string', help: 'HTTP address:port (default 0.0.0.0:8080)' },
+  { key: 'httpListen', flag: 'http-listen', kind: 'string', help: 'HTTP [ADDRESS]:PORT (default :8080, on the --dhcp-interface addresses and loopback; 0.0.0.0 = every interface)' },
   { key: 'publicUrl', flag: 'public-url', kind: 'string', help: 'how machines reach the HTTP side (default: from the serving interface)' },
   { key: 'dhcp', flag: 'dhcp', kind: 'bool', help: 'serve DHCP (--no-dhcp to turn off)' },
   { key: 'dhcpMode', flag: 'dhcp-mode', kind: 'string', help: 'reservation (default) | proxy | full' },
@@ -60,7 +61,7 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 'dhcpPort', flag: 'dhcp-port', kind: 'int', help: 'DHCP server port (default 67; tests only)' },
   { key: 'proxyPort', flag: 'proxy-port', kind: 'int', help: 'PXE proxyDHCP port (default 4011)' },
   { key: 'tftp', flag: 'tftp', kind: 'bool', help: 'serve TFTP (--no-tftp to turn off)' },
-  { key: 'tftpListen', flag: 'tftp-listen', kind: 'string', help: 'TFTP address:port (default 0.0.0.0:69)' },
+  { key: 'tftpListen', flag: 'tftp-listen', kind: 'string', help: 'TFTP [ADDRESS]:PORT (default :69, on the --dhcp-interface addresses and loopback; 0.0.0.0 = every interface)' },
   { key: 'ipxeDir', flag: 'ipxe-dir', kind: 'string', help: 'directory of iPXE binaries (default /usr/lib/ipxe)' },
   { key: 'artifactsDir', flag: 'artifacts-dir', kind: 'string', help: 'kernel + initramfs directory (default DATA_DIR/artifacts)' },
   { key: 'templatesDir', flag: 'templates-dir', kind: 'string', help: 'iPXE templates (default: the shipped templates/ipxe)' },
@@ -70,10 +71,11 @@ export const SERVE_SETTINGS: Spec[] = [
 
 export const envName = (flag: string): string => 'IRONBOOT_' + flag.toUpperCase().replaceAll('-', '_');
 
-function parseHostPort(key: string, v: string, defPort: number): { host: string; port: number } {
+/** `ADDRESS:PORT`, `[V6]:PORT`, `:PORT` or `PORT` (host null: the default addresses), or `ADDRESS`. */
+function parseHostPort(key: string, v: string, defPort: number): { host: string | null; port: number } {
   const m = /^(?:\[?([^\]]*)\]?:)?(\d+)$/.exec(v) ?? /^([^:]+)$/.exec(v);
   if (!m) throw new ConfigError(key, `"${v}" is not ADDRESS:PORT`);
-  const host = m.length === 3 ? (m[1] || '0.0.0.0') : m[1];
+  const host = m.length === 3 ? (m[1] || null) : m[1];
   const port = m.length === 3 ? Number(m[2]) : defPort;
   if (!(port >= 0 && port <= 65535)) throw new ConfigError(key, `port ${port} out of range`);
   return { host, port };
@@ -153,7 +155,7 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
 
   return {
     dataDir: resolve(str('dataDir', './var')!),
-    httpListen: parseHostPort('http-listen', str('httpListen', '0.0.0.0:8080')!, 8080),
+    httpListen: parseHostPort('http-listen', str('httpListen', ':8080')!, 8080),
     publicUrl: publicUrl ? publicUrl.replace(/\/+$/, '') : null,
     dhcp: bool('dhcp', true),
     dhcpMode,
@@ -166,7 +168,7 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     dhcpPort: int('dhcpPort', 67),
     proxyPort: int('proxyPort', 4011),
     tftp: bool('tftp', true),
-    tftpListen: parseHostPort('tftp-listen', str('tftpListen', '0.0.0.0:69')!, 69),
+    tftpListen: parseHostPort('tftp-listen', str('tftpListen', ':69')!, 69),
     ipxeDir: str('ipxeDir', '/usr/lib/ipxe')!,
     artifactsDir: str('artifactsDir', null),
     templatesDir: str('templatesDir', null),

@@ -13,6 +13,7 @@ import { loadAdminToken } from './http/auth.ts';
 import { buildApp, type AppDeps } from './http/app.ts';
 import { createMetricsRegistry } from './metrics.ts';
 import { httpExtras, startNetworkServices, prepareArtifacts } from './services.ts';
+import { listenAlsoOn, provisioningAddresses, resolveListen } from './listen.ts';
 
 export const ROOT_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const VERSION: string = JSON.parse(readFileSync(join(ROOT_DIR, 'package.json'), 'utf8')).version;
@@ -62,12 +63,18 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
     deps.images = extras.images;
     const app = await buildApp(deps);
     closers.push(() => app.close());
-    await app.listen({ host: config.httpListen.host, port: config.httpListen.port });
+    // by default on the provisioning interfaces' addresses and loopback only (server/listen.ts)
+    const provisioning = provisioningAddresses(config.dhcpInterfaces);
+    const httpHosts = resolveListen('HTTP', 'http-listen', config.httpListen, provisioning, log);
+    await app.listen({ host: httpHosts[0], port: config.httpListen.port });
     const addr = app.server.address();
-    const httpAddress = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : config.httpListen;
-    log.info({ http: `${httpAddress.host}:${httpAddress.port}`, dataDir: config.dataDir, version: VERSION }, 'ironboot serving HTTP');
+    const httpAddress = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host: httpHosts[0], port: config.httpListen.port };
+    closers.push(await listenAlsoOn(app.server, httpHosts.slice(1), httpAddress.port));
+    log.info({ http: httpHosts.map((h) => `${h.includes(':') ? `[${h}]` : h}:${httpAddress.port}`), dataDir: config.dataDir, version: VERSION }, 'ironboot serving HTTP');
 
-    const net = await startNetworkServices({ store, log, registry, config, httpPort: httpAddress.port, artifactsDir, templates: extras.templates });
+    const net = await startNetworkServices({
+      store, log, registry, config, httpPort: httpAddress.port, artifactsDir, templates: extras.templates, provisioning,
+    });
     closers.push(() => net.close());
     const artifacts = prepareArtifacts(config, artifactsDir, log);
 

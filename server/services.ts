@@ -18,6 +18,7 @@ import { ARTIFACT_FILES } from './http/routes/artifacts.ts';
 import imageFilesRoutes from './http/routes/image-files.ts';
 import imageBuildsRoutes from './http/routes/api/image-builds.ts';
 import { buildArtifacts, formatReport } from '../init/build/index.ts';
+import { resolveListen } from './listen.ts';
 
 export interface HttpExtras {
   plugins: AppPlugin[];
@@ -41,13 +42,14 @@ export function httpExtras(deps: { store: Store; log: Logger; registry: Registry
 
 /**
  * Virtual TFTP files: `boot.ipxe` (or `<mac>/boot.ipxe`) is the requesting machine's iPXE script, rendered from
- * the same templates as /boot/<mac>.ipxe, for firmware set up to chain a script over TFTP.
+ * the same templates as /boot/<mac>.ipxe, for firmware set up to chain a script over TFTP. Without --public-url
+ * its URLs name the address the TFTP request came in on (the machine reached this server there).
  */
-export function tftpBootScripts(store: Store, templates: BootTemplates, publicUrlFor: () => string): TftpVirtualFiles {
+export function tftpBootScripts(store: Store, templates: BootTemplates, publicUrlFor: (localAddress: string) => string): TftpVirtualFiles {
   return {
-    lookup({ name, mac }) {
+    lookup({ name, mac, local }) {
       if (name !== 'boot.ipxe' || !mac) return null;
-      const out = renderBootScript(templates, bootTargetFor(store, mac), { publicUrl: publicUrlFor() });
+      const out = renderBootScript(templates, bootTargetFor(store, mac), { publicUrl: publicUrlFor(local) });
       return { data: Buffer.from(out.script) };
     },
   };
@@ -55,8 +57,13 @@ export function tftpBootScripts(store: Store, templates: BootTemplates, publicUr
 
 interface Closable { close(): Promise<void> }
 
+/** http://ADDRESS:PORT for a local address (IPv6 in brackets). */
+export const httpUrlFor = (address: string, port: number): string => `http://${address.includes(':') ? `[${address}]` : address}:${port}`;
+
 export async function startNetworkServices(deps: {
   store: Store; log: Logger; registry: Registry; config: ServeConfig; httpPort: number; artifactsDir: string; templates: BootTemplates;
+  /** Addresses of the --dhcp-interface interfaces (the default listen addresses, with loopback). */
+  provisioning?: string[];
 }): Promise<Closable> {
   const { config, log } = deps;
   const started: Closable[] = [];
@@ -69,13 +76,13 @@ export async function startNetworkServices(deps: {
     }
     if (config.tftp) {
       try {
-        const publicUrl = () => config.publicUrl ?? `http://${config.httpListen.host}:${deps.httpPort}`;
+        const hosts = resolveListen('TFTP', 'tftp-listen', config.tftpListen, deps.provisioning ?? [], log);
         const tftp = await startTftpService({
-          log, registry: deps.registry, config, artifactsDir: deps.artifactsDir,
-          virtualFiles: tftpBootScripts(deps.store, deps.templates, publicUrl),
+          log, registry: deps.registry, config, artifactsDir: deps.artifactsDir, hosts,
+          virtualFiles: tftpBootScripts(deps.store, deps.templates, (local) => config.publicUrl ?? httpUrlFor(local, deps.httpPort)),
         });
         started.push(tftp);
-        log.info({ tftp: tftp.address() }, 'ironboot serving TFTP');
+        log.info({ tftp: tftp.addresses().map((a) => `${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`) }, 'ironboot serving TFTP');
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code === 'EACCES' && config.tftpListen.port < 1024 && process.getuid?.() !== 0) {

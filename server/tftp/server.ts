@@ -104,6 +104,9 @@ export function tftpMetrics(registry: Registry): TftpMetrics {
 
 type Peer = { address: string; port: number };
 
+/** One slot of the caps: a request from the moment it is accepted, then its transfer. */
+interface Slot { readonly peer: Peer; transfer: ActiveTransfer | null; evicted: boolean }
+
 /** IP literals only: resolve synchronously so a send goes straight to the kernel (no DNS round trip). */
 const literalLookup = ((address: string, _family: unknown, cb: (err: Error | null, address: string, family: number) => void) =>
   cb(null, address, address.includes(':') ? 6 : 4)) as unknown as dgram.SocketOptions['lookup'];
@@ -371,8 +374,8 @@ export class TftpServer {
   /** Slots held per client address, including requests still opening their file. */
   private readonly perClient = new Map<string, number>();
   private slotsInUse = 0;
-  /** Evicted transfers whose slot was handed back at eviction. */
-  private readonly slotReleased = new WeakSet<ActiveTransfer>();
+  /** Every slot held, oldest first: requests still opening their file (no transfer yet) and transfers. */
+  private readonly slots = new Set<Slot>();
   private netasciiHeld = 0;
   private readonly metrics: TftpMetrics;
   private readonly log: Logger;
@@ -479,22 +482,24 @@ export class TftpServer {
     return (await localAddressTowards(peer.address, peer.port)) ?? bound;
   }
 
-  /** Makes room for a new request when unanswered transfers hold their share of the slots: the oldest one goes. */
+  /**
+   * Makes room for a new request when unanswered slots (requests still opening their file, transfers whose client
+   * has answered nothing) hold their share: the oldest one goes, and its slot is free at once.
+   */
   private evictUnanswered(maxUnanswered: number): void {
     let unanswered = 0;
-    let oldest: ActiveTransfer | null = null;
-    for (const t of this.transfers) { // insertion order: oldest first
-      if (t.progressed || t.ending) continue;
+    let oldest: Slot | null = null;
+    for (const slot of this.slots) { // insertion order: oldest first
+      if (slot.transfer && (slot.transfer.progressed || slot.transfer.ending)) continue;
       unanswered++;
-      oldest ??= t;
+      oldest ??= slot;
     }
     if (unanswered < maxUnanswered || !oldest) return;
     this.log.warn({ client: `${oldest.peer.address}:${oldest.peer.port}`, unanswered, limit: maxUnanswered },
-      'tftp: unanswered transfers hold their share of the slots; the oldest one ends to make room (spoofed requests?)');
-    // the slot is the new request's now, even while a native transfer takes up to 50 ms to stop
-    this.slotReleased.add(oldest);
-    this.freeSlot(oldest.peer.address);
-    oldest.evict();
+      'tftp: unanswered requests hold their share of the slots; the oldest one ends to make room (spoofed requests?)');
+    this.freeSlot(oldest);
+    oldest.evicted = true;
+    oldest.transfer?.evict(); // a request still opening its file sees `evicted` and stops
   }
 
   private async startRead(request: RequestPacket, raw: Buffer, peer: Peer, via: dgram.Socket): Promise<void> {
@@ -513,8 +518,8 @@ export class TftpServer {
     }
     const maxTotal = this.opts.maxTransfers ?? 256;
     const maxPerClient = this.opts.maxTransfersPerClient ?? 16;
+    if ((this.perClient.get(peer.address) ?? 0) < maxPerClient) this.evictUnanswered(this.opts.maxUnansweredTransfers ?? Math.max(1, Math.floor(maxTotal / 2)));
     const held = this.perClient.get(peer.address) ?? 0;
-    if (held < maxPerClient) this.evictUnanswered(this.opts.maxUnansweredTransfers ?? Math.max(1, Math.floor(maxTotal / 2)));
     if (this.slotsInUse >= maxTotal || held >= maxPerClient) {
       this.metrics.transfers.inc({ outcome: 'busy' });
       const why = held >= maxPerClient ? `${held} transfers to ${peer.address} already (limit ${maxPerClient})` : `${this.slotsInUse} transfers already (limit ${maxTotal})`;
@@ -523,8 +528,14 @@ export class TftpServer {
       return;
     }
     // hold the slot from now on, so concurrent requests cannot overshoot the caps while files open
+    const slot: Slot = { peer, transfer: null, evicted: false };
+    this.slots.add(slot);
     this.slotsInUse++;
     this.perClient.set(peer.address, held + 1);
+    const evicted = () => {
+      if (slot.evicted) this.log.debug({ client: endpoint, file: request.filename }, 'tftp request evicted before its transfer began');
+      return slot.evicted;
+    };
     let slotHandedOver = false;
     let source: ByteSource | null = null;
     let netasciiBytes = 0;
@@ -541,9 +552,11 @@ export class TftpServer {
       });
       source = opened.source;
       netasciiBytes = opened.netasciiBytes;
+      if (evicted()) return;
       const maxBlksize = 'blksize' in request.options
         ? await (this.opts.maxBlksize ?? ((c: Peer) => maxBlksizeTowards(c.address, c.port)))(peer)
         : 512;
+      if (evicted()) return;
       const negotiated = negotiateOptions(request.options, source.size, {
         maxBlksize,
         maxWindowsize: this.opts.maxWindowsize ?? 64,
@@ -566,7 +579,8 @@ export class TftpServer {
           blksize: negotiated.blksize, windowsize: negotiated.windowsize, timeoutMs: negotiated.timeoutMs,
           maxRetries: this.opts.maxRetries ?? 5, maxUnansweredRetries: this.opts.maxUnansweredRetries ?? DEFAULT_MAX_UNANSWERED_RETRIES,
           maxTransferMs, oack: negotiated.oack ? encodeOack(negotiated.oack) : null,
-        }, (r) => this.endNative(transfer, endpoint, info, negotiated.blksize, negotiated.windowsize, size, r));
+        }, (r) => this.endNative(transfer, slot, endpoint, info, negotiated.blksize, negotiated.windowsize, size, r));
+        slot.transfer = transfer;
         slotHandedOver = true;
         void source.close().catch(() => {}); // the loop reads its own duplicate of the descriptor
         source = null;
@@ -582,9 +596,11 @@ export class TftpServer {
         socket.close();
         throw new Error('server closing');
       }
+      if (evicted()) { socket.close(); return; }
       const held = netasciiBytes;
       const transfer = new Transfer(peer, raw, socket, session, source, negotiated.timeoutMs, maxTransferMs, info,
-        this.metrics, this.log, (t) => { this.netasciiHeld -= held; this.release(t, endpoint); });
+        this.metrics, this.log, (t) => { this.netasciiHeld -= held; this.release(t, slot, endpoint); });
+      slot.transfer = transfer;
       slotHandedOver = true;
       netasciiBytes = 0;
       this.track(transfer, endpoint);
@@ -603,7 +619,7 @@ export class TftpServer {
       }
     } finally {
       this.netasciiHeld -= netasciiBytes;
-      if (!slotHandedOver) this.freeSlot(peer.address);
+      if (!slotHandedOver) this.freeSlot(slot);
     }
   }
 
@@ -613,13 +629,13 @@ export class TftpServer {
     this.metrics.active.set(this.transfers.size);
   }
 
-  private endNative(t: NativeTransfer, endpoint: string, info: TransferInfo, blksize: number, windowsize: number, size: number, r: NativeTransferResult): void {
+  private endNative(t: NativeTransfer, slot: Slot, endpoint: string, info: TransferInfo, blksize: number, windowsize: number, size: number, r: NativeTransferResult): void {
     try {
       this.reportNative(t, endpoint, info, blksize, windowsize, size, r);
     } catch (err) {
       this.log.error({ err, client: endpoint }, 'tftp transfer report failed');
     } finally {
-      this.release(t, endpoint);
+      this.release(t, slot, endpoint);
     }
   }
 
@@ -635,14 +651,17 @@ export class TftpServer {
     });
   }
 
-  private release(t: ActiveTransfer, endpoint: string): void {
+  private release(t: ActiveTransfer, slot: Slot, endpoint: string): void {
     this.transfers.delete(t);
     if (this.byEndpoint.get(endpoint) === t) this.byEndpoint.delete(endpoint);
-    if (!this.slotReleased.has(t)) this.freeSlot(t.peer.address);
+    this.freeSlot(slot);
     this.metrics.active.set(this.transfers.size);
   }
 
-  private freeSlot(address: string): void {
+  /** Gives a slot back (once: a slot evicted earlier is not counted again when its transfer ends). */
+  private freeSlot(slot: Slot): void {
+    if (!this.slots.delete(slot)) return;
+    const address = slot.peer.address;
     this.slotsInUse--;
     const n = (this.perClient.get(address) ?? 1) - 1;
     if (n <= 0) this.perClient.delete(address);
