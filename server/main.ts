@@ -70,7 +70,8 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
     const addr = app.server.address();
     const httpAddress = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host: httpHosts[0], port: config.httpListen.port };
     closers.push(await listenAlsoOn(app.server, httpHosts.slice(1), httpAddress.port));
-    log.info({ http: httpHosts.map((h) => `${h.includes(':') ? `[${h}]` : h}:${httpAddress.port}`), dataDir: config.dataDir, version: VERSION }, 'ironboot serving HTTP');
+    const shown = httpHosts.map((h) => `${h.includes(':') ? `[${h}]` : h}:${httpAddress.port}`);
+    log.info({ http: shown[0], httpAlso: shown.slice(1), dataDir: config.dataDir, version: VERSION }, 'ironboot serving HTTP');
 
     const net = await startNetworkServices({
       store, log, registry, config, httpPort: httpAddress.port, artifactsDir, templates: extras.templates, provisioning,
