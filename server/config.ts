@@ -21,6 +21,8 @@ export interface ServeConfig {
   dhcpLeaseSeconds: number;
   dhcpRouter: string | null;
   dhcpDns: string[];
+  /** Relays (giaddr) whose requests are served; empty: any relay. */
+  dhcpRelays: { address: string; prefix: number }[];
   dhcpPort: number;
   proxyPort: number;
   tftp: boolean;
@@ -58,6 +60,7 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 'dhcpLeaseSeconds', flag: 'dhcp-lease-time', kind: 'int', help: 'lease time in seconds when a reservation has none (default 3600)' },
   { key: 'dhcpRouter', flag: 'dhcp-router', kind: 'string', help: 'router option for pool leases' },
   { key: 'dhcpDns', flag: 'dhcp-dns', kind: 'list', help: 'DNS server option for pool leases (repeatable)' },
+  { key: 'dhcpRelays', flag: 'dhcp-relay', kind: 'list', help: 'only serve relayed requests from this relay address or ADDRESS/PREFIX (repeatable; default: any relay)' },
   { key: 'dhcpPort', flag: 'dhcp-port', kind: 'int', help: 'DHCP server port (default 67; tests only)' },
   { key: 'proxyPort', flag: 'proxy-port', kind: 'int', help: 'PXE proxyDHCP port (default 4011)' },
   { key: 'tftp', flag: 'tftp', kind: 'bool', help: 'serve TFTP (--no-tftp to turn off)' },
@@ -148,6 +151,12 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     dhcpPool = { start: m[1], end: m[2] };
   }
   if (dhcpMode === 'full' && !dhcpPool) throw new ConfigError('dhcp-pool', 'full mode needs a pool (--dhcp-pool START-END)');
+  const dhcpRelays = list('dhcpRelays').map((r) => {
+    const m = /^(\d{1,3}(?:\.\d{1,3}){3})(?:\/(\d{1,2}))?$/.exec(r.trim());
+    const prefix = m ? Number(m[2] ?? 32) : -1;
+    if (!m || prefix > 32 || m[1].split('.').some((o) => Number(o) > 255)) throw new ConfigError('dhcp-relay', `"${r}" is not an IPv4 ADDRESS or ADDRESS/PREFIX`);
+    return { address: m[1], prefix };
+  });
   const logLevel = str('logLevel', 'info')!;
   if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(logLevel)) throw new ConfigError('log-level', `"${logLevel}" is not a log level`);
   const publicUrl = str('publicUrl', null);
@@ -165,6 +174,7 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     dhcpLeaseSeconds: int('dhcpLeaseSeconds', 3600),
     dhcpRouter: str('dhcpRouter', null),
     dhcpDns: list('dhcpDns'),
+    dhcpRelays,
     dhcpPort: int('dhcpPort', 67),
     proxyPort: int('proxyPort', 4011),
     tftp: bool('tftp', true),
