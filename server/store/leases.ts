@@ -30,8 +30,7 @@ export class LeaseRepository {
   private readonly allStmt;
   private readonly byMacStmt;
   private readonly byAddressStmt;
-  private readonly syncFullStmt;
-  private readonly syncRestoreStmt;
+  private readonly syncLevel: number;
 
   constructor(private db: Db) {
     this.upsertStmt = db.prepare(`INSERT INTO dhcp_leases (address, mac, state, expires_at, hostname, updated_at)
@@ -42,19 +41,18 @@ export class LeaseRepository {
     this.allStmt = db.prepare('SELECT * FROM dhcp_leases ORDER BY address');
     this.byMacStmt = db.prepare('SELECT * FROM dhcp_leases WHERE mac = ? ORDER BY updated_at DESC');
     this.byAddressStmt = db.prepare('SELECT * FROM dhcp_leases WHERE address = ?');
-    const level = Number(db.pragma('synchronous', { simple: true })); // 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
-    this.syncFullStmt = db.prepare(`PRAGMA synchronous = ${Math.max(2, level)}`);
-    this.syncRestoreStmt = db.prepare(`PRAGMA synchronous = ${level}`);
+    this.syncLevel = Number(db.pragma('synchronous', { simple: true })); // 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
   }
 
   /** Writes lease changes in one transaction that is on disk when this returns (synchronous=FULL for it). */
   putDurably(leases: PoolLease[]): void {
     if (!leases.length) return;
-    this.syncFullStmt.run();
+    // db.pragma() each time, not a prepared statement: SQLite applies PRAGMA synchronous when it compiles it
+    this.db.pragma(`synchronous = ${Math.max(2, this.syncLevel)}`);
     try {
       if (leases.length === 1) this.upsertStmt.run(leases[0]); else this.putMany(leases);
     } finally {
-      this.syncRestoreStmt.run();
+      this.db.pragma(`synchronous = ${this.syncLevel}`);
     }
   }
 
