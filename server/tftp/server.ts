@@ -377,6 +377,8 @@ export class TftpServer {
   /** Every slot held, oldest first: requests still opening their file (no transfer yet) and transfers. */
   private readonly slots = new Set<Slot>();
   private netasciiHeld = 0;
+  private evictions = 0;
+  private evictionsLoggedAt = -Infinity;
   private readonly metrics: TftpMetrics;
   private readonly log: Logger;
   private closing = false;
@@ -495,8 +497,17 @@ export class TftpServer {
       oldest ??= slot;
     }
     if (unanswered < maxUnanswered || !oldest) return;
-    this.log.warn({ client: `${oldest.peer.address}:${oldest.peer.port}`, unanswered, limit: maxUnanswered },
-      'tftp: unanswered requests hold their share of the slots; the oldest one ends to make room (spoofed requests?)');
+    this.log.debug({ client: `${oldest.peer.address}:${oldest.peer.port}`, unanswered, limit: maxUnanswered },
+      'tftp: unanswered requests hold their share of the slots; the oldest one ends to make room');
+    // a flood must not become a log flood: one warning per 10 s with the count
+    this.evictions++;
+    const t = Date.now();
+    if (t - this.evictionsLoggedAt >= 10_000) {
+      this.log.warn({ evicted: this.evictions, unanswered, limit: maxUnanswered },
+        `tftp: ${this.evictions} unanswered requests evicted to make room for new ones (spoofed requests, or clients that vanish?)`);
+      this.evictions = 0;
+      this.evictionsLoggedAt = t;
+    }
     this.freeSlot(oldest);
     oldest.evicted = true;
     oldest.transfer?.evict(); // a request still opening its file sees `evicted` and stops
