@@ -11,7 +11,8 @@ export type DhcpMode = 'reservation' | 'proxy' | 'full';
 
 export interface ServeConfig {
   dataDir: string;
-  httpListen: { host: string; port: number };
+  /** host null: the provisioning interfaces' addresses (--dhcp-interface) and loopback (server/listen.ts). */
+  httpListen: { host: string | null; port: number };
   publicUrl: string | null;
   dhcp: boolean;
   dhcpMode: DhcpMode;
@@ -21,10 +22,12 @@ export interface ServeConfig {
   dhcpLeaseSeconds: number;
   dhcpRouter: string | null;
   dhcpDns: string[];
+  /** Relays (giaddr) whose requests are served; empty: any relay. */
+  dhcpRelays: { address: string; prefix: number }[];
   dhcpPort: number;
   proxyPort: number;
   tftp: boolean;
-  tftpListen: { host: string; port: number };
+  tftpListen: { host: string | null; port: number };
   ipxeDir: string;
   artifactsDir: string | null;
   templatesDir: string | null;
@@ -36,7 +39,7 @@ export interface ServeConfig {
   bootScriptAuth: BootScriptAuth;
   /** HTTPS for the agent, the API and the images (PEM files); null: plain HTTP only. */
   tls: { cert: string; key: string; ca: string | null } | null;
-  httpsListen: { host: string; port: number };
+  httpsListen: { host: string | null; port: number };
   /** How agents reach the HTTPS side (default: the public URL's host on the HTTPS port). */
   publicHttpsUrl: string | null;
   /** Per workflow: most output events (log, progress, info) its agent may store. */
@@ -66,7 +69,7 @@ interface Spec {
 
 export const SERVE_SETTINGS: Spec[] = [
   { key: 'dataDir', flag: 'data-dir', kind: 'string', help: 'data directory: database, token, images, artifacts (default ./var)' },
-  { key: 'httpListen', flag: 'http-listen', kind: 'string', help: 'HTTP address:port (default 0.0.0.0:8080)' },
+  { key: 'httpListen', flag: 'http-listen', kind: 'string', help: 'HTTP [ADDRESS]:PORT (default :8080, on the --dhcp-interface addresses and loopback; 0.0.0.0 = every interface)' },
   { key: 'publicUrl', flag: 'public-url', kind: 'string', help: 'how machines reach the HTTP side (default: from the serving interface)' },
   { key: 'dhcp', flag: 'dhcp', kind: 'bool', help: 'serve DHCP (--no-dhcp to turn off)' },
   { key: 'dhcpMode', flag: 'dhcp-mode', kind: 'string', help: 'reservation (default) | proxy | full' },
@@ -76,10 +79,11 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 'dhcpLeaseSeconds', flag: 'dhcp-lease-time', kind: 'int', help: 'lease time in seconds when a reservation has none (default 3600)' },
   { key: 'dhcpRouter', flag: 'dhcp-router', kind: 'string', help: 'router option for pool leases' },
   { key: 'dhcpDns', flag: 'dhcp-dns', kind: 'list', help: 'DNS server option for pool leases (repeatable)' },
+  { key: 'dhcpRelays', flag: 'dhcp-relay', kind: 'list', help: 'only serve relayed requests from this relay address or ADDRESS/PREFIX (repeatable; default: any relay)' },
   { key: 'dhcpPort', flag: 'dhcp-port', kind: 'int', help: 'DHCP server port (default 67; tests only)' },
   { key: 'proxyPort', flag: 'proxy-port', kind: 'int', help: 'PXE proxyDHCP port (default 4011)' },
   { key: 'tftp', flag: 'tftp', kind: 'bool', help: 'serve TFTP (--no-tftp to turn off)' },
-  { key: 'tftpListen', flag: 'tftp-listen', kind: 'string', help: 'TFTP address:port (default 0.0.0.0:69)' },
+  { key: 'tftpListen', flag: 'tftp-listen', kind: 'string', help: 'TFTP [ADDRESS]:PORT (default :69, on the --dhcp-interface addresses and loopback; 0.0.0.0 = every interface)' },
   { key: 'ipxeDir', flag: 'ipxe-dir', kind: 'string', help: 'directory of iPXE binaries (default /usr/lib/ipxe)' },
   { key: 'artifactsDir', flag: 'artifacts-dir', kind: 'string', help: 'kernel + initramfs directory (default DATA_DIR/artifacts)' },
   { key: 'templatesDir', flag: 'templates-dir', kind: 'string', help: 'iPXE templates (default: the shipped templates/ipxe)' },
@@ -90,7 +94,7 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 'tlsCert', flag: 'tls-cert', kind: 'string', help: 'PEM certificate (chain) for HTTPS; with --tls-key turns on the HTTPS side for the agent, the API and the images' },
   { key: 'tlsKey', flag: 'tls-key', kind: 'string', help: 'PEM private key of --tls-cert' },
   { key: 'tlsCa', flag: 'tls-ca', kind: 'string', help: 'PEM CA the agent verifies the server against (built into the initramfs); default: none, the agent then verifies against node\'s built-in public CAs' },
-  { key: 'httpsListen', flag: 'https-listen', kind: 'string', help: 'HTTPS address:port with --tls-cert (default 0.0.0.0:8443)' },
+  { key: 'httpsListen', flag: 'https-listen', kind: 'string', help: 'HTTPS [ADDRESS]:PORT with --tls-cert (default :8443, on the --dhcp-interface addresses and loopback)' },
   { key: 'publicHttpsUrl', flag: 'public-https-url', kind: 'string', help: 'how agents reach the HTTPS side (default: the public URL\'s host with https and the HTTPS port)' },
   { key: 'agentMaxEvents', flag: 'agent-max-events', kind: 'int', help: 'per workflow: most log/progress/info events stored (default 50000)' },
   { key: 'agentMaxEventBytes', flag: 'agent-max-event-bytes', kind: 'int', help: 'per workflow: most bytes of agent output stored (default 67108864)' },
@@ -99,10 +103,11 @@ export const SERVE_SETTINGS: Spec[] = [
 
 export const envName = (flag: string): string => 'IRONBOOT_' + flag.toUpperCase().replaceAll('-', '_');
 
-function parseHostPort(key: string, v: string, defPort: number): { host: string; port: number } {
+/** `ADDRESS:PORT`, `[V6]:PORT`, `:PORT` or `PORT` (host null: the default addresses), or `ADDRESS`. */
+function parseHostPort(key: string, v: string, defPort: number): { host: string | null; port: number } {
   const m = /^(?:\[?([^\]]*)\]?:)?(\d+)$/.exec(v) ?? /^([^:]+)$/.exec(v);
   if (!m) throw new ConfigError(key, `"${v}" is not ADDRESS:PORT`);
-  const host = m.length === 3 ? (m[1] || '0.0.0.0') : m[1];
+  const host = m.length === 3 ? (m[1] || null) : m[1];
   const port = m.length === 3 ? Number(m[2]) : defPort;
   if (!(port >= 0 && port <= 65535)) throw new ConfigError(key, `port ${port} out of range`);
   return { host, port };
@@ -175,6 +180,12 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     dhcpPool = { start: m[1], end: m[2] };
   }
   if (dhcpMode === 'full' && !dhcpPool) throw new ConfigError('dhcp-pool', 'full mode needs a pool (--dhcp-pool START-END)');
+  const dhcpRelays = list('dhcpRelays').map((r) => {
+    const m = /^(\d{1,3}(?:\.\d{1,3}){3})(?:\/(\d{1,2}))?$/.exec(r.trim());
+    const prefix = m ? Number(m[2] ?? 32) : -1;
+    if (!m || prefix > 32 || m[1].split('.').some((o) => Number(o) > 255)) throw new ConfigError('dhcp-relay', `"${r}" is not an IPv4 ADDRESS or ADDRESS/PREFIX`);
+    return { address: m[1], prefix };
+  });
   const logLevel = str('logLevel', 'info')!;
   if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(logLevel)) throw new ConfigError('log-level', `"${logLevel}" is not a log level`);
   const publicUrl = str('publicUrl', null);
@@ -193,10 +204,10 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
   return {
     bootScriptAuth,
     tls: tlsCert && tlsKey ? { cert: resolve(tlsCert), key: resolve(tlsKey), ca: tlsCa ? resolve(tlsCa) : null } : null,
-    httpsListen: parseHostPort('https-listen', str('httpsListen', '0.0.0.0:8443')!, 8443),
+    httpsListen: parseHostPort('https-listen', str('httpsListen', ':8443')!, 8443),
     publicHttpsUrl: publicHttpsUrl ? publicHttpsUrl.replace(/\/+$/, '') : null,
     dataDir: resolve(str('dataDir', './var')!),
-    httpListen: parseHostPort('http-listen', str('httpListen', '0.0.0.0:8080')!, 8080),
+    httpListen: parseHostPort('http-listen', str('httpListen', ':8080')!, 8080),
     publicUrl: publicUrl ? publicUrl.replace(/\/+$/, '') : null,
     dhcp: bool('dhcp', true),
     dhcpMode,
@@ -206,10 +217,11 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     dhcpLeaseSeconds: int('dhcpLeaseSeconds', 3600),
     dhcpRouter: str('dhcpRouter', null),
     dhcpDns: list('dhcpDns'),
+    dhcpRelays,
     dhcpPort: int('dhcpPort', 67),
     proxyPort: int('proxyPort', 4011),
     tftp: bool('tftp', true),
-    tftpListen: parseHostPort('tftp-listen', str('tftpListen', '0.0.0.0:69')!, 69),
+    tftpListen: parseHostPort('tftp-listen', str('tftpListen', ':69')!, 69),
     ipxeDir: str('ipxeDir', '/usr/lib/ipxe')!,
     artifactsDir: str('artifactsDir', null),
     templatesDir: str('templatesDir', null),

@@ -18,6 +18,7 @@ import { httpExtras, startNetworkServices, prepareArtifacts, agentUrlFor } from 
 import { ConfigError } from './config.ts';
 import { PowerService } from './power/service.ts';
 import { powerRoutes } from './http/routes/api/power.ts';
+import { listenAlsoOn, provisioningAddresses, resolveListen } from './listen.ts';
 
 export const ROOT_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const VERSION: string = JSON.parse(readFileSync(join(ROOT_DIR, 'package.json'), 'utf8')).version;
@@ -90,30 +91,43 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
       const a = s.address() as { address: string; port: number } | null;
       return a && typeof a === 'object' ? { host: a.address, port: a.port } : fallback;
     };
+    // by default on the provisioning interfaces' addresses and loopback only (server/listen.ts)
+    const provisioning = provisioningAddresses(config.dhcpInterfaces);
+    const httpHosts = resolveListen('HTTP', 'http-listen', config.httpListen, provisioning, log);
     let httpAddress: { host: string; port: number };
     let httpsAddress: { host: string; port: number } | null = null;
+    let httpsHosts: string[] = [];
     if (config.tls) {
       // HTTPS: the agent, the API, the images; plain HTTP keeps only what iPXE fetches (see PLAIN_HTTP_PATHS)
-      await app.listen({ host: config.httpsListen.host, port: config.httpsListen.port });
-      httpsAddress = bound(app.server, config.httpsListen);
+      httpsHosts = resolveListen('HTTPS', 'https-listen', config.httpsListen, provisioning, log);
+      await app.listen({ host: httpsHosts[0], port: config.httpsListen.port });
+      httpsAddress = bound(app.server, { host: httpsHosts[0], port: config.httpsListen.port });
       httpsPort = httpsAddress.port;
-      const plain = http.createServer(plainHttpHandler(app, (req) => agentUrl!(`http://${req.headers.host ?? config.httpListen.host}`)));
+      closers.push(await listenAlsoOn(app.server, httpsHosts.slice(1), httpsAddress.port));
+      const plain = http.createServer(plainHttpHandler(app, (req) => agentUrl!(`http://${req.headers.host ?? httpHosts[0]}`)));
       await new Promise<void>((resolve, reject) => {
         plain.once('error', reject);
-        plain.listen(config.httpListen.port, config.httpListen.host, () => { plain.off('error', reject); resolve(); });
+        plain.listen(config.httpListen.port, httpHosts[0], () => { plain.off('error', reject); resolve(); });
       });
       closers.push(() => new Promise<void>((resolve) => { plain.closeAllConnections(); plain.close(() => resolve()); }));
-      httpAddress = bound(plain, config.httpListen);
+      httpAddress = bound(plain, { host: httpHosts[0], port: config.httpListen.port });
+      closers.push(await listenAlsoOn(plain, httpHosts.slice(1), httpAddress.port));
     } else {
-      await app.listen({ host: config.httpListen.host, port: config.httpListen.port });
-      httpAddress = bound(app.server, config.httpListen);
+      await app.listen({ host: httpHosts[0], port: config.httpListen.port });
+      httpAddress = bound(app.server, { host: httpHosts[0], port: config.httpListen.port });
+      closers.push(await listenAlsoOn(app.server, httpHosts.slice(1), httpAddress.port));
     }
+    const shown = (hosts: string[], port: number) => hosts.map((h) => `${h.includes(':') ? `[${h}]` : h}:${port}`);
+    const httpShown = shown(httpHosts, httpAddress.port);
     log.info({
-      http: `${httpAddress.host}:${httpAddress.port}`, ...(httpsAddress ? { https: `${httpsAddress.host}:${httpsAddress.port}`, tlsCa: config.tls!.ca } : {}),
+      http: httpShown[0], httpAlso: httpShown.slice(1),
+      ...(httpsAddress ? { https: shown(httpsHosts, httpsAddress.port)[0], httpsAlso: shown(httpsHosts, httpsAddress.port).slice(1), tlsCa: config.tls!.ca } : {}),
       dataDir: config.dataDir, version: VERSION, bootScriptAuth: config.bootScriptAuth,
     }, httpsAddress ? 'ironboot serving HTTP (iPXE: boot scripts, kernel, initramfs) and HTTPS (agent, API, images)' : 'ironboot serving HTTP');
 
-    const net = await startNetworkServices({ store, log, registry, config, httpPort: httpAddress.port, artifactsDir, templates: extras.templates, workflows, agentUrl });
+    const net = await startNetworkServices({
+      store, log, registry, config, httpPort: httpAddress.port, artifactsDir, templates: extras.templates, workflows, agentUrl, provisioning,
+    });
     closers.push(() => net.close());
     const artifacts = prepareArtifacts(config, artifactsDir, log);
 

@@ -21,6 +21,7 @@ import imageFilesRoutes from './http/routes/image-files.ts';
 import imageBuildsRoutes from './http/routes/api/image-builds.ts';
 import { buildArtifacts, formatReport, CA_STAMP } from '../init/build/index.ts';
 import { createHash } from 'node:crypto';
+import { resolveListen } from './listen.ts';
 
 export interface HttpExtras {
   plugins: AppPlugin[];
@@ -64,13 +65,14 @@ export function httpExtras(deps: { store: Store; log: Logger; registry: Registry
 /**
  * Virtual TFTP files: `boot.ipxe` (or `<mac>/boot.ipxe`) is the requesting machine's iPXE script, served by the
  * same rule as /boot/<mac>.ipxe (server/boot/serve.ts: a provisioning script only to that machine's address),
- * for firmware set up to chain a script over TFTP.
+ * for firmware set up to chain a script over TFTP. Without --public-url its URLs name the address the TFTP request
+ * came in on (the machine reached this server there).
  */
-export function tftpBootScripts(serveBootScript: BootScriptServer, publicUrlFor: () => string, agentUrl?: ((scriptBase: string) => string) | null): TftpVirtualFiles {
+export function tftpBootScripts(serveBootScript: BootScriptServer, publicUrlFor: (localAddress: string) => string, agentUrl?: ((scriptBase: string) => string) | null): TftpVirtualFiles {
   return {
-    lookup({ name, mac, client }) {
+    lookup({ name, mac, client, local }) {
       if (name !== 'boot.ipxe' || !mac) return null;
-      const publicUrl = publicUrlFor();
+      const publicUrl = publicUrlFor(local);
       const out = serveBootScript({ mac, sourceIp: client.address, via: 'tftp', urls: { publicUrl, agentUrl: agentUrl?.(publicUrl) } });
       return { data: Buffer.from(out.script) };
     },
@@ -79,9 +81,14 @@ export function tftpBootScripts(serveBootScript: BootScriptServer, publicUrlFor:
 
 interface Closable { close(): Promise<void> }
 
+/** http://ADDRESS:PORT for a local address (IPv6 in brackets). */
+export const httpUrlFor = (address: string, port: number): string => `http://${address.includes(':') ? `[${address}]` : address}:${port}`;
+
 export async function startNetworkServices(deps: {
   store: Store; log: Logger; registry: Registry; config: ServeConfig; httpPort: number; artifactsDir: string; templates: BootTemplates;
   workflows: WorkflowService; agentUrl?: ((scriptBase: string) => string) | null;
+  /** Addresses of the --dhcp-interface interfaces (the default listen addresses, with loopback). */
+  provisioning?: string[];
 }): Promise<Closable> {
   const { config, log } = deps;
   const started: Closable[] = [];
@@ -94,15 +101,15 @@ export async function startNetworkServices(deps: {
     }
     if (config.tftp) {
       try {
-        const publicUrl = () => config.publicUrl ?? `http://${config.httpListen.host}:${deps.httpPort}`;
+        const hosts = resolveListen('TFTP', 'tftp-listen', config.tftpListen, deps.provisioning ?? [], log);
         const tftp = await startTftpService({
-          log, registry: deps.registry, config, artifactsDir: deps.artifactsDir,
+          log, registry: deps.registry, config, artifactsDir: deps.artifactsDir, hosts,
           virtualFiles: tftpBootScripts(createBootScriptServer({
             store: deps.store, workflows: deps.workflows, log: log.child({ svc: 'tftp-boot' }), templates: deps.templates, policy: bootScriptPolicy(config),
-          }), publicUrl, deps.agentUrl),
+          }), (local) => config.publicUrl ?? httpUrlFor(local, deps.httpPort), deps.agentUrl),
         });
         started.push(tftp);
-        log.info({ tftp: tftp.address() }, 'ironboot serving TFTP');
+        log.info({ tftp: tftp.addresses().map((a) => `${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`) }, 'ironboot serving TFTP');
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code === 'EACCES' && config.tftpListen.port < 1024 && process.getuid?.() !== 0) {

@@ -5,7 +5,8 @@
  */
 import type { DhcpMode } from '../config.ts';
 import type { Machine } from '../store/machines.ts';
-import { prefixToMask, intToIp } from '../ipv4.ts';
+import { prefixToMask, intToIp, sameSubnet } from '../ipv4.ts';
+import { decodeRelayAgentInfo } from './relay-agent.ts';
 import {
   type DhcpPacket, MessageType, Opt, IpxeOpt, PxeOpt, FLAG_BROADCAST, clientArches, userClasses, optIp, optString,
   encodeSubOptions, ipBytes, ipListBytes, u32Bytes, replySkeleton, messageTypeName,
@@ -162,6 +163,8 @@ export interface DecisionInput {
   /** This server's identifier on the request's link (option 54): the serving interface's address. */
   serverId: string;
   boot: BootContext;
+  /** Relays (giaddr) whose requests are served, as address/prefix; null or absent: any relay. */
+  allowedRelays?: { address: string; prefix: number }[] | null;
 }
 
 const ignore = (why: string, lease: LeaseAction = { kind: 'none' }): Decision => ({ action: 'ignore', why, lease });
@@ -215,8 +218,36 @@ function offerOrAck(input: DecisionInput, type: number, b: AddressBinding, clien
   return { action: 'reply', type, reply, why: `${why}; ${boot.boot ? boot.boot.why : boot.why}`, lease };
 }
 
-/** The decision for one request. */
+/** Whether a relay's giaddr is one the operator allows (--dhcp-relay); every relay when no list is set. */
+export function relayAllowed(giaddr: string, allowed: { address: string; prefix: number }[] | null | undefined): boolean {
+  if (!allowed) return true;
+  return allowed.some((r) => sameSubnet(giaddr, r.address, r.prefix));
+}
+
+/**
+ * The decision for one request: the relay checks (allowlist, option 82 well-formed), then the mode's decision,
+ * then option 82 echoed, unchanged and last, in the reply (RFC 3046 2.2: the relay uses it to forward the reply
+ * to the client's circuit, and strips it).
+ */
 export function decide(input: DecisionInput): Decision {
+  const req = input.request;
+  if (req.giaddr !== '0.0.0.0' && !relayAllowed(req.giaddr, input.allowedRelays)) {
+    return ignore(`relay ${req.giaddr} is not an allowed relay (--dhcp-relay)`);
+  }
+  const agentInfo = req.options.get(Opt.RELAY_AGENT);
+  if (agentInfo) {
+    const decoded = decodeRelayAgentInfo(agentInfo);
+    if (!decoded.ok) return ignore(`malformed relay agent information: ${decoded.reason}`);
+  }
+  const d = decideRequest(input);
+  if (d.action === 'reply' && agentInfo) {
+    d.reply.options.delete(Opt.RELAY_AGENT);
+    d.reply.options.set(Opt.RELAY_AGENT, agentInfo);
+  }
+  return d;
+}
+
+function decideRequest(input: DecisionInput): Decision {
   const req = input.request;
   const type = req.options.get(Opt.MESSAGE_TYPE)?.[0] ?? null;
   const client = classifyClient(req);

@@ -11,7 +11,8 @@ import {
   MessageType, type DhcpPacket,
 } from './packet.ts';
 import { decide, type Decision } from './decide.ts';
-import type { DhcpLeases, Link } from './leases.ts';
+import { DeclineRefused, type DhcpLeases, type Link } from './leases.ts';
+import { decodeRelayAgentInfo, describeRelayAgentInfo } from './relay-agent.ts';
 import { sameSubnet } from '../ipv4.ts';
 
 /** A serving interface as the handler sees it. */
@@ -40,6 +41,8 @@ export interface HandlerDeps {
   serverPort: number;
   /** Base URL of the HTTP side for an interface address (publicUrl, or http://ADDRESS:httpPort). */
   publicUrlFor: (interfaceAddress: string) => string;
+  /** Relays whose requests are served (--dhcp-relay); null or empty: any. */
+  allowedRelays?: { address: string; prefix: number }[] | null;
 }
 
 export interface DhcpMetrics {
@@ -55,7 +58,7 @@ function counter<L extends string>(registry: Registry, name: string, help: strin
 
 export function dhcpMetrics(registry: Registry): DhcpMetrics {
   return {
-    requests: counter(registry, 'ironboot_dhcp_requests_total', 'DHCP requests by message type and outcome (offer, ack, nak, ignore, release, decline, error)', ['type', 'outcome']),
+    requests: counter(registry, 'ironboot_dhcp_requests_total', 'DHCP requests by message type and outcome (offer, ack, nak, ignore, release, decline, decline_refused, error)', ['type', 'outcome']),
     malformed: counter(registry, 'ironboot_dhcp_malformed_total', 'DHCP packets dropped because they could not be decoded, by reason', ['reason']),
   };
 }
@@ -77,6 +80,7 @@ export type RequestHandler = (data: Buffer, meta: RequestMeta) => Outgoing | nul
 export function createRequestHandler(deps: HandlerDeps): RequestHandler {
   const metrics = dhcpMetrics(deps.registry);
   const { log } = deps;
+  const refusedRelays = new Map<string, number>();
   return (data, meta) => {
     const debug = log.isLevelEnabled('debug');
     const decoded = decodeDhcpPacket(data);
@@ -114,9 +118,15 @@ export function createRequestHandler(deps: HandlerDeps): RequestHandler {
       decision = decide({
         mode: deps.mode, port: meta.port, request: req, mac, machine, binding: resolution.binding, bindingWhy: resolution.why,
         serverId, boot: { publicUrl: deps.publicUrlFor(serverId), tftpServer: serverId },
+        allowedRelays: deps.allowedRelays?.length ? deps.allowedRelays : null,
       });
       deps.leases.apply(mac, decision.lease, machine?.hostname ?? null);
     } catch (err) {
+      if (err instanceof DeclineRefused) {
+        metrics.requests.inc({ type: typeName, outcome: 'decline_refused' });
+        log.warn({ mac, iface: meta.iface.name, relay }, `dhcp: DECLINE ignored: ${err.message}`);
+        return null;
+      }
       metrics.requests.inc({ type: typeName, outcome: 'error' });
       log.warn({ mac, type: typeName, err }, 'dhcp: request failed');
       return null;
@@ -124,7 +134,20 @@ export function createRequestHandler(deps: HandlerDeps): RequestHandler {
     const outcome = decision.action === 'reply' ? messageTypeName(decision.type)
       : decision.lease.kind === 'release' || decision.lease.kind === 'decline' ? decision.lease.kind : 'ignore';
     metrics.requests.inc({ type: typeName, outcome });
-    if (debug) log.debug({ mac, type: typeName, iface: meta.iface.name, relay, port: meta.port, outcome, why: decision.why }, `dhcp: ${typeName} from ${mac}: ${outcome}`);
+    if (debug) {
+      const agent = req.options.get(Opt.RELAY_AGENT);
+      const decodedAgent = agent ? decodeRelayAgentInfo(agent) : null;
+      const agentInfo = decodedAgent?.ok ? describeRelayAgentInfo(decodedAgent.info) : undefined;
+      log.debug({ mac, type: typeName, iface: meta.iface.name, relay, agentInfo, port: meta.port, outcome, why: decision.why }, `dhcp: ${typeName} from ${mac}: ${outcome}`);
+    } else if (relay && decision.action === 'ignore' && decision.why.startsWith('relay ')) {
+      // the allowlist at work: said once a minute per relay (a flood must not become a log flood)
+      const t = Date.now();
+      if ((refusedRelays.get(relay) ?? -Infinity) < t - 60_000) {
+        if (refusedRelays.size > 1000) refusedRelays.clear();
+        refusedRelays.set(relay, t);
+        log.warn({ mac, relay, iface: meta.iface.name }, `dhcp: ${decision.why}; its requests are ignored (logged once a minute per relay)`);
+      }
+    }
     if (decision.action !== 'reply') return null;
     let bytes: Buffer;
     try {

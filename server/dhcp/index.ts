@@ -43,11 +43,13 @@ export async function startDhcpService(deps: { store: Store; log: Logger; regist
   const handler = createRequestHandler({
     store, leases, log, registry, mode: config.dhcpMode, serverPort: config.dhcpPort,
     publicUrlFor: (address) => config.publicUrl ?? `http://${address}:${httpPort}`,
+    allowedRelays: config.dhcpRelays,
   });
   const specs: SocketSpec[] = ifaces.map((iface) => ({ iface, port: config.dhcpPort, kind: 'dhcp' as const }));
   if (config.dhcpMode === 'proxy') specs.push(...ifaces.map((iface) => ({ iface, port: config.proxyPort, kind: 'proxy' as const })));
   const sockets = await openDhcpSockets(specs, handler, log, () => leases.flush());
-  log.info({ mode: config.dhcpMode, interfaces: config.dhcpInterfaces, pool: config.dhcpPool }, 'dhcp: started');
+  log.info({ mode: config.dhcpMode, interfaces: config.dhcpInterfaces, pool: config.dhcpPool,
+    relays: config.dhcpRelays.length ? config.dhcpRelays.map((r) => `${r.address}/${r.prefix}`) : 'any' }, 'dhcp: started');
   return {
     close: async () => {
       await sockets.close();

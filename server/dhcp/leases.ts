@@ -1,7 +1,13 @@
 /**
  * Addresses for DHCP clients: reservations (machines.ipv4) and, in full mode, the dynamic pool, persisted in
  * dhcp_leases. The pool state is mirrored in memory (one daemon owns the table) so that choosing an address is
- * cheap; every bind, release and decline is written through before the reply leaves.
+ * cheap; every bind, release and decline is written through before the reply leaves, durably (lease commits run
+ * with synchronous=FULL: an ACKed lease survives a power loss).
+ *
+ * Bounded state: per-MAC entries (byMac, offers, the DECLINE rate limit) are pruned once a minute; a pool with
+ * no free address is not scanned again until an address can have become free (an expiry, a release, a machine
+ * change); a MAC may DECLINE at most `maxDeclinesPerMac` addresses per quarantine period; the pool lease of a
+ * machine deleted from the store is released (unless unknown MACs get pool leases too).
  */
 import type { Machine } from '../store/machines.ts';
 import type { Store } from '../store/index.ts';
@@ -33,6 +39,8 @@ export interface LeasePolicy {
   offerHoldMs?: number;
   /** How long a DECLINEd address stays out of the pool (ms). */
   declineQuarantineMs?: number;
+  /** DECLINEs honoured per MAC within one quarantine period (default 3); more are ignored. */
+  maxDeclinesPerMac?: number;
 }
 
 export interface Resolution { binding: AddressBinding | null; why: string }
@@ -57,6 +65,8 @@ export class MachineLookup {
   private readonly cache = new Map<string, Machine | null>();
   private readonly reservedCache = new Map<string, string | null>();
   private readonly reservedStmt;
+  /** Increases whenever the cached machines were dropped (the store changed): a pool found full may not be now. */
+  generation = 0;
   private changes = -1;
   private dataVersion = -1;
   private dataVersionCheckedAt = 0;
@@ -80,7 +90,10 @@ export class MachineLookup {
     }
   }
 
-  private clear(): void { this.cache.clear(); this.reservedCache.clear(); }
+  private clear(): void { this.cache.clear(); this.reservedCache.clear(); this.generation++; }
+
+  /** Checks the store for changes now (the cache is dropped if there were any). */
+  check(): void { this.refresh(); }
 
   /** MAC of the machine that has this address reserved, or null. */
   reservedBy(address: string): string | null {
@@ -122,6 +135,11 @@ function onSubnet(a: string, b: string, prefix: number): boolean {
   return ((ipInt(a) & m) >>> 0) === ((ipInt(b) & m) >>> 0);
 }
 
+/** A DECLINE the rate limit refused (the lease layer's answer; the handler logs it). */
+export class DeclineRefused extends Error {
+  constructor(message: string) { super(message); this.name = 'DeclineRefused'; }
+}
+
 export class DhcpLeases {
   readonly repo: LeaseRepository;
   /** Machines by MAC, cached while the store is unchanged (shared with the request handler). */
@@ -136,6 +154,20 @@ export class DhcpLeases {
   private readonly excluded: Set<number>;
   /** Lease rows changed in memory, not yet written (see flush). */
   private readonly pending = new Map<string, PoolLease>();
+  private readonly maxDeclines: number;
+  /** DECLINE times per MAC within the quarantine period (the rate limit). */
+  private readonly declines = new Map<string, number[]>();
+  /** After a scan found the pool full: until when that holds, and for which state of the pool and the store. */
+  private fullUntil = 0;
+  private fullAt = { pool: -1, machines: -1 };
+  /** Increases when an address goes back to the pool (release, unoffer, moved lease, prune, orphan release). */
+  private poolGeneration = 0;
+  private lastPrune: number;
+  private machinesSeen = -1;
+  private lastOrphanCheck = -Infinity;
+  private readonly orphansStmt;
+  /** Addresses examined by pick() scans (for tests and the benchmark: a full pool must not cost a scan per request). */
+  scanned = 0;
 
   constructor(private store: Store, private policy: LeasePolicy, private now: () => number = Date.now) {
     this.repo = store.leases;
@@ -147,6 +179,10 @@ export class DhcpLeases {
     this.offerHoldMs = policy.offerHoldMs ?? 30_000;
     this.quarantineMs = policy.declineQuarantineMs ?? 600_000;
     this.excluded = new Set((policy.exclude ?? []).map(ipToInt));
+    this.maxDeclines = policy.maxDeclinesPerMac ?? 3;
+    this.lastPrune = now();
+    this.orphansStmt = store.db.prepare(`SELECT address, mac FROM dhcp_leases WHERE state = 'bound' AND mac IS NOT NULL
+      AND mac NOT IN (SELECT mac FROM machines)`);
     for (const l of this.repo.list()) {
       const n = ipToInt(l.address);
       this.entries.set(n, { mac: l.mac, state: l.state, expiresAt: l.expiresAt, hostname: l.hostname });
@@ -171,8 +207,62 @@ export class DhcpLeases {
     if (!this.pending.size) return;
     const rows = [...this.pending.values()];
     this.pending.clear();
-    if (rows.length === 1) this.repo.put(rows[0]); else this.repo.putMany(rows);
+    this.repo.putDurably(rows);
     this.machines.ownWrite();
+  }
+
+  /**
+   * Drops per-MAC state that no longer holds anything: expired offers, byMac entries pointing at an address now
+   * someone else's, DECLINE times past the quarantine. Runs at most once a minute, from resolve().
+   */
+  prune(): void {
+    const now = this.now();
+    this.lastPrune = now;
+    for (const [n, e] of this.entries) {
+      if (e.state === 'offered' && e.expiresAt <= now) { this.entries.delete(n); this.poolGeneration++; }
+    }
+    for (const [mac, n] of this.byMac) {
+      const e = this.entries.get(n);
+      if (!e || e.mac !== mac || (e.state !== 'bound' && e.expiresAt <= now - this.quarantineMs)) this.byMac.delete(mac);
+    }
+    for (const [mac, times] of this.declines) {
+      const live = times.filter((t) => t > now - this.quarantineMs);
+      if (live.length) this.declines.set(mac, live); else this.declines.delete(mac);
+    }
+  }
+
+  /** Sizes of the per-MAC state (for tests). */
+  get stateSizes(): { entries: number; byMac: number; declines: number } {
+    return { entries: this.entries.size, byMac: this.byMac.size, declines: this.declines.size };
+  }
+
+  /**
+   * Pool leases of machines deleted from the store go back to the pool (when the pool serves registered machines
+   * only: such a MAC gets no lease any more). Checked when the store changed.
+   */
+  private releaseOrphans(): void {
+    this.machines.check();
+    if (this.machines.generation === this.machinesSeen) return;
+    const t = this.now();
+    if (t - this.lastOrphanCheck < 1000) return; // the store changes with every agent event: at most once a second
+    this.lastOrphanCheck = t;
+    this.machinesSeen = this.machines.generation;
+    if (this.policy.poolUnknown || this.policy.mode !== 'full') return;
+    this.flush();
+    const now = this.now();
+    for (const { address, mac } of this.orphansStmt.all() as { address: string; mac: string }[]) {
+      const n = ipInt(address);
+      const e = this.entries.get(n);
+      if (!e || e.mac !== mac || e.state !== 'bound') continue;
+      this.entries.set(n, { ...e, state: 'released', expiresAt: now });
+      if (this.byMac.get(mac) === n) this.byMac.delete(mac);
+      this.pending.set(address, { address, mac, state: 'released', expiresAt: now, hostname: e.hostname, updatedAt: now });
+      this.poolGeneration++;
+    }
+    for (const [n, e] of this.entries) { // offers to a deleted machine
+      if (e.state === 'offered' && e.mac && this.machines.byMac(e.mac) === null) { this.entries.delete(n); this.byMac.delete(e.mac); this.poolGeneration++; }
+    }
+    this.flush();
   }
 
   /**
@@ -180,6 +270,10 @@ export class DhcpLeases {
    * pool lease, its previous pool address, the address it asks for if free, or the next free one.
    */
   resolve(mac: string, machine: Machine | null, link: Link, preferred: string | null = null): Resolution {
+    if (this.policy.mode === 'full') {
+      this.releaseOrphans();
+      if (this.now() - this.lastPrune >= 60_000) this.prune();
+    }
     const res = machine?.ipv4;
     if (res) {
       if (this.onLink(res.address, res.prefix, link)) {
@@ -228,7 +322,7 @@ export class DhcpLeases {
         this.advance(n);
         return;
       case 'unoffer':
-        if (cur?.state === 'offered' && cur.mac === mac) this.entries.delete(n);
+        if (cur?.state === 'offered' && cur.mac === mac) { this.entries.delete(n); this.poolGeneration++; }
         return;
       case 'bind': {
         const writes: PoolLease[] = [];
@@ -236,6 +330,7 @@ export class DhcpLeases {
         if (prev !== undefined && prev !== n) {
           const old = this.entries.get(prev);
           if (old && old.mac === mac && old.state === 'bound') {
+            this.poolGeneration++;
             this.entries.set(prev, { ...old, state: 'released', expiresAt: now });
             writes.push({ address: intToIp(prev), mac, state: 'released', expiresAt: now, hostname: old.hostname, updatedAt: now });
           }
@@ -250,15 +345,25 @@ export class DhcpLeases {
       }
       case 'release':
         if (!cur || cur.mac !== mac) return;
+        this.poolGeneration++;
         this.entries.set(n, { ...cur, state: 'released', expiresAt: now });
         this.pending.set(action.address, { address: action.address, mac, state: 'released', expiresAt: now, hostname: cur.hostname, updatedAt: now });
         return;
-      case 'decline':
+      case 'decline': {
         if (cur && cur.mac !== mac && cur.state === 'bound' && cur.expiresAt > now) return; // someone else's live lease
+        // rate limit: a client declining address after address would take the pool out of service
+        const recent = (this.declines.get(mac) ?? []).filter((t) => t > now - this.quarantineMs);
+        if (recent.length >= this.maxDeclines) {
+          this.declines.set(mac, recent);
+          throw new DeclineRefused(`${mac} declined ${recent.length} addresses within ${this.quarantineMs / 1000} s already (limit ${this.maxDeclines}): ${action.address} is not quarantined`);
+        }
+        recent.push(now);
+        this.declines.set(mac, recent);
         this.entries.set(n, { mac: null, state: 'declined', expiresAt: now + this.quarantineMs, hostname: null });
         if (this.byMac.get(mac) === n) this.byMac.delete(mac);
         this.pending.set(action.address, { address: action.address, mac: null, state: 'declined', expiresAt: now + this.quarantineMs, hostname: null, updatedAt: now });
         return;
+      }
     }
   }
 
@@ -294,17 +399,27 @@ export class DhcpLeases {
         if (!e || e.mac === mac || e.expiresAt <= now || e.state === 'released') return p;
       }
     }
+    // A pool found full stays full until an address can have become free: the earliest expiry among the
+    // addresses that blocked, an address given back, or a change of the machines (reservations).
+    if (now < this.fullUntil && this.fullAt.pool === this.poolGeneration && this.fullAt.machines === this.machines.generation) return null;
     // Next fit: first address never used or whose lease ran out, then previously released ones.
     const size = this.end - this.start + 1;
     let fallback: number | null = null;
+    let nextFree = Infinity;
     for (let i = 0; i < size; i++) {
       const n = this.start + ((this.cursor - this.start + i) % size);
+      this.scanned++;
       const e = this.entries.get(n);
       if (e && e.state === 'released' && e.mac !== mac) {
         if (fallback === null && this.usableBy(n, mac, now)) fallback = n;
         continue;
       }
       if (this.usableBy(n, mac, now)) return n;
+      if (e && e.expiresAt > now && e.state !== 'released') nextFree = Math.min(nextFree, e.expiresAt);
+    }
+    if (fallback === null) {
+      this.fullUntil = nextFree;
+      this.fullAt = { pool: this.poolGeneration, machines: this.machines.generation };
     }
     return fallback;
   }

@@ -20,7 +20,9 @@ const fromRow = (r: Row): PoolLease => ({
 
 /**
  * The dhcp_leases table. Statements are prepared once (this is on the DHCP hot path: one write per ACK in
- * full mode); each write is its own transaction (WAL, synchronous=NORMAL as set by openDb).
+ * full mode). Lease commits (putDurably) run with synchronous=FULL: the WAL is synced before the commit returns,
+ * so an ACKed lease survives a power loss (under WAL with NORMAL, as openDb sets for everything else, the last
+ * commits before a power loss can be lost, and a client would then hold an address the pool hands out again).
  */
 export class LeaseRepository {
   private readonly upsertStmt;
@@ -28,6 +30,7 @@ export class LeaseRepository {
   private readonly allStmt;
   private readonly byMacStmt;
   private readonly byAddressStmt;
+  private readonly syncLevel: number;
 
   constructor(private db: Db) {
     this.upsertStmt = db.prepare(`INSERT INTO dhcp_leases (address, mac, state, expires_at, hostname, updated_at)
@@ -38,6 +41,19 @@ export class LeaseRepository {
     this.allStmt = db.prepare('SELECT * FROM dhcp_leases ORDER BY address');
     this.byMacStmt = db.prepare('SELECT * FROM dhcp_leases WHERE mac = ? ORDER BY updated_at DESC');
     this.byAddressStmt = db.prepare('SELECT * FROM dhcp_leases WHERE address = ?');
+    this.syncLevel = Number(db.pragma('synchronous', { simple: true })); // 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
+  }
+
+  /** Writes lease changes in one transaction that is on disk when this returns (synchronous=FULL for it). */
+  putDurably(leases: PoolLease[]): void {
+    if (!leases.length) return;
+    // db.pragma() each time, not a prepared statement: SQLite applies PRAGMA synchronous when it compiles it
+    this.db.pragma(`synchronous = ${Math.max(2, this.syncLevel)}`);
+    try {
+      if (leases.length === 1) this.upsertStmt.run(leases[0]); else this.putMany(leases);
+    } finally {
+      this.db.pragma(`synchronous = ${this.syncLevel}`);
+    }
   }
 
   list(): PoolLease[] {

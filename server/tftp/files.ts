@@ -23,6 +23,8 @@ export interface TftpFileRequest {
   /** The MAC named in the path (canonical lower-case colon form), or null. */
   mac: string | null;
   client: { address: string; port: number };
+  /** This server's address the request came in on (the address the client reaches it at). */
+  local: string;
 }
 
 /** Provider of virtual files; null means "not mine" (the disk roots are tried next). */
@@ -292,6 +294,15 @@ export interface FileLookupOptions {
   /** Disk roots in lookup order (the iPXE directory, the artifacts directory). */
   roots: ServedRoot[];
   virtualFiles?: TftpVirtualFiles;
+  /** The local address the request came in on (passed to virtual files). */
+  local?: string;
+  /** Largest file served in netascii mode (converted in memory; default MAX_NETASCII_BYTES). */
+  maxNetasciiBytes?: number;
+  /**
+   * The server's memory budget for netascii conversions across transfers: reserve() before a conversion (false
+   * when spent: the request is refused as busy), release() when its transfer ends.
+   */
+  netasciiBudget?: { reserve(bytes: number): boolean; release(bytes: number): void };
 }
 
 export interface OpenedFile {
@@ -300,10 +311,15 @@ export interface OpenedFile {
   origin: string;
   mac: string | null;
   name: string;
+  /** Bytes of netascii conversion held in memory (reserved through reserveNetascii), 0 for octet. */
+  netasciiBytes: number;
 }
 
-/** netascii transfers are converted in memory; larger files must be fetched in octet mode. */
-export const MAX_NETASCII_BYTES = 64 << 20;
+/**
+ * netascii transfers are converted in memory; larger files must be fetched in octet mode. netascii is for text
+ * (scripts, configs); boot binaries are fetched in octet mode by every firmware.
+ */
+export const MAX_NETASCII_BYTES = 1 << 20;
 
 /**
  * Finds and opens the file a read request names. Throws TftpFileError (code + message for the ERROR packet).
@@ -318,15 +334,15 @@ export async function openRequestedFile(
   if ('error' in resolved) throw resolved.error;
   const { name, segments, mac } = resolved;
   let opened: OpenedFile | null = null;
-  const virtual = opts.virtualFiles ? await opts.virtualFiles.lookup({ name, mac, client }) : null;
+  const virtual = opts.virtualFiles ? await opts.virtualFiles.lookup({ name, mac, client, local: opts.local ?? '' }) : null;
   if (virtual) {
     const source = 'data' in virtual ? new BufferSource(virtual.data) : new StreamSource(virtual.open(), virtual.size);
-    opened = { source, origin: 'virtual', mac, name };
+    opened = { source, origin: 'virtual', mac, name, netasciiBytes: 0 };
   } else {
     for (const root of opts.roots) {
       const file = await openInsideRoot(root, segments);
       if (file) {
-        opened = { source: new FileSource(file.handle, file.size), origin: file.path, mac, name };
+        opened = { source: new FileSource(file.handle, file.size), origin: file.path, mac, name, netasciiBytes: 0 };
         break;
       }
     }
@@ -335,8 +351,20 @@ export async function openRequestedFile(
   if (mode === 'netascii') {
     const src = opened.source;
     try {
-      if (src.size > MAX_NETASCII_BYTES) throw new TftpFileError(TFTP_ERROR.notDefined, `netascii mode is limited to ${MAX_NETASCII_BYTES} bytes; use octet`);
-      opened.source = new BufferSource(encodeNetascii(await src.read(0, src.size)));
+      const limit = opts.maxNetasciiBytes ?? MAX_NETASCII_BYTES;
+      if (src.size > limit) throw new TftpFileError(TFTP_ERROR.notDefined, `netascii mode is limited to ${limit} bytes; use octet`);
+      // the conversion holds the file and its converted copy (at most twice as long)
+      const held = src.size * 3;
+      if (opts.netasciiBudget && !opts.netasciiBudget.reserve(held)) {
+        throw new TftpFileError(TFTP_ERROR.notDefined, 'server busy: netascii conversions use their memory budget; try again later, or use octet');
+      }
+      try {
+        opened.source = new BufferSource(encodeNetascii(await src.read(0, src.size)));
+        opened.netasciiBytes = held;
+      } catch (err) {
+        opts.netasciiBudget?.release(held);
+        throw err;
+      }
     } finally {
       await src.close();
     }

@@ -15,16 +15,19 @@ export async function startTftpService(deps: {
   registry: Registry;
   config: ServeConfig;
   artifactsDir: string;
+  /** Addresses to listen on (default: config.tftpListen.host, or every address when that is unset). */
+  hosts?: string[];
   virtualFiles?: TftpVirtualFiles;
-}): Promise<{ close(): Promise<void>; address(): { address: string; port: number } }> {
+}): Promise<{ close(): Promise<void>; address(): { address: string; port: number }; addresses(): { address: string; port: number }[] }> {
   const { config } = deps;
   const server = await createTftpServer({
     log: deps.log.child({ component: 'tftp' }),
     registry: deps.registry,
-    host: config.tftpListen.host,
+    host: config.tftpListen.host ?? '0.0.0.0',
+    hosts: deps.hosts,
     port: config.tftpListen.port,
     roots: [await ipxeRoot(config.ipxeDir), { dir: deps.artifactsDir }],
     virtualFiles: deps.virtualFiles,
   });
-  return { close: () => server.close(), address: () => server.address() };
+  return { close: () => server.close(), address: () => server.address(), addresses: () => server.addresses() };
 }

@@ -21,6 +21,10 @@ export interface NativeStartOptions {
   windowsize: number;
   timeoutMs: number;
   maxRetries: number;
+  /** Timeouts in a row before giving up while the client has answered nothing. */
+  maxUnansweredRetries: number;
+  /** Longest the transfer may last (then ERROR 0 and the end, outcome timeout). */
+  maxTransferMs: number;
   /** The OACK packet to send first, or null. */
   oack: Buffer | null;
 }
@@ -43,7 +47,8 @@ export interface NativeTransferResult {
 
 interface Addon {
   start(opts: NativeStartOptions & { state: Buffer }, done: (r: NativeTransferResult) => void): unknown;
-  cancel(handle: unknown): void;
+  /** why: 1 = server closing (outcome failed), 2 = evicted (outcome timeout, nothing sent). */
+  cancel(handle: unknown, why?: number): void;
 }
 
 let loaded: LoadedAddon<Addon> | undefined;
@@ -62,6 +67,7 @@ export class NativeTransfer {
   private readonly state = new Uint32Array(new SharedArrayBuffer(4));
   private readonly handle: unknown;
   private finished = false;
+  private cancelled = false;
 
   constructor(
     private readonly loop: Addon,
@@ -82,6 +88,15 @@ export class NativeTransfer {
 
   /** Ends the transfer without telling the client (server shutdown); the result follows within 50 ms. */
   abort(): void {
-    if (!this.finished) this.loop.cancel(this.handle);
+    if (!this.finished) this.loop.cancel(this.handle, 1);
+    this.cancelled = true;
+  }
+
+  get ending(): boolean { return this.finished || this.cancelled; }
+
+  /** Ends a transfer whose client never answered (its slot goes to a new request); the result follows within 50 ms. */
+  evict(): void {
+    if (!this.finished && !this.cancelled) this.loop.cancel(this.handle, 2);
+    this.cancelled = true;
   }
 }

@@ -7,6 +7,13 @@
  *   ERROR 5 "unknown transfer ID" and the transfer goes on undisturbed.
  * - Caps on concurrent transfers per client address and in total; a vanished client's transfer ends after
  *   its retransmission tries and frees the slot.
+ * - Spoofed requests (the source address is not the sender's, so nobody ever answers): a transfer whose client
+ *   has answered nothing yet gets 3 sends, not 6, and the client's timeout option is honoured up to 5 s only.
+ *   Such unanswered transfers may hold at most `maxUnansweredTransfers` slots (default half of them); past that
+ *   a new request takes the slot of the oldest unanswered one (as a SYN cache drops its oldest half-open entry),
+ *   so a flood from many addresses delays a real client by nothing more than its first round trip.
+ * - Every transfer ends after `maxTransferMs` (default 10 min) whatever the client does, and netascii
+ *   conversions (in memory) are limited per file (1 MiB) and in total (16 MiB).
  * - The decisions live in session.ts (one transfer's state machine); what is served in files.ts.
  * - Files on disk in octet mode go through the native transfer loop (native-transfer.ts: a thread per
  *   transfer, a window per sendmmsg) when it is built; everything else through `Transfer` below.
@@ -18,15 +25,17 @@ import {
   decodePacket, encodeData, encodeError, encodeOack, parseMode, TFTP_ERROR,
   type RequestPacket,
 } from './packet.ts';
-import { negotiateOptions, TransferSession, type SessionAction, type TransferOutcome } from './session.ts';
+import { DEFAULT_MAX_UNANSWERED_RETRIES, negotiateOptions, TransferSession, type SessionAction, type TransferOutcome } from './session.ts';
 import { FileSource, openRequestedFile, TftpFileError, type ByteSource, type ServedRoot, type TftpVirtualFiles } from './files.ts';
-import { maxBlksizeTowards } from './mtu.ts';
+import { localAddressTowards, maxBlksizeTowards } from './mtu.ts';
 import { NativeTransfer, nativeLoopUnavailable, nativeTransferLoop, type NativeTransferResult } from './native-transfer.ts';
 
 export interface TftpServerOptions {
   log: Logger;
   registry: Registry;
+  /** Address to listen on; `hosts` (several addresses, one request socket each, same port) wins when given. */
   host: string;
+  hosts?: string[];
   port: number;
   /** Disk roots in lookup order. */
   roots: ServedRoot[];
@@ -38,6 +47,17 @@ export interface TftpServerOptions {
   defaultTimeoutMs?: number;
   /** Timeouts in a row before a transfer is given up (default 5, i.e. 6 tries). */
   maxRetries?: number;
+  /** The same while the client has answered nothing (default 2, i.e. 3 tries). */
+  maxUnansweredRetries?: number;
+  /** Slots transfers whose client has answered nothing may hold (default half of maxTransfers). */
+  maxUnansweredTransfers?: number;
+  /** Longest a transfer may last, whatever the client does (default 600 000 ms). */
+  maxTransferMs?: number;
+  /** Largest timeout option accepted, in seconds (default 5). */
+  maxTimeoutSeconds?: number;
+  /** Largest netascii file (default 1 MiB) and the memory all netascii conversions may hold (default 16 MiB). */
+  maxNetasciiBytes?: number;
+  netasciiBudgetBytes?: number;
   /** Largest window granted, in blocks (default 64) and in bytes (default 64 KiB, at least one block). */
   maxWindowsize?: number;
   maxWindowBytes?: number;
@@ -84,6 +104,9 @@ export function tftpMetrics(registry: Registry): TftpMetrics {
 
 type Peer = { address: string; port: number };
 
+/** One slot of the caps: a request from the moment it is accepted, then its transfer. */
+interface Slot { readonly peer: Peer; transfer: ActiveTransfer | null; evicted: boolean }
+
 /** IP literals only: resolve synchronously so a send goes straight to the kernel (no DNS round trip). */
 const literalLookup = ((address: string, _family: unknown, cb: (err: Error | null, address: string, family: number) => void) =>
   cb(null, address, address.includes(':') ? 6 : 4)) as unknown as dgram.SocketOptions['lookup'];
@@ -92,6 +115,8 @@ const socketType = (host: string): dgram.SocketType => (host.includes(':') ? 'ud
 
 interface TransferInfo {
   file: string;
+  /** Local address the request came in on. */
+  local: string;
   origin: string;
   mac: string | null;
   mode: string;
@@ -106,6 +131,10 @@ interface ActiveTransfer {
   readonly progressed: boolean;
   /** Ends the transfer without telling the client (server shutdown). */
   abort(): void;
+  /** Ends a transfer whose client never answered, to give its slot to a new request. */
+  evict(): void;
+  /** True once the transfer was told to end (evicted or aborted) but may still hold its slot. */
+  readonly ending: boolean;
 }
 
 interface TransferEnd {
@@ -140,6 +169,7 @@ function reportEnd(log: Logger, metrics: TftpMetrics, e: TransferEnd): void {
 class Transfer implements ActiveTransfer {
   readonly startedAt = process.hrtime.bigint();
   private readonly timer: NodeJS.Timeout;
+  private readonly lifetime: NodeJS.Timeout;
   private readonly cache = new Map<number, Buffer>(); // absolute block → DATA packet, for retransmission
   private queue: number[] = [];
   private queueHead = 0;
@@ -158,6 +188,7 @@ class Transfer implements ActiveTransfer {
     private readonly session: TransferSession,
     private readonly source: ByteSource,
     private readonly timeoutMs: number,
+    private readonly maxTransferMs: number,
     readonly info: TransferInfo,
     private readonly metrics: TftpMetrics,
     private readonly log: Logger,
@@ -165,6 +196,8 @@ class Transfer implements ActiveTransfer {
   ) {
     this.timer = setTimeout(() => this.safely(() => this.run(this.session.timeout())), timeoutMs);
     this.timer.unref();
+    this.lifetime = setTimeout(() => this.safely(() => this.run(this.session.expire(maxTransferMs))), maxTransferMs);
+    this.lifetime.unref();
     socket.on('message', (msg, rinfo) => this.safely(() => this.onMessage(msg, rinfo)));
     socket.on('error', (err) => this.log.debug({ err, client: this.client }, 'tftp transfer socket error'));
   }
@@ -175,6 +208,10 @@ class Transfer implements ActiveTransfer {
 
   /** Ends the transfer without telling the client (server shutdown). */
   abort(): void { this.end('failed', 'server closing'); }
+
+  evict(): void { this.end('timeout', 'evicted: the client never answered, and a new request needed the slot'); }
+
+  get ending(): boolean { return this.finished; }
 
   private safely(f: () => void): void {
     try {
@@ -312,6 +349,7 @@ class Transfer implements ActiveTransfer {
     this.finished = true;
     this.session.done = true;
     clearTimeout(this.timer);
+    clearTimeout(this.lifetime);
     this.cache.clear();
     const closeSocket = () => { try { this.socket.close(); } catch { /* closed */ } };
     if (this.pendingError) {
@@ -330,12 +368,17 @@ class Transfer implements ActiveTransfer {
 }
 
 export class TftpServer {
-  private socket: dgram.Socket | null = null;
+  private sockets: dgram.Socket[] = [];
   private readonly transfers = new Set<ActiveTransfer>();
   private readonly byEndpoint = new Map<string, ActiveTransfer>();
   /** Slots held per client address, including requests still opening their file. */
   private readonly perClient = new Map<string, number>();
   private slotsInUse = 0;
+  /** Every slot held, oldest first: requests still opening their file (no transfer yet) and transfers. */
+  private readonly slots = new Set<Slot>();
+  private netasciiHeld = 0;
+  private evictions = 0;
+  private evictionsLoggedAt = -Infinity;
   private readonly metrics: TftpMetrics;
   private readonly log: Logger;
   private closing = false;
@@ -347,43 +390,62 @@ export class TftpServer {
 
   get activeTransfers(): number { return this.transfers.size; }
 
+  /** Bytes held by netascii conversions now (for tests). */
+  get netasciiBytesHeld(): number { return this.netasciiHeld; }
+
   async listen(): Promise<void> {
     if ((this.opts.transferLoop ?? 'auto') === 'auto' && !nativeTransferLoop()) {
       this.log.warn(`tftp native transfer loop unavailable, every transfer runs in JS (slower): ${nativeLoopUnavailable()}`);
     }
-    const socket = dgram.createSocket({ type: socketType(this.opts.host), lookup: literalLookup });
-    await new Promise<void>((resolve, reject) => {
-      socket.once('error', reject);
-      socket.bind(this.opts.port, this.opts.host, () => { socket.off('error', reject); resolve(); });
-    });
-    socket.on('error', (err) => this.log.warn({ err }, 'tftp request socket error'));
-    socket.on('message', (msg, rinfo) => {
-      this.onRequest(msg, rinfo).catch((err) => this.log.error({ err, client: `${rinfo.address}:${rinfo.port}` }, 'tftp request failed unexpectedly'));
-    });
-    this.socket = socket;
-    const a = socket.address();
-    this.log.info({ address: a.address, port: a.port, roots: this.opts.roots.map((r) => r.dir) }, 'tftp listening');
+    const hosts = this.opts.hosts?.length ? this.opts.hosts : [this.opts.host];
+    let port = this.opts.port;
+    try {
+      for (const host of hosts) {
+        const socket = dgram.createSocket({ type: socketType(host), lookup: literalLookup });
+        await new Promise<void>((resolve, reject) => {
+          socket.once('error', reject);
+          socket.bind(port, host, () => { socket.off('error', reject); resolve(); });
+        });
+        port = socket.address().port; // the next addresses take the same port (when 0 was asked)
+        const local = socket.address().address;
+        socket.on('error', (err) => this.log.warn({ err, local }, 'tftp request socket error'));
+        socket.on('message', (msg, rinfo) => {
+          this.onRequest(msg, rinfo, socket).catch((err) => this.log.error({ err, client: `${rinfo.address}:${rinfo.port}` }, 'tftp request failed unexpectedly'));
+        });
+        this.sockets.push(socket);
+      }
+    } catch (err) {
+      for (const s of this.sockets) s.close();
+      this.sockets = [];
+      throw err;
+    }
+    this.log.info({ addresses: this.sockets.map((s) => s.address().address), port, roots: this.opts.roots.map((r) => r.dir) }, 'tftp listening');
   }
 
+  /** The first request socket's address (all of them share the port). */
   address(): { address: string; port: number } {
-    if (!this.socket) throw new Error('tftp server is not listening');
-    const a = this.socket.address();
+    if (!this.sockets.length) throw new Error('tftp server is not listening');
+    const a = this.sockets[0].address();
     return { address: a.address, port: a.port };
+  }
+
+  addresses(): { address: string; port: number }[] {
+    return this.sockets.map((s) => { const a = s.address(); return { address: a.address, port: a.port }; });
   }
 
   async close(): Promise<void> {
     this.closing = true;
     for (const t of [...this.transfers]) t.abort();
-    const s = this.socket;
-    this.socket = null;
-    if (s) await new Promise<void>((resolve) => s.close(() => resolve()));
+    const socks = this.sockets;
+    this.sockets = [];
+    await Promise.all(socks.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
   }
 
-  private replyError(to: Peer, code: number, message: string): void {
-    this.socket?.send(encodeError(code, message), to.port, to.address);
+  private replyError(via: dgram.Socket, to: Peer, code: number, message: string): void {
+    if (!this.closing) via.send(encodeError(code, message), to.port, to.address);
   }
 
-  private async onRequest(msg: Buffer, rinfo: dgram.RemoteInfo): Promise<void> {
+  private async onRequest(msg: Buffer, rinfo: dgram.RemoteInfo, via: dgram.Socket): Promise<void> {
     const peer: Peer = { address: rinfo.address, port: rinfo.port };
     const packet = decodePacket(msg);
     if (packet.op === 'malformed') {
@@ -391,14 +453,14 @@ export class TftpServer {
       this.metrics.badPackets.inc({ reason: 'malformed' });
       this.log.debug({ client: `${peer.address}:${peer.port}`, reason: packet.reason }, 'tftp malformed packet dropped');
       const opcode = msg.length >= 2 ? msg.readUInt16BE(0) : 0;
-      if (opcode === 1 || opcode === 2) this.replyError(peer, TFTP_ERROR.illegalOperation, `malformed request: ${packet.reason}`);
+      if (opcode === 1 || opcode === 2) this.replyError(via, peer, TFTP_ERROR.illegalOperation, `malformed request: ${packet.reason}`);
       return;
     }
     if (packet.op === 'wrq') {
       this.metrics.requests.inc({ kind: 'wrq' });
       this.metrics.transfers.inc({ outcome: 'refused' });
       this.log.info({ client: `${peer.address}:${peer.port}`, file: packet.filename }, 'tftp write request refused');
-      this.replyError(peer, TFTP_ERROR.accessViolation, 'this server is read-only: write requests are refused');
+      this.replyError(via, peer, TFTP_ERROR.accessViolation, 'this server is read-only: write requests are refused');
       return;
     }
     if (packet.op !== 'rrq') {
@@ -409,10 +471,49 @@ export class TftpServer {
     }
     this.metrics.requests.inc({ kind: 'rrq' });
     this.log.debug({ client: `${peer.address}:${peer.port}`, file: packet.filename, options: packet.options }, 'tftp read request');
-    await this.startRead(packet, msg, peer);
+    await this.startRead(packet, msg, peer, via);
   }
 
-  private async startRead(request: RequestPacket, raw: Buffer, peer: Peer): Promise<void> {
+  /**
+   * The address the client sent its request to: the request socket's own, or (a wildcard socket) the address the
+   * kernel answers the client from.
+   */
+  private async localAddressFor(via: dgram.Socket, peer: Peer): Promise<string> {
+    const bound = via.address().address;
+    if (bound !== '0.0.0.0' && bound !== '::') return bound;
+    return (await localAddressTowards(peer.address, peer.port)) ?? bound;
+  }
+
+  /**
+   * Makes room for a new request when unanswered slots (requests still opening their file, transfers whose client
+   * has answered nothing) hold their share: the oldest one goes, and its slot is free at once.
+   */
+  private evictUnanswered(maxUnanswered: number): void {
+    let unanswered = 0;
+    let oldest: Slot | null = null;
+    for (const slot of this.slots) { // insertion order: oldest first
+      if (slot.transfer && (slot.transfer.progressed || slot.transfer.ending)) continue;
+      unanswered++;
+      oldest ??= slot;
+    }
+    if (unanswered < maxUnanswered || !oldest) return;
+    this.log.debug({ client: `${oldest.peer.address}:${oldest.peer.port}`, unanswered, limit: maxUnanswered },
+      'tftp: unanswered requests hold their share of the slots; the oldest one ends to make room');
+    // a flood must not become a log flood: one warning per 10 s with the count
+    this.evictions++;
+    const t = Date.now();
+    if (t - this.evictionsLoggedAt >= 10_000) {
+      this.log.warn({ evicted: this.evictions, unanswered, limit: maxUnanswered },
+        `tftp: ${this.evictions} unanswered requests evicted to make room for new ones (spoofed requests, or clients that vanish?)`);
+      this.evictions = 0;
+      this.evictionsLoggedAt = t;
+    }
+    this.freeSlot(oldest);
+    oldest.evicted = true;
+    oldest.transfer?.evict(); // a request still opening its file sees `evicted` and stops
+  }
+
+  private async startRead(request: RequestPacket, raw: Buffer, peer: Peer, via: dgram.Socket): Promise<void> {
     const endpoint = `${peer.address}:${peer.port}`;
     const existing = this.byEndpoint.get(endpoint);
     if (existing && !existing.progressed && existing.requestBytes.equals(raw)) {
@@ -423,83 +524,113 @@ export class TftpServer {
     const mode = parseMode(request.mode);
     if (!mode) {
       this.metrics.transfers.inc({ outcome: 'refused' });
-      this.replyError(peer, TFTP_ERROR.illegalOperation, `transfer mode "${request.mode}" is not supported (octet, netascii)`);
+      this.replyError(via, peer, TFTP_ERROR.illegalOperation, `transfer mode "${request.mode}" is not supported (octet, netascii)`);
       return;
     }
     const maxTotal = this.opts.maxTransfers ?? 256;
     const maxPerClient = this.opts.maxTransfersPerClient ?? 16;
+    if ((this.perClient.get(peer.address) ?? 0) < maxPerClient) this.evictUnanswered(this.opts.maxUnansweredTransfers ?? Math.max(1, Math.floor(maxTotal / 2)));
     const held = this.perClient.get(peer.address) ?? 0;
     if (this.slotsInUse >= maxTotal || held >= maxPerClient) {
       this.metrics.transfers.inc({ outcome: 'busy' });
       const why = held >= maxPerClient ? `${held} transfers to ${peer.address} already (limit ${maxPerClient})` : `${this.slotsInUse} transfers already (limit ${maxTotal})`;
       this.log.warn({ client: endpoint, file: request.filename }, `tftp request refused: ${why}`);
-      this.replyError(peer, TFTP_ERROR.notDefined, `server busy: ${why}; try again later`);
+      this.replyError(via, peer, TFTP_ERROR.notDefined, `server busy: ${why}; try again later`);
       return;
     }
     // hold the slot from now on, so concurrent requests cannot overshoot the caps while files open
+    const slot: Slot = { peer, transfer: null, evicted: false };
+    this.slots.add(slot);
     this.slotsInUse++;
     this.perClient.set(peer.address, held + 1);
+    const evicted = () => {
+      if (slot.evicted) this.log.debug({ client: endpoint, file: request.filename }, 'tftp request evicted before its transfer began');
+      return slot.evicted;
+    };
     let slotHandedOver = false;
     let source: ByteSource | null = null;
+    let netasciiBytes = 0;
+    const maxTransferMs = this.opts.maxTransferMs ?? 600_000;
     try {
-      const opened = await openRequestedFile(request.filename, mode, peer, { roots: this.opts.roots, virtualFiles: this.opts.virtualFiles });
+      const local = await this.localAddressFor(via, peer);
+      const budget = this.opts.netasciiBudgetBytes ?? 16 << 20;
+      const opened = await openRequestedFile(request.filename, mode, peer, {
+        roots: this.opts.roots, virtualFiles: this.opts.virtualFiles, local, maxNetasciiBytes: this.opts.maxNetasciiBytes,
+        netasciiBudget: {
+          reserve: (n) => { if (this.netasciiHeld + n > budget) return false; this.netasciiHeld += n; return true; },
+          release: (n) => { this.netasciiHeld -= n; },
+        },
+      });
       source = opened.source;
+      netasciiBytes = opened.netasciiBytes;
+      if (evicted()) return;
       const maxBlksize = 'blksize' in request.options
         ? await (this.opts.maxBlksize ?? ((c: Peer) => maxBlksizeTowards(c.address, c.port)))(peer)
         : 512;
+      if (evicted()) return;
       const negotiated = negotiateOptions(request.options, source.size, {
         maxBlksize,
         maxWindowsize: this.opts.maxWindowsize ?? 64,
         maxWindowBytes: this.opts.maxWindowBytes,
         defaultTimeoutMs: this.opts.defaultTimeoutMs ?? 1000,
+        maxTimeoutSeconds: this.opts.maxTimeoutSeconds,
       });
       const session = new TransferSession({
         size: source.size, blksize: negotiated.blksize, windowsize: negotiated.windowsize, oack: negotiated.oack,
-        maxRetries: this.opts.maxRetries ?? 5,
+        maxRetries: this.opts.maxRetries ?? 5, maxUnansweredRetries: this.opts.maxUnansweredRetries,
       });
-      const info: TransferInfo = { file: opened.name, origin: opened.origin, mac: opened.mac, mode, requested: request.options };
+      const info: TransferInfo = { file: opened.name, local, origin: opened.origin, mac: opened.mac, mode, requested: request.options };
+      const bindHost = via.address().address;
       const loop = (this.opts.transferLoop ?? 'auto') === 'auto' && source instanceof FileSource && mode === 'octet' ? nativeTransferLoop() : null;
       if (loop && source instanceof FileSource) {
         if (this.closing) throw new Error('server closing');
         const size = source.size;
         const transfer: NativeTransfer = new NativeTransfer(loop, peer, raw, {
-          fd: source.fd, size: source.size, host: this.opts.host, client: peer.address, clientPort: peer.port,
+          fd: source.fd, size: source.size, host: bindHost, client: peer.address, clientPort: peer.port,
           blksize: negotiated.blksize, windowsize: negotiated.windowsize, timeoutMs: negotiated.timeoutMs,
-          maxRetries: this.opts.maxRetries ?? 5, oack: negotiated.oack ? encodeOack(negotiated.oack) : null,
-        }, (r) => this.endNative(transfer, endpoint, info, negotiated.blksize, negotiated.windowsize, size, r));
+          maxRetries: this.opts.maxRetries ?? 5, maxUnansweredRetries: this.opts.maxUnansweredRetries ?? DEFAULT_MAX_UNANSWERED_RETRIES,
+          maxTransferMs, oack: negotiated.oack ? encodeOack(negotiated.oack) : null,
+        }, (r) => this.endNative(transfer, slot, endpoint, info, negotiated.blksize, negotiated.windowsize, size, r));
+        slot.transfer = transfer;
         slotHandedOver = true;
         void source.close().catch(() => {}); // the loop reads its own duplicate of the descriptor
         source = null;
         this.track(transfer, endpoint);
         return;
       }
-      const socket = dgram.createSocket({ type: socketType(this.opts.host), lookup: literalLookup });
+      const socket = dgram.createSocket({ type: socketType(bindHost), lookup: literalLookup });
       await new Promise<void>((resolve, reject) => {
         socket.once('error', reject);
-        socket.bind(0, this.opts.host, () => { socket.off('error', reject); resolve(); });
+        socket.bind(0, bindHost, () => { socket.off('error', reject); resolve(); });
       });
       if (this.closing) {
         socket.close();
         throw new Error('server closing');
       }
-      const transfer = new Transfer(peer, raw, socket, session, source, negotiated.timeoutMs, info,
-        this.metrics, this.log, (t) => this.release(t, endpoint));
+      if (evicted()) { socket.close(); return; }
+      const held = netasciiBytes;
+      const transfer = new Transfer(peer, raw, socket, session, source, negotiated.timeoutMs, maxTransferMs, info,
+        this.metrics, this.log, (t) => { this.netasciiHeld -= held; this.release(t, slot, endpoint); });
+      slot.transfer = transfer;
       slotHandedOver = true;
+      netasciiBytes = 0;
       this.track(transfer, endpoint);
       transfer.begin();
     } catch (err) {
       if (source) void source.close().catch(() => {});
       if (err instanceof TftpFileError) {
-        this.metrics.transfers.inc({ outcome: err.code === TFTP_ERROR.fileNotFound ? 'not_found' : 'refused' });
+        const busy = err.message.startsWith('server busy');
+        this.metrics.transfers.inc({ outcome: err.code === TFTP_ERROR.fileNotFound ? 'not_found' : busy ? 'busy' : 'refused' });
         this.log.info({ client: endpoint, file: request.filename, code: err.code }, `tftp request refused: ${err.message}`);
-        this.replyError(peer, err.code, err.message);
+        this.replyError(via, peer, err.code, err.message);
       } else {
         this.metrics.transfers.inc({ outcome: 'failed' });
         this.log.error({ err, client: endpoint, file: request.filename }, 'tftp request failed');
-        this.replyError(peer, TFTP_ERROR.notDefined, `server error: ${(err as Error).message}`);
+        this.replyError(via, peer, TFTP_ERROR.notDefined, `server error: ${(err as Error).message}`);
       }
     } finally {
-      if (!slotHandedOver) this.freeSlot(peer.address);
+      this.netasciiHeld -= netasciiBytes;
+      if (!slotHandedOver) this.freeSlot(slot);
     }
   }
 
@@ -509,13 +640,13 @@ export class TftpServer {
     this.metrics.active.set(this.transfers.size);
   }
 
-  private endNative(t: NativeTransfer, endpoint: string, info: TransferInfo, blksize: number, windowsize: number, size: number, r: NativeTransferResult): void {
+  private endNative(t: NativeTransfer, slot: Slot, endpoint: string, info: TransferInfo, blksize: number, windowsize: number, size: number, r: NativeTransferResult): void {
     try {
       this.reportNative(t, endpoint, info, blksize, windowsize, size, r);
     } catch (err) {
       this.log.error({ err, client: endpoint }, 'tftp transfer report failed');
     } finally {
-      this.release(t, endpoint);
+      this.release(t, slot, endpoint);
     }
   }
 
@@ -531,14 +662,17 @@ export class TftpServer {
     });
   }
 
-  private release(t: ActiveTransfer, endpoint: string): void {
+  private release(t: ActiveTransfer, slot: Slot, endpoint: string): void {
     this.transfers.delete(t);
     if (this.byEndpoint.get(endpoint) === t) this.byEndpoint.delete(endpoint);
-    this.freeSlot(t.peer.address);
+    this.freeSlot(slot);
     this.metrics.active.set(this.transfers.size);
   }
 
-  private freeSlot(address: string): void {
+  /** Gives a slot back (once: a slot evicted earlier is not counted again when its transfer ends). */
+  private freeSlot(slot: Slot): void {
+    if (!this.slots.delete(slot)) return;
+    const address = slot.peer.address;
     this.slotsInUse--;
     const n = (this.perClient.get(address) ?? 1) - 1;
     if (n <= 0) this.perClient.delete(address);

@@ -19,6 +19,14 @@ export const MAX_BLKSIZE = 65464;
 export const MIN_BLKSIZE = 8;
 export const DEFAULT_BLKSIZE = 512;
 export const DEFAULT_MAX_WINDOW_BYTES = 65536;
+/**
+ * Largest retransmission timeout a client may ask for (RFC 2349 allows 1..255 s). Six tries of 255 s would hold a
+ * slot for 25 minutes per request; a larger request is left out of the OACK, so the client falls back to its
+ * default and the server to its own (RFC 2349: the server may decline the option).
+ */
+export const MAX_TIMEOUT_SECONDS = 5;
+/** Retries while the client has not answered anything yet (a spoofed request never will): 3 sends, then the end. */
+export const DEFAULT_MAX_UNANSWERED_RETRIES = 2;
 
 export interface NegotiationLimits {
   /** Largest block that fits the path MTU (MTU − 32 bytes of IP + UDP + TFTP headers). */
@@ -32,6 +40,8 @@ export interface NegotiationLimits {
   maxWindowBytes?: number;
   /** Retransmission timeout when the client does not ask for one. */
   defaultTimeoutMs: number;
+  /** Largest timeout option accepted, in seconds (default MAX_TIMEOUT_SECONDS). */
+  maxTimeoutSeconds?: number;
 }
 
 export interface NegotiatedOptions {
@@ -66,7 +76,7 @@ export function negotiateOptions(requested: Record<string, string>, size: number
         if (n !== null) oack.tsize = String(size);
         break;
       case 'timeout':
-        if (n !== null && n >= 1 && n <= 255) {
+        if (n !== null && n >= 1 && n <= Math.min(255, limits.maxTimeoutSeconds ?? MAX_TIMEOUT_SECONDS)) {
           timeoutMs = n * 1000;
           oack.timeout = String(n);
         }
@@ -108,6 +118,8 @@ export interface SessionParams {
   oack: Record<string, string> | null;
   /** Timeouts in a row before giving up. */
   maxRetries: number;
+  /** Timeouts in a row before giving up while the client has not answered anything (default 2). */
+  maxUnansweredRetries?: number;
 }
 
 export class TransferSession {
@@ -121,6 +133,8 @@ export class TransferSession {
   /** Total blocks sent again (after a timeout or a gap). */
   retransmitted = 0;
   done = false;
+  /** The client answered something (an ACK or an ERROR): it is not a spoofed or vanished requester. */
+  answered = false;
   private oackPending: boolean;
   /** An ACK inside the window left blocks acked+1..sent possibly lost; its repeat resends them once. */
   private gapAt = -1;
@@ -142,6 +156,7 @@ export class TransferSession {
 
   ack(wire: number): SessionAction[] {
     if (this.done) return [];
+    this.answered = true;
     if (this.oackPending) {
       if (wire !== 0) return []; // not an answer to the OACK: ignore, the timer resends it
       this.oackPending = false;
@@ -168,11 +183,14 @@ export class TransferSession {
   timeout(): SessionAction[] {
     if (this.done) return [];
     this.retries++;
-    if (this.retries > this.params.maxRetries) {
+    const limit = this.answered ? this.params.maxRetries : Math.min(this.params.maxRetries, this.params.maxUnansweredRetries ?? DEFAULT_MAX_UNANSWERED_RETRIES);
+    if (this.retries > limit) {
       const what = this.oackPending ? 'the OACK' : `block ${this.acked + 1}`;
       if (!this.oackPending && this.sent === this.totalBlocks) {
-        return this.finish('unconfirmed', `every block sent, no ACK for block ${this.acked + 1}..${this.totalBlocks} after ${this.params.maxRetries + 1} tries (the client's final ACK was lost, or it left)`);
+        return this.finish('unconfirmed', `every block sent, no ACK for block ${this.acked + 1}..${this.totalBlocks} after ${limit + 1} tries (the client's final ACK was lost, or it left)`);
       }
+      // no ERROR to a requester that never answered: it may be a spoofed address, and silence reflects nothing
+      if (!this.answered) return this.finish('timeout', `the client never answered (${what} sent ${limit + 1} times): a vanished or spoofed requester`);
       return [
         { type: 'send-error', code: 0, message: `timed out waiting for the ACK of ${what}` },
         ...this.finish('timeout', `no ACK for ${what} after ${this.params.maxRetries + 1} tries`),
@@ -188,6 +206,7 @@ export class TransferSession {
   /** The client sent an ERROR (for example error 8 after a tsize-only OACK, as UEFI firmware does). */
   peerError(code: number, message: string): SessionAction[] {
     if (this.done) return [];
+    this.answered = true;
     return this.finish('aborted', `client sent error ${code}: ${message}`);
   }
 
@@ -195,6 +214,13 @@ export class TransferSession {
   fail(message: string): SessionAction[] {
     if (this.done) return [];
     return [{ type: 'send-error', code: 0, message }, ...this.finish('failed', message)];
+  }
+
+  /** The transfer ran past its time limit: tell the client and stop. */
+  expire(limitMs: number): SessionAction[] {
+    if (this.done) return [];
+    const why = `transfer time limit (${limitMs} ms) reached at block ${this.acked} of ${this.totalBlocks}`;
+    return [{ type: 'send-error', code: 0, message: why }, ...this.finish('timeout', why)];
   }
 
   /** Bytes of the file covered by acknowledged blocks. */

@@ -4,7 +4,8 @@
  *   node --import tsx test/helpers/tftp-server-runner.ts '{"host":"10.82.0.1","port":69,"roots":["/srv/x"]}'
  *
  * The argument is JSON: host, port, roots (directories in lookup order), optional maxTransfers,
- * maxTransfersPerClient, defaultTimeoutMs, maxRetries, maxWindowsize, logLevel, virtual ({name: text}).
+ * maxTransfersPerClient, defaultTimeoutMs, maxRetries, maxWindowsize, transferLoop ('auto' | 'js'), logLevel,
+ * virtual ({name: text}).
  * Prints one line `{"address":…,"port":…}` on stdout when listening; pino logs go to stderr.
  * Stops on SIGTERM/SIGINT.
  */
@@ -15,6 +16,7 @@ import { createTftpServer } from '../../server/tftp/server.ts';
 const args = JSON.parse(process.argv[2] ?? '{}') as {
   host?: string; port?: number; roots?: string[]; maxTransfers?: number; maxTransfersPerClient?: number;
   defaultTimeoutMs?: number; maxRetries?: number; maxWindowsize?: number; logLevel?: string; virtual?: Record<string, string>;
+  transferLoop?: 'auto' | 'js';
 };
 const log = pino({ level: args.logLevel ?? 'info' }, pino.destination(2));
 const virtual = args.virtual ?? {};
@@ -29,6 +31,7 @@ const server = await createTftpServer({
   defaultTimeoutMs: args.defaultTimeoutMs,
   maxRetries: args.maxRetries,
   maxWindowsize: args.maxWindowsize,
+  transferLoop: args.transferLoop,
   virtualFiles: {
     lookup: ({ name, mac }) => (name in virtual ? { data: Buffer.from(virtual[name].replaceAll('${mac}', mac ?? 'none')) } : null),
   },

@@ -241,7 +241,7 @@ for (const transferLoop of ['auto', 'js'] as const) describe(transferLoop === 'a
   test('a client that vanishes frees its slot after the timeout; caps per client and in total', async (t) => {
     const capped = await createTftpServer({
       log: pino({ level: 'silent' }), registry: new Registry(), host: HOST, port: 0, roots: [{ dir: join(dir, 'root') }],
-      maxTransfersPerClient: 1, maxTransfers: 2, maxRetries: 2, transferLoop,
+      maxTransfersPerClient: 1, maxTransfers: 2, maxUnansweredTransfers: 3, maxRetries: 2, transferLoop,
     });
     t.after(() => capped.close());
     const cport = capped.address().port;
@@ -278,6 +278,96 @@ for (const transferLoop of ['auto', 'js'] as const) describe(transferLoop === 'a
     assert.ok(freed >= 2500, `slot freed after ${freed} ms, before the 3 tries of 1 s`);
     const r = await rawFetch(HOST, cport, 'ipxe.efi');
     assert.equal(sha256(r.data), sha256(data));
+  });
+
+  test('timeout option above 5 s is declined; a requester that never answers gets 3 sends, no ERROR, and its slot back', async (t) => {
+    const c = await RawTftpClient.open();
+    t.after(() => c.close());
+    c.send(encodeRequest('rrq', 'ipxe.efi', 'octet', { timeout: '255', tsize: '0' }), port);
+    const first = await c.next();
+    assert.deepEqual(first?.packet, { op: 'oack', options: { tsize: String(data.length) } }); // timeout left out: the server keeps 1 s
+    // never answers: the OACK comes 3 times in all (1 s apart), not 6, and no ERROR follows
+    const rest = await c.drain(4500);
+    assert.deepEqual(rest.map((r) => r.packet.op), ['oack', 'oack']);
+    const line = logLines.map((l) => JSON.parse(l)).find((e) => e.client === `127.0.0.1:${c.port}` && e.outcome);
+    assert.equal(line?.outcome, 'timeout');
+    assert.match(line.reason, /never answered \(the OACK sent 3 times\)/);
+  });
+
+  test('a transfer ends at its time limit whatever the client does (ERROR 0 to a slow client)', async (t) => {
+    const limited = await createTftpServer({
+      log: pino({ level: 'silent' }), registry: new Registry(), host: HOST, port: 0, roots: [{ dir: join(dir, 'root') }],
+      maxTransferMs: 1500, transferLoop,
+    });
+    t.after(() => limited.close());
+    const c = await RawTftpClient.open();
+    t.after(() => c.close());
+    c.send(encodeRequest('rrq', 'ipxe.efi', 'octet'), limited.address().port);
+    // a slowloris: ACKs every block, 300 ms later (the file has 586 blocks: 3 minutes at this pace)
+    let acks = 0;
+    let end: { code: number; message: string } | null = null;
+    for (;;) {
+      const r = await c.next(3000);
+      assert.ok(r, 'silence before the time limit');
+      assert.ok(acks < 20, 'still sending after 20 slow ACKs (6 s): no time limit');
+      if (r.packet.op === 'error') { end = r.packet as { code: number; message: string }; break; }
+      if (r.packet.op !== 'data') continue;
+      await new Promise((res) => setTimeout(res, 300));
+      c.send(encodeAck(r.packet.block), r.from.port);
+      acks++;
+    }
+    assert.ok(acks >= 2, `${acks} ACKs`);
+    assert.equal(end.code, 0);
+    assert.match(end.message, /transfer time limit \(1500 ms\) reached at block \d+ of 586/);
+    assert.equal(limited.activeTransfers, 0);
+  });
+
+  test('unanswered requests hold at most their share of the slots: a real client still gets its file (spoofed flood)', async (t) => {
+    const capped = await createTftpServer({
+      log: pino({ level: 'silent' }), registry: new Registry(), host: HOST, port: 0, roots: [{ dir: join(dir, 'root') }],
+      maxTransfers: 4, maxUnansweredTransfers: 2, transferLoop,
+    });
+    t.after(() => capped.close());
+    const cport = capped.address().port;
+    // four requesters that never answer (as spoofed source addresses never do) from four addresses
+    for (let i = 2; i <= 5; i++) {
+      const ghost = await RawTftpClient.open(`127.0.0.${i}`);
+      t.after(() => ghost.close());
+      ghost.send(encodeRequest('rrq', 'ipxe.efi', 'octet', { tsize: '0' }), cport);
+      assert.equal((await ghost.next())?.packet.op, 'oack');
+    }
+    await new Promise((r) => setTimeout(r, 100)); // evicted native transfers hand their slot back within 50 ms
+    assert.equal(capped.activeTransfers, 2, 'the two oldest unanswered transfers were evicted');
+    const r = await rawFetch(HOST, cport, 'ipxe.efi', { blksize: '1428' });
+    assert.equal(r.error, undefined, r.error?.message);
+    assert.equal(sha256(r.data), sha256(data));
+  });
+
+  test('netascii: one file at most maxNetasciiBytes, all conversions within their memory budget', async (t) => {
+    writeFileSync(join(dir, 'root', 'text.cfg'), 'line\n'.repeat(200)); // 1000 bytes
+    const limited = await createTftpServer({
+      log: pino({ level: 'silent' }), registry: new Registry(), host: HOST, port: 0, roots: [{ dir: join(dir, 'root') }],
+      maxNetasciiBytes: 2000, netasciiBudgetBytes: 4000, transferLoop,
+    });
+    t.after(() => limited.close());
+    const lport = limited.address().port;
+    const big = await rawFetch(HOST, lport, 'ipxe.efi', {}, { mode: 'netascii' });
+    assert.match(big.error?.message ?? '', /netascii mode is limited to 2000 bytes; use octet/);
+    // one conversion (3 × 1000 bytes held) fits the budget of 4000, a second one at the same time does not
+    const holder = await RawTftpClient.open('127.0.0.2');
+    t.after(() => holder.close());
+    holder.send(encodeRequest('rrq', 'text.cfg', 'netascii'), lport);
+    assert.equal((await holder.next())?.packet.op, 'data');
+    assert.equal(limited.netasciiBytesHeld, 3000);
+    const second = await rawFetch(HOST, lport, 'text.cfg', {}, { mode: 'netascii' });
+    assert.match(second.error?.message ?? '', /server busy: netascii conversions use their memory budget/);
+    holder.close();
+    // once the holder's transfer ends (it never answered: 3 sends of block 1), the budget is back
+    const started = Date.now();
+    while (limited.netasciiBytesHeld > 0 && Date.now() - started < 10000) await new Promise((r) => setTimeout(r, 200));
+    assert.equal(limited.netasciiBytesHeld, 0);
+    const ok = await rawFetch(HOST, lport, 'text.cfg', {}, { mode: 'netascii' });
+    assert.equal(ok.data.toString(), 'line\r\n'.repeat(200));
   });
 
   test(`every finished transfer of a file on disk was logged once, by the ${transferLoop === 'auto' ? 'native' : 'JS'} loop`, () => {

@@ -9,8 +9,12 @@ import { readFileSync } from 'node:fs';
 test('defaults are the safe ones', () => {
   const c = loadServeConfig([], {});
   assert.equal(c.dhcpMode, 'reservation');
-  assert.deepEqual(c.httpListen, { host: '0.0.0.0', port: 8080 });
-  assert.deepEqual(c.tftpListen, { host: '0.0.0.0', port: 69 });
+  // no address: the provisioning interfaces' addresses and loopback (server/listen.ts), not every interface
+  assert.deepEqual(c.httpListen, { host: null, port: 8080 });
+  assert.deepEqual(c.tftpListen, { host: null, port: 69 });
+  assert.deepEqual(loadServeConfig(['--http-listen', '0.0.0.0:80', '--tftp-listen', '[::]:69'], {}).httpListen, { host: '0.0.0.0', port: 80 });
+  assert.deepEqual(loadServeConfig(['--tftp-listen', '[::]:69'], {}).tftpListen, { host: '::', port: 69 });
+  assert.deepEqual(loadServeConfig(['--http-listen', '9090'], {}).httpListen, { host: null, port: 9090 });
   assert.equal(c.dhcpPoolUnknown, false);
   assert.match(c.dataDir, /\/var$/);
 });
@@ -49,7 +53,7 @@ test('boot script auth and TLS settings: defaults, flags, environment, file, err
   const d = loadServeConfig([], {});
   assert.equal(d.bootScriptAuth, 'ip', 'the safe default: a token only to a known address');
   assert.equal(d.tls, null);
-  assert.deepEqual(d.httpsListen, { host: '0.0.0.0', port: 8443 });
+  assert.deepEqual(d.httpsListen, { host: null, port: 8443 });
   assert.equal(loadServeConfig(['--boot-script-auth', 'none'], {}).bootScriptAuth, 'none');
   assert.equal(loadServeConfig([], { IRONBOOT_BOOT_SCRIPT_AUTH: 'none' }).bootScriptAuth, 'none');
   assert.throws(() => loadServeConfig(['--boot-script-auth', 'mac'], {}), /boot-script-auth: "mac" is not one of ip, none/);

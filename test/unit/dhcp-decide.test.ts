@@ -162,3 +162,44 @@ test('a NAK through a relay sets the broadcast bit and keeps giaddr', () => {
   assert.ok(d.reply.flags & FLAG_BROADCAST);
   assert.equal(d.reply.yiaddr, '0.0.0.0');
 });
+
+// ---- relays: allowlist and option 82 -----------------------------------------------------------------------
+const withAgent = (agent: Buffer, giaddr = '10.81.0.254') => {
+  const req = parseDhcpPacket(buildRequest({ mac: MAC, type: T.DISCOVER, giaddr }));
+  req.options.set(Opt.RELAY_AGENT, agent);
+  return req;
+};
+
+test('option 82: echoed unchanged as the last option of OFFER, ACK and NAK; a malformed one is ignored', () => {
+  const agent = Buffer.from([1, 3, 0x65, 0x74, 0x30, 2, 2, 0xbe, 0xef]);
+  const offer = decide({ ...input({ type: T.DISCOVER }), request: withAgent(agent) });
+  assert.equal(offer.action, 'reply');
+  if (offer.action !== 'reply') return;
+  assert.deepEqual(offer.reply.options.get(Opt.RELAY_AGENT), agent);
+  assert.equal([...offer.reply.options.keys()].at(-1), Opt.RELAY_AGENT);
+  const badReq = parseDhcpPacket(buildRequest({ mac: MAC, type: T.REQUEST, serverId: '10.81.0.1', requested: '10.81.0.99', giaddr: '10.81.0.254' }));
+  badReq.options.set(Opt.RELAY_AGENT, agent);
+  const nakd = decide({ ...input({ type: T.REQUEST }), request: badReq });
+  assert.equal(nakd.action === 'reply' && nakd.type, T.NAK);
+  assert.deepEqual(nakd.action === 'reply' && nakd.reply.options.get(Opt.RELAY_AGENT), agent);
+  for (const bad of [Buffer.alloc(0), Buffer.from([1]), Buffer.from([1, 0]), Buffer.from([1, 5, 1, 2])]) {
+    const d = decide({ ...input({ type: T.DISCOVER }), request: withAgent(bad) });
+    assert.equal(d.action, 'ignore');
+    assert.match(d.why, /malformed relay agent information/);
+  }
+  // no option 82 in the request: none in the reply
+  const plain = decide(input({ type: T.DISCOVER, giaddr: '10.81.0.254' }));
+  assert.equal(plain.action === 'reply' && plain.reply.options.has(Opt.RELAY_AGENT), false);
+});
+
+test('relay allowlist: relays inside it are served, others ignored; direct clients and no list are unaffected', () => {
+  const allowed = [{ address: '10.81.0.0', prefix: 24 }, { address: '10.99.0.7', prefix: 32 }];
+  const via = (giaddr: string) => decide(input({ type: T.DISCOVER, giaddr }, { allowedRelays: allowed }));
+  assert.equal(via('10.81.0.254').action, 'reply');
+  assert.equal(via('10.99.0.7').action, 'reply');
+  const refused = via('10.99.0.8');
+  assert.equal(refused.action, 'ignore');
+  assert.equal(refused.why, 'relay 10.99.0.8 is not an allowed relay (--dhcp-relay)');
+  assert.equal(decide(input({ type: T.DISCOVER }, { allowedRelays: allowed })).action, 'reply');
+  assert.equal(decide(input({ type: T.DISCOVER, giaddr: '10.99.0.8' }, { allowedRelays: null })).action, 'reply');
+});

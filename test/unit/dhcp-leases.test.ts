@@ -87,3 +87,83 @@ test('guessPoolPrefix', () => {
   assert.equal(guessPoolPrefix('10.81.2.100', '10.81.2.199'), 24);
   assert.equal(guessPoolPrefix('10.81.2.0', '10.81.3.255'), 23);
 });
+
+const macN = (i: number) => `52:54:00:82:${((i >> 8) & 0xff).toString(16).padStart(2, '0')}:${(i & 0xff).toString(16).padStart(2, '0')}`;
+
+test('full mode: DECLINE is rate-limited per MAC (3 per quarantine period); others still decline', () => withStore((_dir, store) => {
+  let now = 5_000_000;
+  const l = new DhcpLeases(store, policy({ pool: { start: '10.81.0.100', end: '10.81.0.120' } }), () => now);
+  const mac = '52:54:00:81:00:41';
+  const declineNext = (m: string) => {
+    const b = l.resolve(m, null, direct).binding!;
+    l.apply(m, { kind: 'bind', address: b.address, leaseSeconds: 600 });
+    l.apply(m, { kind: 'decline', address: b.address });
+    return b.address;
+  };
+  for (let i = 0; i < 3; i++) declineNext(mac);
+  assert.throws(() => declineNext(mac), (e: Error) => e.name === 'DeclineRefused' && /declined 3 addresses within 600 s already \(limit 3\): 10\.81\.0\.103 is not quarantined/.test(e.message));
+  l.flush();
+  assert.equal(l.list().filter((x) => x.state === 'declined').length, 3, 'the fourth address stays bound, not quarantined');
+  declineNext('52:54:00:81:00:42'); // another MAC is not limited by the first one's declines
+  now += 600_001; // the quarantine period passed: the MAC may decline again
+  declineNext(mac);
+}));
+
+test('full mode: a full pool is not scanned again for every request, until an address can be free', () => withStore((_dir, store) => {
+  let now = 6_000_000;
+  const size = 1000;
+  const l = new DhcpLeases(store, policy({ pool: { start: '10.81.0.1', end: '10.81.3.232' }, poolPrefix: 22 }), () => now);
+  const link: Link = { interfaceAddresses: [{ address: '10.81.3.254', prefix: 22 }], relay: null };
+  for (let i = 0; i < size; i++) {
+    const b = l.resolve(macN(i), null, link).binding!;
+    l.apply(macN(i), { kind: 'bind', address: b.address, leaseSeconds: 600 });
+  }
+  l.flush();
+  assert.equal(l.resolve(macN(5000), null, link).why, 'pool exhausted');
+  const afterFirst = l.scanned;
+  assert.ok(afterFirst >= 2 * size, `the fill and the first request to the full pool scanned ${afterFirst}`);
+  for (let i = 0; i < 200; i++) assert.equal(l.resolve(macN(5001 + i), null, link).why, 'pool exhausted');
+  assert.equal(l.scanned, afterFirst, `200 requests to a full pool scanned ${l.scanned - afterFirst} addresses`);
+  // an address given back: found again (one scan)
+  const given = l.list().find((x) => x.mac === macN(7))!.address;
+  l.apply(macN(7), { kind: 'release', address: given });
+  l.flush();
+  assert.equal(l.resolve(macN(6000), null, link).binding?.address, given);
+  // a lease running out: found without anything given back
+  const l2 = new DhcpLeases(store, policy({ pool: { start: '10.81.0.1', end: '10.81.3.232' }, poolPrefix: 22 }), () => now);
+  assert.equal(l2.resolve(macN(6001), null, link).binding?.address, given);
+  l2.apply(macN(6001), { kind: 'bind', address: l2.resolve(macN(6001), null, link).binding!.address, leaseSeconds: 600 });
+  assert.equal(l2.resolve(macN(6002), null, link).why, 'pool exhausted');
+  now += 600_001;
+  assert.ok(l2.resolve(macN(6002), null, link).binding, 'leases ran out: the pool has room again');
+}));
+
+test('full mode: per-MAC state of MACs that came and went is pruned', () => withStore((_dir, store) => {
+  let now = 7_000_000;
+  const l = new DhcpLeases(store, policy({ pool: { start: '10.81.0.100', end: '10.81.0.103' }, offerHoldMs: 30_000 }), () => now);
+  // 500 MACs each get an OFFER and never come back (e.g. a flood with random MACs)
+  for (let i = 0; i < 500; i++) {
+    const b = l.resolve(macN(i), null, direct).binding;
+    if (b) l.apply(macN(i), { kind: 'offer', address: b.address });
+    now += 100;
+  }
+  assert.ok(l.stateSizes.byMac > 4, `byMac ${l.stateSizes.byMac}`);
+  now += 60_000; // offers expired, a minute since the last prune
+  l.resolve(macN(9999), null, direct);
+  assert.deepEqual(l.stateSizes, { entries: 0, byMac: 0, declines: 0 });
+}));
+
+test("full mode (registered machines only): a deleted machine's pool lease goes back to the pool", () => withStore((_dir, store) => {
+  let now = 8_000_000;
+  const l = new DhcpLeases(store, policy({ poolUnknown: false, pool: { start: '10.81.0.100', end: '10.81.0.100' } }), () => now);
+  const a = store.machines.create({ mac: '52:54:00:81:00:51' });
+  const b = store.machines.create({ mac: '52:54:00:81:00:52' });
+  const lease = l.resolve(a.mac, a, direct).binding!;
+  l.apply(a.mac, { kind: 'bind', address: lease.address, leaseSeconds: 3600 });
+  l.flush();
+  assert.equal(l.resolve(b.mac, b, direct).why, 'pool exhausted');
+  store.machines.delete(a.id);
+  now += 1000;
+  assert.equal(l.resolve(b.mac, b, direct).binding?.address, '10.81.0.100');
+  assert.deepEqual(l.list().map((x) => [x.address, x.mac, x.state]), [['10.81.0.100', a.mac, 'released']]);
+}));

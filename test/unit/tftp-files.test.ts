@@ -90,7 +90,7 @@ test('lookup order: virtual files first (with the MAC), then the roots; netascii
   const v = await openRequestedFile('52-54-00-00-00-01/boot.ipxe', 'octet', client, opts);
   assert.equal(v.origin, 'virtual');
   assert.equal((await v.source.read(0, 100)).toString(), '#!ipxe 52:54:00:00:00:01');
-  assert.deepEqual(asked[0], { name: 'boot.ipxe', mac: '52:54:00:00:00:01', client });
+  assert.deepEqual(asked[0], { name: 'boot.ipxe', mac: '52:54:00:00:00:01', client, local: '' });
   const one = await openRequestedFile('one', 'octet', client, opts);
   assert.equal((await one.source.read(0, 10)).toString(), 'A1');
   await one.source.close();

@@ -177,3 +177,36 @@ test('simulated 5% loss: lockstep and windowed transfers complete in order with 
     }
   }
 });
+
+test('timeout option: honoured up to 5 s, a larger one is left out of the OACK (the server keeps its own)', () => {
+  assert.deepEqual(negotiateOptions({ timeout: '5' }, 10, limits), { blksize: 512, windowsize: 1, timeoutMs: 5000, oack: { timeout: '5' } });
+  assert.deepEqual(negotiateOptions({ timeout: '6', tsize: '0' }, 10, limits), { blksize: 512, windowsize: 1, timeoutMs: 1000, oack: { tsize: '10' } });
+  assert.equal(negotiateOptions({ timeout: '255' }, 10, limits).oack, null);
+  assert.equal(negotiateOptions({ timeout: '9' }, 10, { ...limits, maxTimeoutSeconds: 10 }).timeoutMs, 9000);
+});
+
+test('a client that never answered gets 3 sends (not maxRetries + 1), then the end without an ERROR', () => {
+  const s = new TransferSession({ size: 100 * 512, blksize: 512, windowsize: 1, oack: { tsize: '51200' }, maxRetries: 5 });
+  assert.deepEqual(s.start(), [{ type: 'send-oack', options: { tsize: '51200' } }]);
+  assert.deepEqual(s.timeout(), [{ type: 'send-oack', options: { tsize: '51200' } }]);
+  assert.deepEqual(s.timeout(), [{ type: 'send-oack', options: { tsize: '51200' } }]);
+  const last = s.timeout();
+  assert.deepEqual(last.map((a) => a.type), ['finish']);
+  assert.match(last[0].type === 'finish' ? last[0].reason : '', /never answered \(the OACK sent 3 times\)/);
+  // once it answered, the full maxRetries apply
+  const a = new TransferSession({ size: 100 * 512, blksize: 512, windowsize: 1, oack: null, maxRetries: 5, maxUnansweredRetries: 2 });
+  a.start();
+  a.ack(1);
+  for (let i = 0; i < 5; i++) assert.equal(a.timeout()[0].type, 'send-data');
+  assert.deepEqual(a.timeout().map((x) => x.type), ['send-error', 'finish']);
+});
+
+test('expire(): the transfer time limit ends it with an ERROR to the client', () => {
+  const s = new TransferSession({ size: 100 * 512, blksize: 512, windowsize: 1, oack: null, maxRetries: 5 });
+  s.start();
+  s.ack(1);
+  const out = s.expire(600_000);
+  assert.equal(out[0].type, 'send-error');
+  assert.deepEqual(out[1], { type: 'finish', outcome: 'timeout', reason: 'transfer time limit (600000 ms) reached at block 1 of 101' });
+  assert.deepEqual(s.expire(1), []);
+});

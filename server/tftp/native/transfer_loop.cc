@@ -9,7 +9,10 @@
 //   - a duplicate/old ACK never sends, except the one-time repair after an ACK inside the window (RFC 7440 §4);
 //   - only a timeout resends what is outstanding, maxRetries times in a row, then ERROR 0 and the end; if every
 //     block was sent, the end is "unconfirmed" (the client's final ACK was lost) and no ERROR is sent;
-//   - a packet from another address or port gets ERROR 5 and changes nothing; an ERROR from the client ends it.
+//   - a packet from another address or port gets ERROR 5 and changes nothing; an ERROR from the client ends it;
+//   - until the client answered anything, only maxUnansweredRetries timeouts, then the end without an ERROR (a
+//     spoofed requester never answers, and silence reflects nothing);
+//   - after maxTransferMs the transfer ends with ERROR 0 whatever the client does.
 // The JS side (native-transfer.ts) negotiates options, opens the file inside the served roots, encodes the
 // OACK, and logs and counts the result; this file only moves bytes.
 #include <node_api.h>
@@ -47,11 +50,13 @@ struct Transfer {
   socklen_t localLen = 0;
   sockaddr_storage peer{};
   socklen_t peerLen = 0;
-  uint32_t blksize = 512, windowsize = 1, timeoutMs = 1000, maxRetries = 5;
+  uint32_t blksize = 512, windowsize = 1, timeoutMs = 1000, maxRetries = 5, maxUnansweredRetries = 2;
+  uint64_t maxTransferMs = 600000;
   std::vector<uint8_t> oack;
   // shared with JS (a Buffer kept alive by stateRef): [0] the client answered
   volatile uint32_t* state = nullptr;
-  std::shared_ptr<std::atomic<bool>> cancelled;
+  // 0: running; 1: cancelled (server closing); 2: evicted (never answered, the slot is needed)
+  std::shared_ptr<std::atomic<int>> cancelled;
   napi_threadsafe_function tsfn = nullptr;
   napi_ref stateRef = nullptr;
   napi_ref doneRef = nullptr;
@@ -113,6 +118,7 @@ class Loop {
     // blocking receives that give up every 50 ms (or at the retransmission deadline, if sooner): one syscall per
     // ACK on the fast path, and the timer and a cancel are looked at between them
     setSlice(kSliceUs);
+    endBy_ = nowUs() + t_.maxTransferMs * 1000;
     if (oackPending_) sendOack();
     else sendNew();
     uint8_t pkt[1024];
@@ -123,15 +129,25 @@ class Loop {
       if (len >= 0) onDatagram(pkt, size_t(len), from, fl);
       else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return fail("recvfrom: " + std::string(strerror(errno)));
       if (done_) break;
-      if (t_.cancelled->load()) return finish("failed", "server closing");
+      if (const int why = t_.cancelled->load()) {
+        if (why == 2) return finish("timeout", "evicted: the client never answered, and a new request needed the slot");
+        return finish("failed", "server closing");
+      }
       const uint64_t now = nowUs();
+      if (now >= endBy_) {
+        const std::string why = "transfer time limit (" + std::to_string(t_.maxTransferMs) + " ms) reached at block " +
+                                std::to_string(acked_) + " of " + std::to_string(totalBlocks_);
+        auto e = errorPacket(0, why);
+        sendTo(e.data(), e.size(), t_.peer, t_.peerLen);
+        return finish("timeout", why);
+      }
       if (now >= deadline_) {
         onTimeout();
         continue;
       }
       // the timer must fire on time (clients count their own retries against the same timeout), so the last
       // receive before the deadline waits exactly until it
-      const uint64_t left = deadline_ - now;
+      const uint64_t left = std::min(deadline_, endBy_) - now;
       if (left < kSliceUs) setSlice(left);
       else if (slice_ != kSliceUs) setSlice(kSliceUs);
     }
@@ -150,7 +166,9 @@ class Loop {
   int64_t gapAt_ = -1;
   bool oackPending_;
   bool done_ = false;
+  bool answered_ = false;
   uint64_t deadline_ = 0;
+  uint64_t endBy_ = 0;
   // File bytes [cacheOff_, cacheOff_ + cacheLen_): small blocks are served from one pread per 256 KiB, read
   // ahead after a window went out, while the client works on it (tftpd-hpa reads ahead one block)
   std::vector<uint8_t> cache_;
@@ -280,10 +298,12 @@ class Loop {
     const uint16_t op = len >= 2 ? uint16_t(p[0] << 8 | p[1]) : 0;
     if (len >= 4 && op == 4) {
       t_.state[0] = 1;
+      answered_ = true;
       return onAck(uint16_t(p[2] << 8 | p[3]));
     }
     if (len >= 4 && op == 5) {
       t_.state[0] = 1;
+      answered_ = true;
       const uint16_t code = uint16_t(p[2] << 8 | p[3]);
       std::string msg;
       for (size_t i = 4; i < len && p[i] != 0 && msg.size() < 200; i++) msg.push_back(p[i] >= 0x20 && p[i] < 0x7f ? char(p[i]) : '?');
@@ -318,13 +338,15 @@ class Loop {
 
   void onTimeout() {
     retries_++;
-    if (retries_ > t_.maxRetries) {
-      const std::string tries = std::to_string(t_.maxRetries + 1);
+    const uint64_t limit = answered_ ? t_.maxRetries : std::min(t_.maxRetries, t_.maxUnansweredRetries);
+    if (retries_ > limit) {
+      const std::string tries = std::to_string(limit + 1);
       if (!oackPending_ && sent_ == totalBlocks_) {
         return finish("unconfirmed", "every block sent, no ACK for block " + std::to_string(acked_ + 1) + ".." + std::to_string(totalBlocks_) +
                                          " after " + tries + " tries (the client's final ACK was lost, or it left)");
       }
       const std::string what = oackPending_ ? "the OACK" : "block " + std::to_string(acked_ + 1);
+      if (!answered_) return finish("timeout", "the client never answered (" + what + " sent " + tries + " times): a vanished or spoofed requester");
       auto e = errorPacket(0, "timed out waiting for the ACK of " + what);
       sendTo(e.data(), e.size(), t_.peer, t_.peerLen);
       return finish("timeout", "no ACK for " + what + " after " + tries + " tries");
@@ -446,7 +468,7 @@ double getNumber(napi_env env, napi_value obj, const char* key) {
   return d;
 }
 
-void finalizeCancel(napi_env, void* data, void*) { delete static_cast<std::shared_ptr<std::atomic<bool>>*>(data); }
+void finalizeCancel(napi_env, void* data, void*) { delete static_cast<std::shared_ptr<std::atomic<int>>*>(data); }
 
 // start({fd, size, host, client, clientPort, blksize, windowsize, timeoutMs, maxRetries, oack, state}, done) → handle
 napi_value Start(napi_env env, napi_callback_info info) {
@@ -476,6 +498,9 @@ napi_value Start(napi_env env, napi_callback_info info) {
   t->windowsize = uint32_t(getNumber(env, argv[0], "windowsize"));
   t->timeoutMs = uint32_t(getNumber(env, argv[0], "timeoutMs"));
   t->maxRetries = uint32_t(getNumber(env, argv[0], "maxRetries"));
+  t->maxUnansweredRetries = uint32_t(getNumber(env, argv[0], "maxUnansweredRetries"));
+  t->maxTransferMs = uint64_t(getNumber(env, argv[0], "maxTransferMs"));
+  if (t->maxTransferMs == 0) t->maxTransferMs = 600000;
   if (t->blksize < 8 || t->blksize > 65464 || t->windowsize < 1 || t->windowsize > 65535 || t->timeoutMs < 1 ||
       uint64_t(t->blksize) * t->windowsize > (16u << 20)) {
     close(t->fileFd);
@@ -509,24 +534,28 @@ napi_value Start(napi_env env, napi_callback_info info) {
   napi_value name;
   napi_create_string_utf8(env, "ironboot-tftp-transfer", NAPI_AUTO_LENGTH, &name);
   CHECK(napi_create_threadsafe_function(env, nullptr, nullptr, name, 0, 1, nullptr, nullptr, nullptr, deliver, &t->tsfn));
-  t->cancelled = std::make_shared<std::atomic<bool>>(false);
+  t->cancelled = std::make_shared<std::atomic<int>>(0);
   napi_value handle;
-  CHECK(napi_create_external(env, new std::shared_ptr<std::atomic<bool>>(t->cancelled), finalizeCancel, nullptr, &handle));
+  CHECK(napi_create_external(env, new std::shared_ptr<std::atomic<int>>(t->cancelled), finalizeCancel, nullptr, &handle));
   std::thread(threadMain, t.release()).detach();
   return handle;
 }
 
-// cancel(handle): the transfer ends within 50 ms with outcome "failed", reason "server closing"
+// cancel(handle, why = 1): the transfer ends within 50 ms; why 1: outcome "failed", reason "server closing";
+// why 2: outcome "timeout", evicted (its client never answered)
 napi_value Cancel(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 2;
+  napi_value argv[2];
   CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
   void* data = nullptr;
   if (argc < 1 || napi_get_value_external(env, argv[0], &data) != napi_ok || data == nullptr) {
     napi_throw_type_error(env, nullptr, "cancel(handle)");
     return nullptr;
   }
-  (*static_cast<std::shared_ptr<std::atomic<bool>>*>(data))->store(true);
+  double why = 1;
+  if (argc >= 2) napi_get_value_double(env, argv[1], &why);
+  int expected = 0;
+  (*static_cast<std::shared_ptr<std::atomic<int>>*>(data))->compare_exchange_strong(expected, why == 2 ? 2 : 1);
   return nullptr;
 }
 
