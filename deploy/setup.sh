@@ -15,9 +15,9 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 DEB_SERVE=(ipxe linux-image-amd64 busybox-static zstd e2fsprogs kmod cpio iproute2 binutils util-linux python3 isal libisal-dev libzstd-dev)
 # The tests: real peers and the QEMU lab.
 DEB_TEST=(qemu-system-x86 qemu-utils ipxe-qemu ovmf udhcpc isc-dhcp-client isc-dhcp-relay tftp-hpa atftp curl
-  dnsmasq-base docker-registry systemd iproute2 python3 nftables util-linux openssl libcap2-bin chromium)
+  dnsmasq-base docker-registry systemd iproute2 python3 nftables util-linux openssl libcap2-bin chromium umoci)
 # Benchmarks only (npm run bench).
-DEB_BENCH=(kea-admin nginx-light debootstrap tftpd-hpa umoci)
+DEB_BENCH=(kea-admin nginx-light debootstrap tftpd-hpa)
 
 missing_debs() {
   local p out=()
