@@ -14,6 +14,8 @@
  */
 import { posix } from 'node:path';
 import { TarParser, type TarEntry, type TarEntryType } from './tar.ts';
+import { ImageError } from './errors.ts';
+import { DEFAULT_LIMITS, LIMIT_SETTINGS, type ImageLimits } from './limits.ts';
 
 export interface EntryMeta {
   type: TarEntryType; // 'hardlink' never: links share their target's EntryMeta object
@@ -68,7 +70,7 @@ export class Flattener {
   readonly stats: FlattenStats = { layers: 0, entries: 0, bytesTar: 0, whiteouts: 0, skipped: [] };
 
   /** sink: where file contents go (none: they are dropped, only the metadata is kept). */
-  constructor(private readonly sink: ContentSink | null = null) {
+  constructor(private readonly sink: ContentSink | null = null, private readonly limits: ImageLimits = DEFAULT_LIMITS) {
     this.entries.set('', { type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0 });
     this.children.set('', new Set());
   }
@@ -78,7 +80,7 @@ export class Flattener {
     this.touched = new Set();
     this.whitedOut = new Map();
     this.stats.layers++;
-    const parser = new TarParser();
+    const parser = new TarParser(this.limits.maxPaxBytes);
     const sink = this.sink;
     let open = false; // a file's content is going to the sink
     for await (const chunk of tar) {
@@ -101,9 +103,20 @@ export class Flattener {
 
   /** Creates one entry; returns the new regular file whose content follows (null for everything else). */
   private applyEntry(e: TarEntry): EntryMeta | null {
-    this.stats.entries++;
+    const lim = this.limits;
+    if (++this.stats.entries > lim.maxEntries) throw new ImageError(`the image has more than ${lim.maxEntries} tar entries (the limit, ${LIMIT_SETTINGS.maxEntries})`);
     const clean = cleanPath(e.path);
     if (clean === null) { this.skip(`${e.path}: path leaves the image root`); return null; }
+    const shown = () => JSON.stringify(e.path.length > 80 ? `${e.path.slice(0, 80)}…` : e.path);
+    if (Buffer.byteLength(clean) > lim.maxPathBytes) throw new ImageError(`${shown()}: a path of ${Buffer.byteLength(clean)} bytes, more than the limit of ${lim.maxPathBytes} (${LIMIT_SETTINGS.maxPathBytes})`);
+    let depth = 1;
+    for (let i = clean.indexOf('/'); i >= 0; i = clean.indexOf('/', i + 1)) depth++;
+    if (depth > lim.maxPathDepth) throw new ImageError(`${shown()}: a path ${depth} directories deep, more than the limit of ${lim.maxPathDepth} (${LIMIT_SETTINGS.maxPathDepth})`);
+    if (e.xattrs.size) {
+      let xb = 0;
+      for (const [k, v] of e.xattrs) xb += Buffer.byteLength(k) + v.length;
+      if (xb > lim.maxXattrBytes) throw new ImageError(`${shown()}: ${xb} bytes of extended attributes, more than the limit of ${lim.maxXattrBytes} (${LIMIT_SETTINGS.maxXattrBytes})`);
+    }
     const base = baseOf(clean);
     if (base.startsWith(WH)) {
       this.stats.whiteouts++;
