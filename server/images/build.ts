@@ -99,6 +99,7 @@ export async function buildDisk(job: BuildJob, ev: BuildEvents): Promise<BuildRe
     checkFreeSpace(job.imagesDir, limits);
     // the metadata planned and written after the data area, the head last; 'compressing' is zstd's tail and the hashes
     const { layout, plan, ...digests } = await disk.finish(flattener.entries);
+    checkFreeSpace(job.imagesDir, limits); // what the finished disk and its zstd form left
     progress.diskBytes = digests.rawSize;
     seconds.compress = (performance.now() - t) / 1000;
     seconds.total = (performance.now() - t0) / 1000;

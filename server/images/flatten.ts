@@ -110,7 +110,13 @@ export class Flattener {
     const shown = () => JSON.stringify(e.path.length > 80 ? `${e.path.slice(0, 80)}…` : e.path);
     if (Buffer.byteLength(clean) > lim.maxPathBytes) throw new ImageError(`${shown()}: a path of ${Buffer.byteLength(clean)} bytes, more than the limit of ${lim.maxPathBytes} (${LIMIT_SETTINGS.maxPathBytes})`);
     let depth = 1;
-    for (let i = clean.indexOf('/'); i >= 0; i = clean.indexOf('/', i + 1)) depth++;
+    for (let i = clean.indexOf('/'), prev = 0; ; i = clean.indexOf('/', i + 1)) {
+      const end = i < 0 ? clean.length : i;
+      if (end - prev > 255 && Buffer.byteLength(clean.slice(prev, end)) > 255) throw new ImageError(`${shown()}: a file name longer than 255 bytes (ext4's limit)`);
+      if (i < 0) break;
+      depth++;
+      prev = i + 1;
+    }
     if (depth > lim.maxPathDepth) throw new ImageError(`${shown()}: a path ${depth} directories deep, more than the limit of ${lim.maxPathDepth} (${LIMIT_SETTINGS.maxPathDepth})`);
     if (e.xattrs.size) {
       let xb = 0;

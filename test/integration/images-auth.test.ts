@@ -174,7 +174,7 @@ test('environment credentials go to the one registry IRONBOOT_REGISTRY_HOST name
     const img = await svc.build({ type: 'registry', ref: `${reg2.host}/private/app:2`, insecure: true });
     assert.equal(cat(svc.filePath(img.id, 'raw'), '/secret').toString(), 'registry two');
   });
-  assert.deepEqual(basicSeen().map((s) => s.host.split(':')[0]), ['127.0.0.2']);
+  assert.ok(basicSeen().length > 0 && basicSeen().every((s) => s.host.startsWith('127.0.0.2:')), 'Basic only to registry two\'s token service');
 });
 
 test('Basic credentials never go over plain HTTP or to a token realm on another host unless the operator allows it', { skip }, async () => {
