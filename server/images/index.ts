@@ -120,7 +120,8 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
   const { store } = deps;
   /** What a build accepts from an image (IRONBOOT_IMAGE_… settings) and the worker thread's heap limit. */
   const limits = deps.limits ?? limitsFromEnv();
-  const buildMemoryMb = Number(process.env.IRONBOOT_IMAGE_BUILD_MEMORY ?? 4096);
+  const buildMemoryMb = Number(process.env.IRONBOOT_IMAGE_BUILD_MEMORY || 4096);
+  if (!Number.isInteger(buildMemoryMb) || buildMemoryMb < 64) throw new ImageError(`IRONBOOT_IMAGE_BUILD_MEMORY="${process.env.IRONBOOT_IMAGE_BUILD_MEMORY}": a heap limit in MiB, at least 64`);
   const log = deps.log.child({ svc: 'images' });
   const imagesDir = join(deps.dataDir, 'images');
   mkdirSync(imagesDir, { recursive: true });
