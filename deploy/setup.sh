@@ -16,9 +16,9 @@ DEB_SERVE=(ipxe linux-image-amd64 busybox-static zstd e2fsprogs kmod cpio iprout
 # The tests: real peers and the QEMU lab.
 DEB_TEST=(qemu-system-x86 qemu-utils ipxe-qemu ovmf udhcpc isc-dhcp-client isc-dhcp-relay tftp-hpa atftp curl
   dnsmasq-base docker-registry systemd iproute2 python3 nftables util-linux openssl libcap2-bin chromium
-  openipmi ipmitool fdisk mount strace)
+  openipmi ipmitool fdisk mount strace umoci)
 # Benchmarks only (npm run bench).
-DEB_BENCH=(kea-admin nginx-light debootstrap tftpd-hpa umoci)
+DEB_BENCH=(kea-admin nginx-light debootstrap tftpd-hpa)
 
 missing_debs() {
   local p out=()

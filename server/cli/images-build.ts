@@ -20,7 +20,9 @@ ironboot images build [REPO:TAG] --docker-archive PATH   a \`docker save\` tar
 
   Builds locally into --data-dir (IRONBOOT_DATA_DIR, default ./var); with --server URL the daemon builds it
   (paths are then on the server). Registry credentials: IRONBOOT_REGISTRY_USERNAME/IRONBOOT_REGISTRY_PASSWORD
-  or a Docker config.json ($DOCKER_CONFIG, ~/.docker/config.json).
+  or a Docker config.json ($DOCKER_CONFIG, ~/.docker/config.json); the environment ones need
+  IRONBOOT_REGISTRY_HOST (the one registry they are for). Passwords go over plain HTTP only with
+  IRONBOOT_REGISTRY_PLAIN_HTTP_AUTH=1, to a token service on another host only if IRONBOOT_REGISTRY_AUTH_HOSTS names it.
 `;
 
 /** Renders progress: a redrawn line on a TTY, step lines otherwise. */

@@ -1,6 +1,11 @@
 /**
- * Applies image layers, in order and in one streaming pass each, honouring whiteouts (`.wh.NAME` deletes NAME,
- * `.wh..wh..opq` hides the lower layers' contents of its directory).
+ * Applies image layers, in order and in one streaming pass each, honouring whiteouts as the OCI image-spec says:
+ * a whiteout hides only what the LOWER layers put there, never an entry of its own layer, whatever order the tar
+ * holds them in (`.wh.NAME` deletes lower NAME and everything under it that this layer did not add;
+ * `.wh..wh..opq` hides the lower layers' contents of its directory). "Added by this layer" is the set of paths
+ * the layer created and their ancestors, as umoci's upperPaths (the reference the tests compare against).
+ * A hard link of a layer to a path that the same layer whites out still reaches the lower file (order-independent;
+ * umoci and containerd fail such a layer when the whiteout comes first).
  *
  * Nothing is written to a directory tree: `entries` holds the truth for every path (type, ownership, modes incl.
  * setuid, devices, fifos, xattrs, hard links as one shared object), and a regular file's bytes go, as they arrive,
@@ -9,6 +14,8 @@
  */
 import { posix } from 'node:path';
 import { TarParser, type TarEntry, type TarEntryType } from './tar.ts';
+import { ImageError } from './errors.ts';
+import { DEFAULT_LIMITS, LIMIT_SETTINGS, type ImageLimits } from './limits.ts';
 
 export interface EntryMeta {
   type: TarEntryType; // 'hardlink' never: links share their target's EntryMeta object
@@ -56,11 +63,14 @@ export class Flattener {
   /** Every live path of the merged tree ('' is the root). Hardlinked paths share one object. */
   readonly entries = new Map<string, EntryMeta>();
   private children = new Map<string, Set<string>>();
+  /** Paths this layer created, and their ancestors (never hidden by this layer's whiteouts). */
   private touched = new Set<string>();
+  /** Entries this layer's whiteouts removed (path → meta), so this layer's hard links can still reach them. */
+  private whitedOut = new Map<string, EntryMeta>();
   readonly stats: FlattenStats = { layers: 0, entries: 0, bytesTar: 0, whiteouts: 0, skipped: [] };
 
   /** sink: where file contents go (none: they are dropped, only the metadata is kept). */
-  constructor(private readonly sink: ContentSink | null = null) {
+  constructor(private readonly sink: ContentSink | null = null, private readonly limits: ImageLimits = DEFAULT_LIMITS) {
     this.entries.set('', { type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0 });
     this.children.set('', new Set());
   }
@@ -68,8 +78,9 @@ export class Flattener {
   /** Applies one layer's tar stream. */
   async applyLayer(tar: AsyncIterable<Buffer>): Promise<void> {
     this.touched = new Set();
+    this.whitedOut = new Map();
     this.stats.layers++;
-    const parser = new TarParser();
+    const parser = new TarParser(this.limits.maxPaxBytes);
     const sink = this.sink;
     let open = false; // a file's content is going to the sink
     for await (const chunk of tar) {
@@ -92,15 +103,35 @@ export class Flattener {
 
   /** Creates one entry; returns the new regular file whose content follows (null for everything else). */
   private applyEntry(e: TarEntry): EntryMeta | null {
-    this.stats.entries++;
+    const lim = this.limits;
+    if (++this.stats.entries > lim.maxEntries) throw new ImageError(`the image has more than ${lim.maxEntries} tar entries (the limit, ${LIMIT_SETTINGS.maxEntries})`);
     const clean = cleanPath(e.path);
     if (clean === null) { this.skip(`${e.path}: path leaves the image root`); return null; }
+    const shown = () => JSON.stringify(e.path.length > 80 ? `${e.path.slice(0, 80)}…` : e.path);
+    if (Buffer.byteLength(clean) > lim.maxPathBytes) throw new ImageError(`${shown()}: a path of ${Buffer.byteLength(clean)} bytes, more than the limit of ${lim.maxPathBytes} (${LIMIT_SETTINGS.maxPathBytes})`);
+    let depth = 1;
+    for (let i = clean.indexOf('/'), prev = 0; ; i = clean.indexOf('/', i + 1)) {
+      const end = i < 0 ? clean.length : i;
+      if (end - prev > 255 && Buffer.byteLength(clean.slice(prev, end)) > 255) throw new ImageError(`${shown()}: a file name longer than 255 bytes (ext4's limit)`);
+      if (i < 0) break;
+      depth++;
+      prev = i + 1;
+    }
+    if (depth > lim.maxPathDepth) throw new ImageError(`${shown()}: a path ${depth} directories deep, more than the limit of ${lim.maxPathDepth} (${LIMIT_SETTINGS.maxPathDepth})`);
+    if (e.xattrs.size) {
+      let xb = 0;
+      for (const [k, v] of e.xattrs) xb += Buffer.byteLength(k) + v.length;
+      if (xb > lim.maxXattrBytes) throw new ImageError(`${shown()}: ${xb} bytes of extended attributes, more than the limit of ${lim.maxXattrBytes} (${LIMIT_SETTINGS.maxXattrBytes})`);
+    }
     const base = baseOf(clean);
     if (base.startsWith(WH)) {
       this.stats.whiteouts++;
       const dir = this.resolveDir(parentOf(clean), false);
       if (dir === null) return null;
-      if (base === OPAQUE) { this.touch(dir); this.prune(dir); } else this.remove(join(dir, base.slice(WH.length)));
+      if (base === OPAQUE) { this.prune(dir); return null; }
+      const name = base.slice(WH.length);
+      if (!name || name === '.' || name === '..') { this.skip(`${e.path}: whiteout without a name`); return null; }
+      this.whiteout(join(dir, name));
       return null;
     }
     if (clean === '') {
@@ -133,7 +164,8 @@ export class Flattener {
         const target = cleanPath(e.linkname);
         const tdir = target === null ? null : this.resolveDir(parentOf(target), false);
         const tpath = tdir === null || target === null ? null : join(tdir, baseOf(target));
-        const tmeta = tpath === null ? undefined : this.entries.get(tpath);
+        const tmeta = (tpath === null ? undefined : this.entries.get(tpath) ?? this.whitedOut.get(tpath))
+          ?? (target === null ? undefined : this.whitedOut.get(target));
         if (!tmeta || tmeta.type === 'dir' || tpath === p) { this.skip(`${e.path}: hard link to missing "${e.linkname}"`); return null; }
         if (e.xattrs.size) tmeta.xattrs = e.xattrs;
         this.add(p, tmeta);
@@ -203,23 +235,37 @@ export class Flattener {
     return cur;
   }
 
-  /** Removes a path and everything under it (a file's content stays where it went: dead, free space). */
-  private remove(p: string): void {
+  /**
+   * Removes a path and everything under it (a file's content stays where it went: dead, free space).
+   * record: keep what went in this layer's whitedOut map (for the layer's hard links).
+   */
+  private remove(p: string, record = false): void {
     const m = this.entries.get(p);
     if (!m || p === '') return;
-    if (m.type === 'dir') this.forgetSubtree(p);
+    if (m.type === 'dir') this.forgetSubtree(p, record);
+    if (record) this.whitedOut.set(p, m);
     this.entries.delete(p);
     this.children.get(parentOf(p))?.delete(baseOf(p));
   }
 
-  private forgetSubtree(p: string): void {
+  private forgetSubtree(p: string, record: boolean): void {
     const kids = this.children.get(p);
     if (kids) for (const k of kids) {
       const c = join(p, k);
-      if (this.entries.get(c)?.type === 'dir') this.forgetSubtree(c);
+      const m = this.entries.get(c);
+      if (m?.type === 'dir') this.forgetSubtree(c, record);
+      if (record && m) this.whitedOut.set(c, m);
       this.entries.delete(c);
     }
     this.children.delete(p);
+  }
+
+  /** `.wh.NAME`: removes the lower layers' p and what is under it, keeping what this layer added there. */
+  private whiteout(p: string): void {
+    const m = this.entries.get(p);
+    if (!m) return;
+    if (!this.touched.has(p)) this.remove(p, true);
+    else if (m.type === 'dir') this.prune(p);
   }
 
   /** Opaque directory: removes what lower layers put under dir, keeping what this layer added. */
@@ -228,7 +274,7 @@ export class Flattener {
     if (!kids) return;
     for (const k of [...kids]) {
       const c = join(dir, k);
-      if (!this.touched.has(c)) this.remove(c);
+      if (!this.touched.has(c)) this.remove(c, true);
       else if (this.entries.get(c)?.type === 'dir') this.prune(c);
     }
   }

@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
+import { SHARE_ENV, Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { Counter, Histogram } from 'prom-client';
@@ -17,9 +18,10 @@ import type { ImageFiles } from '../http/app.ts';
 import { codecUnavailable, nativeCodec } from './codec.ts';
 import { ImageError } from './errors.ts';
 import { resolveSource, describeSource, type ImageSource, type ResolvedImage } from './sources.ts';
-import { verified, decompressed } from './layer-stream.ts';
-import { Flattener } from './flatten.ts';
-import { DiskBuilder, parseSize, DiskFullError } from './disk.ts';
+import { parseSize } from './disk.ts';
+import { buildDisk, asImageError, type BuildJob, type BuildResult, type BuildEvents } from './build.ts';
+import type { WorkerMessage } from './build-worker.ts';
+import { limitsFromEnv, type ImageLimits } from './limits.ts';
 import { parseReference } from './reference.ts';
 
 export { ImageError, type ImageSource };
@@ -83,9 +85,43 @@ const pidAlive = (pid: number) => {
 };
 
 let tmpCounter = 0;
+const WORKER = new URL('./build-worker.mjs', import.meta.url);
 
-export function createImageService(deps: { store: Store; log: Logger; registry: Registry; dataDir: string }): ImageService {
+/**
+ * A build thread started ahead (after a build ends), so the next build does not wait for a thread to load its
+ * modules (about 0.25 s). Idle, it does not keep the process alive. One per heap limit.
+ */
+let spare: { worker: Worker; memoryMb: number } | null = null;
+
+function startWorker(memoryMb: number): Worker {
+  // SHARE_ENV: a thread started ahead still sees the environment (registry credentials) as it is now
+  return new Worker(WORKER, { env: SHARE_ENV, resourceLimits: { maxOldGenerationSizeMb: memoryMb } });
+}
+
+function takeWorker(memoryMb: number): Worker {
+  const s = spare;
+  spare = null;
+  if (s && s.memoryMb === memoryMb) { s.worker.removeAllListeners(); s.worker.ref(); return s.worker; }
+  if (s) void s.worker.terminate();
+  return startWorker(memoryMb);
+}
+
+function startSpare(memoryMb: number): void {
+  if (spare) return;
+  const worker = startWorker(memoryMb);
+  worker.unref();
+  const s = { worker, memoryMb };
+  const drop = () => { if (spare === s) spare = null; };
+  worker.on('error', drop).on('exit', drop);
+  spare = s;
+}
+
+export function createImageService(deps: { store: Store; log: Logger; registry: Registry; dataDir: string; limits?: ImageLimits }): ImageService {
   const { store } = deps;
+  /** What a build accepts from an image (IRONBOOT_IMAGE_… settings) and the worker thread's heap limit. */
+  const limits = deps.limits ?? limitsFromEnv();
+  const buildMemoryMb = Number(process.env.IRONBOOT_IMAGE_BUILD_MEMORY || 4096);
+  if (!Number.isInteger(buildMemoryMb) || buildMemoryMb < 64) throw new ImageError(`IRONBOOT_IMAGE_BUILD_MEMORY="${process.env.IRONBOOT_IMAGE_BUILD_MEMORY}": a heap limit in MiB, at least 64`);
   const log = deps.log.child({ svc: 'images' });
   const imagesDir = join(deps.dataDir, 'images');
   mkdirSync(imagesDir, { recursive: true });
@@ -128,15 +164,40 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
     };
     const image = store.tx(() => (store.images.get(id) ? store.images.replace(row) : store.images.insert(row)));
     log.info({ image: id, name, source: resolved.source, digest: resolved.digest, layers: resolved.layers.length }, 'image build started');
-    const done = run(id, resolved, sizeBytes, opts, progress, onProgress);
+    const done = run(id, resolved, source, sizeBytes, opts, progress, onProgress);
     inflight.set(id, done);
     done.finally(() => inflight.delete(id)).catch(() => {});
     return { image, done, reused: false };
   }
 
-  async function run(id: string, resolved: ResolvedImage, sizeBytes: number | undefined, opts: BuildOptions, progress: BuildProgress, onProgress?: ProgressFn): Promise<Image> {
-    const t0 = performance.now();
-    const seconds: Record<string, number> = {};
+  /** Runs the job in a worker thread (or in this thread with IRONBOOT_IMAGE_BUILD_THREAD=0). */
+  function runJob(job: BuildJob, ev: BuildEvents): Promise<BuildResult> {
+    if (process.env.IRONBOOT_IMAGE_BUILD_THREAD === '0') return buildDisk(job, ev);
+    return new Promise((resolve, reject) => {
+      const worker = takeWorker(buildMemoryMb);
+      let settled = false;
+      const settle = (fn: () => void) => {
+        if (settled) return;
+        settled = true;
+        void worker.terminate();
+        startSpare(buildMemoryMb);
+        fn();
+      };
+      worker.on('message', (m: WorkerMessage) => {
+        if (m.t === 'progress') ev.progress(m.p, m.force);
+        else if (m.t === 'layer') ev.layer(m.i, m.of, m.digest);
+        else if (m.t === 'done') settle(() => resolve(m.result));
+        else if (m.t === 'error') settle(() => reject(new ImageError(m.message, m.field)));
+      });
+      worker.on('error', (err) => settle(() => reject((err as NodeJS.ErrnoException).code === 'ERR_WORKER_OUT_OF_MEMORY'
+        ? new ImageError(`the build ran out of memory (its limit is ${buildMemoryMb} MiB, IRONBOOT_IMAGE_BUILD_MEMORY): the image is too large or hostile`)
+        : new ImageError(`the build's worker thread failed: ${(err as Error).message}`))));
+      worker.on('exit', (code) => settle(() => reject(new ImageError(`the build's worker thread stopped (exit ${code}) before it finished`))));
+      worker.postMessage(job);
+    });
+  }
+
+  async function run(id: string, resolved: ResolvedImage, source: ImageSource, sizeBytes: number | undefined, opts: BuildOptions, progress: BuildProgress, onProgress?: ProgressFn): Promise<Image> {
     const n = ++tmpCounter;
     const tmp = join(imagesDir, `.tmp-${id}-${process.pid}-${n}`);
     let lastSave = 0;
@@ -148,51 +209,18 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
         store.images.setState(id, 'building', { progress: progress as unknown as Record<string, unknown> });
       }
     };
-    let disk: DiskBuilder | null = null;
     try {
       mkdirSync(tmp);
       const rawTmp = join(tmp, `${id}.ext4`);
       const zstTmp = join(tmp, `${id}.ext4.zst`);
-      // file contents go to the disk's data area (raw file and zstd) while the layers stream; the metadata at the end
-      progress.bytesCompressed = 0;
-      let t = performance.now();
-      disk = new DiskBuilder(rawTmp, zstTmp, {
-        seed: resolved.digest, label: 'ironboot', sizeBytes, headroom: opts.headroom,
-        onBytes: (k) => { progress.bytesCompressed! += k; report(); },
-        onEmitted: () => {
-          seconds.filesystem = (performance.now() - t) / 1000;
-          t = performance.now();
-          progress.stage = 'compressing';
-          report(true);
-        },
+      const job: BuildJob = { id, source, digest: resolved.digest, sizeBytes, headroom: opts.headroom, rawTmp, zstTmp, imagesDir, limits, progress };
+      const result = await runJob(job, {
+        progress: (p, force) => { if (p !== progress) Object.assign(progress, p); report(force); },
+        layer: (i, of, digest) => log.info({ image: id, layer: i, of, digest }, 'image layer applied'),
       });
-      const flattener = new Flattener(disk);
-      for (const [i, layer] of resolved.layers.entries()) {
-        const what = `layer ${i + 1}/${resolved.layers.length} (${layer.digest.slice(0, 19)})`;
-        const raw = await layer.open();
-        const onBytes = (k: number) => { progress.bytesPulled += k; };
-        const tarBytes = layer.verify === 'stored'
-          ? decompressed(verified(raw, layer.digest, what, layer.size, onBytes), what)
-          : verified(decompressed(countBytes(raw, onBytes), what), layer.digest, what);
-        const counted = countBytes(tarBytes, (k) => { progress.bytesFlattened += k; progress.entries = flattener.stats.entries; report(); });
-        await flattener.applyLayer(counted);
-        progress.layersDone = i + 1;
-        report(true);
-        log.info({ image: id, layer: i + 1, of: resolved.layers.length, digest: layer.digest }, 'image layer applied');
-      }
-      const stats = flattener.finish();
-      if (stats.skipped.length) log.warn({ image: id, skipped: stats.skipped.slice(0, 20) }, 'image entries skipped');
-      seconds.pull = (performance.now() - t) / 1000;
-      t = performance.now();
-      progress.stage = 'filesystem';
-      progress.entries = flattener.entries.size;
-      report(true);
-      // the metadata planned and written after the data area, the head last; 'compressing' is zstd's tail and the hashes
-      const result = await disk.finish(flattener.entries);
-      const { layout, plan, ...digests } = result;
-      progress.diskBytes = digests.rawSize;
-      seconds.compress = (performance.now() - t) / 1000;
-      seconds.total = (performance.now() - t0) / 1000;
+      if (result.skipped.length) log.warn({ image: id, skipped: result.skipped.slice(0, 20) }, 'image entries skipped');
+      const { digests, seconds } = result;
+      if (result.progress !== progress) Object.assign(progress, result.progress);
       progress.stage = 'done';
       progress.seconds = seconds;
       delete progress.pid;
@@ -212,10 +240,9 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       onProgress?.(progress);
       builds.inc({ result: 'ok' });
       buildSeconds.observe(seconds.total);
-      log.info({ image: id, name: img.name, rawSize: digests.rawSize, compressedSize: digests.compressedSize, entries: plan.entries, inodes: layout.inodesUsed, seconds }, 'image ready');
+      log.info({ image: id, name: img.name, rawSize: digests.rawSize, compressedSize: digests.compressedSize, entries: result.entries, inodes: result.inodes, seconds }, 'image ready');
       return img;
     } catch (err) {
-      await disk?.abort().catch(() => {});
       const e = asImageError(err, imagesDir);
       progress.stage = 'failed';
       delete progress.pid;
@@ -268,23 +295,6 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       }
     },
   };
-}
-
-async function* countBytes(src: AsyncIterable<Buffer>, onBytes: (n: number) => void): AsyncGenerator<Buffer> {
-  for await (const c of src) { onBytes(c.length); yield c; }
-}
-
-function asImageError(err: unknown, dir: string): ImageError {
-  const code = (err as NodeJS.ErrnoException).code;
-  if (err instanceof DiskFullError) return err;
-  if (code === 'ENOSPC' || code === 'SQLITE_FULL' || /no space left/i.test((err as Error).message ?? '')) {
-    const p = (err as NodeJS.ErrnoException).path;
-    const where = p && !p.startsWith(dir) ? p : dir;
-    return new ImageError(`disk full: no space left in ${where} while building the image; free space or move --data-dir`);
-  }
-  if (err instanceof ImageError) return err;
-  if (code === 'EDQUOT') return new ImageError(`disk quota exceeded in ${dir} while building the image`);
-  return new ImageError(`image build failed: ${(err as Error).message}`);
 }
 
 export { describeSource };

@@ -4,7 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import { ImageError } from './errors.ts';
-import { findCredentials, type Credentials } from './credentials.ts';
+import { basicAuthRefusal, envCredentialsNote, findCredentials, type Credentials } from './credentials.ts';
 import { MANIFEST_ACCEPT } from './manifest.ts';
 import { DOCKER_HUB, formatReference, type ImageReference } from './reference.ts';
 
@@ -70,27 +70,35 @@ export class RegistryClient {
       await res.body?.cancel();
       if (challenge.scheme === 'bearer') this.token = await this.fetchToken(challenge.params);
       else if (challenge.scheme === 'basic') {
-        if (!this.creds) throw new ImageError(`registry ${this.ref.registry} requires a login: set IRONBOOT_REGISTRY_USERNAME/IRONBOOT_REGISTRY_PASSWORD or add it to a Docker config.json`, 'source.ref');
+        if (!this.creds) throw new ImageError(`registry ${this.ref.registry} requires a login: set IRONBOOT_REGISTRY_HOST=${this.ref.registry} with IRONBOOT_REGISTRY_USERNAME/IRONBOOT_REGISTRY_PASSWORD or add it to a Docker config.json${envCredentialsNote(this.ref.registry)}`, 'source.ref');
+        const refusal = basicAuthRefusal(this.ref.registry, new URL(url));
+        if (refusal) throw new ImageError(`registry ${this.ref.registry} asks for a password: ${refusal}`, 'source.ref');
         this.basic = Buffer.from(`${this.creds.username}:${this.creds.password}`).toString('base64');
       } else throw new ImageError(`registry ${this.ref.registry} asks for unsupported authentication "${challenge.scheme}"`, 'source.ref');
       res = await send();
     }
     if (res.status === 401 || res.status === 403) {
       const body = await res.text().catch(() => '');
-      throw new ImageError(`access to ${this.ref.repository} on ${this.ref.registry} denied (${res.status})${this.creds ? ' with the configured credentials' : ': the repository does not exist or needs credentials'}${errorDetail(body)}`, 'source.ref');
+      throw new ImageError(`access to ${this.ref.repository} on ${this.ref.registry} denied (${res.status})${this.creds ? ' with the configured credentials' : `: the repository does not exist or needs credentials${envCredentialsNote(this.ref.registry)}`}${errorDetail(body)}`, 'source.ref');
     }
     return res;
   }
 
   private async fetchToken(p: Record<string, string>): Promise<string> {
     if (!p.realm) throw new ImageError(`registry ${this.ref.registry} sent a bearer challenge without a realm`);
-    const u = new URL(p.realm);
+    let u: URL;
+    try { u = new URL(p.realm); } catch { throw new ImageError(`registry ${this.ref.registry} sent a bearer challenge with a bad realm "${p.realm}"`); }
+    if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new ImageError(`registry ${this.ref.registry} sent a token realm that is not HTTP(S): ${p.realm}`);
     if (p.service) u.searchParams.set('service', p.service);
     u.searchParams.set('scope', p.scope ?? `repository:${this.ref.repository}:pull`);
     const headers: Record<string, string> = {};
+    if (this.creds) {
+      const refusal = basicAuthRefusal(this.ref.registry, u);
+      if (refusal) throw new ImageError(`registry ${this.ref.registry}: ${refusal}`, 'source.ref');
+    }
     if (this.creds) headers.authorization = `Basic ${Buffer.from(`${this.creds.username}:${this.creds.password}`).toString('base64')}`;
     let res: Response;
-    try { res = await fetch(u, { headers }); } catch (err) { throw networkError(err, u.host, false); }
+    try { res = await fetch(u, { headers, redirect: this.creds ? 'error' : 'follow' }); } catch (err) { throw networkError(err, u.host, false); }
     if (!res.ok) throw new ImageError(`token service ${u.host} refused a pull token for ${this.ref.repository} (${res.status})${this.creds ? ': check the credentials' : ''}`, 'source.ref');
     const j = (await res.json()) as { token?: string; access_token?: string };
     const t = j.token ?? j.access_token;

@@ -107,6 +107,9 @@ export class TarParser {
   private longLink: string | null = null;
   private zeroBlocks = 0;
 
+  /** maxMetaBytes: the largest PAX header or GNU long name/link record accepted (a hostile image's huge header). */
+  constructor(private readonly maxMetaBytes = 64 << 20) {}
+
   push(chunk: Buffer): TarEvent[] {
     const events: TarEvent[] = [];
     let buf = chunk;
@@ -171,7 +174,7 @@ export class TarParser {
       const size = parseNumeric(h, 124, 12);
       const pad = (BLOCK - (size % BLOCK)) % BLOCK;
       if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
-        if (size > 64 << 20) throw new TarFormatError(`tar metadata record of ${size} bytes is too large`);
+        if (size > this.maxMetaBytes) throw new TarFormatError(`a tar ${typeflag === 'x' || typeflag === 'g' ? 'PAX header' : 'long name record'} of ${size} bytes is larger than the limit of ${this.maxMetaBytes} bytes (IRONBOOT_IMAGE_MAX_PAX_BYTES)`);
         this.state = { s: 'meta', type: typeflag, size, pad, parts: [], got: 0 };
         if (size === 0) { this.finishMeta(typeflag, Buffer.alloc(0)); this.state = { s: 'header' }; }
         continue;

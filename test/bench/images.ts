@@ -44,6 +44,7 @@ const dropCaches = () => sh('sync');
 function prepareRootfs(): void {
   if (existsSync(join(ROOTFS, 'etc', 'debian_version'))) return;
   console.log('debootstrap --variant=minbase bookworm (once, cached) …');
+  mkdirSync(BENCH, { recursive: true });
   rmSync(ROOTFS + '.tmp', { recursive: true, force: true });
   sh(`debootstrap --variant=minbase bookworm ${ROOTFS}.tmp http://deb.debian.org/debian > ${BENCH}/debootstrap.log 2>&1 && mv ${ROOTFS}.tmp ${ROOTFS}`);
 }

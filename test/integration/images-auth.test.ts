@@ -26,6 +26,12 @@ const PASS = 'ibi-secret';
 let work: string;
 let reg: TestRegistry;
 let tokens: Server;
+let tokens2: Server;
+/** A second registry whose token realm is on another host (127.0.0.2). */
+let reg2: TestRegistry;
+/** Every Authorization the token services saw: host (of the realm) and header ('' when anonymous). */
+const seen: { host: string; authz: string }[] = [];
+const basicSeen = () => seen.filter((s) => s.authz.startsWith('Basic'));
 let store: Store;
 let svc: ImageService;
 let issued = 0;
@@ -52,6 +58,7 @@ before(async () => {
   tokens = createServer((req, res) => {
     const u = new URL(req.url!, 'http://x');
     const authz = req.headers.authorization ?? '';
+    seen.push({ host: req.headers.host ?? '', authz });
     const anonymous = !authz;
     const ok = authz === `Basic ${Buffer.from(`${USER}:${PASS}`).toString('base64')}`;
     if (!anonymous && !ok) { res.writeHead(401).end('{"details":"incorrect username or password"}'); return; }
@@ -66,6 +73,8 @@ before(async () => {
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token, expires_in: 300 }));
   });
   await new Promise<void>((r) => tokens.listen(tport, '127.0.0.1', r));
+  tokens2 = createServer((req, res) => tokens.emit('request', req, res));
+  await new Promise<void>((r) => tokens2.listen(tport, '127.0.0.2', r));
   reg = new TestRegistry(`auth:
   token:
     realm: http://127.0.0.1:${tport}/token
@@ -77,6 +86,16 @@ before(async () => {
   const pushToken = jwt(keyPem, der, { iss: 'ibi-issuer', sub: USER, aud: 'ibi-registry', exp: Math.floor(Date.now() / 1000) + 300, nbf: 0, iat: 0, jti: randomUUID(), access: [{ type: 'repository', name: 'private/app', actions: ['pull', 'push'] }] });
   reg.authorization = `Bearer ${pushToken}`;
   await reg.push('private/app', '1', buildImage({ layers: [[{ path: 'secret', content: 'only with a token' }]] }));
+  reg2 = new TestRegistry(`auth:
+  token:
+    realm: http://127.0.0.2:${tport}/token
+    service: ibi-registry
+    issuer: ibi-issuer
+    rootcertbundle: ${cert}
+`);
+  await reg2.start();
+  reg2.authorization = reg.authorization;
+  await reg2.push('private/app', '2', buildImage({ layers: [[{ path: 'secret', content: 'registry two' }]] }));
   store = Store.open(join(work, 'data'));
   svc = createImageService({ store, log: pino({ level: 'silent' }), registry: new Registry(), dataDir: join(work, 'data') });
 });
@@ -85,7 +104,9 @@ after(async () => {
   if (skip) return;
   store?.close();
   await reg?.destroy();
+  await reg2?.destroy();
   await new Promise((r) => tokens?.close(r));
+  await new Promise((r) => tokens2?.close(r));
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -95,7 +116,8 @@ function withEnv<T>(vars: Record<string, string | undefined>, fn: () => Promise<
   return fn().finally(() => { for (const [k, v] of Object.entries(saved)) { if (v === undefined) delete process.env[k]; else process.env[k] = v; } });
 }
 
-const noCreds = { IRONBOOT_REGISTRY_USERNAME: undefined, IRONBOOT_REGISTRY_PASSWORD: undefined, DOCKER_CONFIG: undefined, REGISTRY_AUTH_FILE: undefined, HOME: '/nonexistent', XDG_RUNTIME_DIR: undefined };
+const noCreds = { IRONBOOT_REGISTRY_USERNAME: undefined, IRONBOOT_REGISTRY_PASSWORD: undefined, IRONBOOT_REGISTRY_HOST: undefined,
+  IRONBOOT_REGISTRY_PLAIN_HTTP_AUTH: undefined, IRONBOOT_REGISTRY_AUTH_HOSTS: undefined, DOCKER_CONFIG: undefined, REGISTRY_AUTH_FILE: undefined, HOME: '/nonexistent', XDG_RUNTIME_DIR: undefined };
 
 test('anonymous pull from a token-protected repository is refused with a clear error', { skip }, async () => {
   await withEnv(noCreds, async () => {
@@ -106,8 +128,8 @@ test('anonymous pull from a token-protected repository is refused with a clear e
   });
 });
 
-test('bearer token with credentials from the environment', { skip }, async () => {
-  await withEnv({ ...noCreds, IRONBOOT_REGISTRY_USERNAME: USER, IRONBOOT_REGISTRY_PASSWORD: PASS }, async () => {
+test('bearer token with credentials from the environment (for that host, plain HTTP allowed by the operator)', { skip }, async () => {
+  await withEnv({ ...noCreds, IRONBOOT_REGISTRY_USERNAME: USER, IRONBOOT_REGISTRY_PASSWORD: PASS, IRONBOOT_REGISTRY_HOST: reg.host, IRONBOOT_REGISTRY_PLAIN_HTTP_AUTH: '1' }, async () => {
     const img = await svc.build({ type: 'registry', ref: `${reg.host}/private/app:1`, insecure: true });
     assert.equal(cat(svc.filePath(img.id, 'raw'), '/secret').toString(), 'only with a token');
   });
@@ -119,7 +141,7 @@ test('bearer token with credentials from a Docker config.json; wrong ones are re
   const write = (pw: string) => writeFileSync(join(dir, 'config.json'), JSON.stringify({ auths: { [`http://${reg.host}`]: { auth: Buffer.from(`${USER}:${pw}`).toString('base64') } } }));
   write(PASS);
   store.images.list().forEach((i) => { store.images.delete(i.id); svc.removeFiles(i.id); });
-  await withEnv({ ...noCreds, DOCKER_CONFIG: dir }, async () => {
+  await withEnv({ ...noCreds, DOCKER_CONFIG: dir, IRONBOOT_REGISTRY_PLAIN_HTTP_AUTH: '1' }, async () => {
     const img = await svc.build({ type: 'registry', ref: `${reg.host}/private/app:1`, insecure: true });
     assert.equal(img.state, 'ready');
     write('wrong');
@@ -127,4 +149,45 @@ test('bearer token with credentials from a Docker config.json; wrong ones are re
     svc.removeFiles(img.id);
     await assert.rejects(svc.build({ type: 'registry', ref: `${reg.host}/private/app:1`, insecure: true }), /token service 127\.0\.0\.1:\d+ refused a pull token .*check the credentials/);
   });
+});
+
+const drop = () => store.images.list().forEach((i) => { store.images.delete(i.id); svc.removeFiles(i.id); });
+
+test('environment credentials go to the one registry IRONBOOT_REGISTRY_HOST names, never to another', { skip }, async () => {
+  drop();
+  const env = { ...noCreds, IRONBOOT_REGISTRY_USERNAME: USER, IRONBOOT_REGISTRY_PASSWORD: PASS, IRONBOOT_REGISTRY_PLAIN_HTTP_AUTH: '1', IRONBOOT_REGISTRY_AUTH_HOSTS: '127.0.0.2' };
+  seen.length = 0;
+  // for registry one: registry two (a second registry on loopback) gets an anonymous token request, no password
+  await withEnv({ ...env, IRONBOOT_REGISTRY_HOST: reg.host }, async () => {
+    await assert.rejects(svc.build({ type: 'registry', ref: `${reg2.host}/private/app:2`, insecure: true }),
+      new RegExp(`denied \\(401\\): .*credentials are for ${reg.host.replace(/\./g, '\\.')}, not ${reg2.host.replace(/\./g, '\\.')}`));
+  });
+  assert.deepEqual(basicSeen(), [], 'no Basic credentials sent for registry two');
+  assert.ok(seen.some((s) => s.host.startsWith('127.0.0.2:') && s.authz === ''), 'registry two\'s token service was asked anonymously');
+  // no host named: the environment's credentials apply nowhere
+  await withEnv(env, async () => {
+    await assert.rejects(svc.build({ type: 'registry', ref: `${reg.host}/private/app:1`, insecure: true }), /IRONBOOT_REGISTRY_HOST is not/);
+  });
+  assert.deepEqual(basicSeen(), []);
+  // and for registry two they work
+  await withEnv({ ...env, IRONBOOT_REGISTRY_HOST: reg2.host }, async () => {
+    const img = await svc.build({ type: 'registry', ref: `${reg2.host}/private/app:2`, insecure: true });
+    assert.equal(cat(svc.filePath(img.id, 'raw'), '/secret').toString(), 'registry two');
+  });
+  assert.ok(basicSeen().length > 0 && basicSeen().every((s) => s.host.startsWith('127.0.0.2:')), 'Basic only to registry two\'s token service');
+});
+
+test('Basic credentials never go over plain HTTP or to a token realm on another host unless the operator allows it', { skip }, async () => {
+  drop();
+  seen.length = 0;
+  const env = { ...noCreds, IRONBOOT_REGISTRY_USERNAME: USER, IRONBOOT_REGISTRY_PASSWORD: PASS };
+  await withEnv({ ...env, IRONBOOT_REGISTRY_HOST: reg.host }, async () => {
+    await assert.rejects(svc.build({ type: 'registry', ref: `${reg.host}/private/app:1`, insecure: true }),
+      /not sending the credentials for 127\.0\.0\.1:\d+ over plain HTTP to 127\.0\.0\.1:\d+; set IRONBOOT_REGISTRY_PLAIN_HTTP_AUTH=1/);
+  });
+  await withEnv({ ...env, IRONBOOT_REGISTRY_HOST: reg2.host, IRONBOOT_REGISTRY_PLAIN_HTTP_AUTH: '1' }, async () => {
+    await assert.rejects(svc.build({ type: 'registry', ref: `${reg2.host}/private/app:2`, insecure: true }),
+      /not sending the credentials for 127\.0\.0\.1:\d+ to the token service 127\.0\.0\.2:\d+ \(another host\); name it in IRONBOOT_REGISTRY_AUTH_HOSTS/);
+  });
+  assert.deepEqual(basicSeen(), [], 'nothing was sent');
 });
