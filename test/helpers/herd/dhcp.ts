@@ -1,0 +1,74 @@
+/**
+ * The herd's DHCP client: one UDP socket on port 68 bound to the machine's own macvlan (SO_BINDTODEVICE, as
+ * udhcpc binds its interface), DISCOVER → OFFER → REQUEST → ACK with the retransmission a PXE ROM does. The
+ * three flavours are the three DHCP exchanges of a real boot: the PXE ROM, iPXE (user class "iPXE"), and the
+ * agent's udhcpc. Every request that had to be sent again because no answer came in time counts as a drop.
+ */
+import dgram from 'node:dgram';
+import { loadNative } from '../../../server/dhcp/server.ts';
+import { parseDhcpPacket, optIp, optString, messageType, Opt } from '../../../server/dhcp/packet.ts';
+import { buildRequest, qemuBiosIpxeDiscover } from '../dhcp-packets.ts';
+
+export type DhcpFlavour = 'pxe' | 'ipxe' | 'udhcpc';
+
+export interface DhcpLease { yiaddr: string; siaddr: string; serverId: string; file: string; retransmits: number }
+
+const PXE_VENDOR = 'PXEClient:Arch:00000:UNDI:002001';
+
+function fdOf(sock: dgram.Socket): number {
+  return Object.getOwnPropertySymbols(sock).map((s) => (sock as never as Record<symbol, { handle?: { fd?: number } }>)[s])
+    .find((v) => v?.handle?.fd !== undefined)!.handle!.fd!;
+}
+
+function packet(flavour: DhcpFlavour, mac: string, type: 1 | 3, xid: number, offer?: { yiaddr: string; serverId: string }): Buffer {
+  const ids = offer ? { requested: offer.yiaddr, serverId: offer.serverId } : {};
+  if (flavour === 'pxe' && type === 1) {
+    const b = qemuBiosIpxeDiscover(mac.replaceAll(':', ''), xid);
+    b.writeUInt16BE(0x8000, 10); // broadcast flag: the client has no address to receive a unicast on
+    return b;
+  }
+  if (flavour === 'pxe') return buildRequest({ mac, type, xid, flags: 0x8000, vendorClass: PXE_VENDOR, arch: 0, ...ids });
+  if (flavour === 'ipxe') return buildRequest({ mac, type, xid, flags: 0x8000, vendorClass: PXE_VENDOR, arch: 0, userClass: 'iPXE', ipxeEncap: true, ...ids });
+  return buildRequest({ mac, type, xid, flags: 0x8000, vendorClass: 'udhcp 1.35.0', ...ids });
+}
+
+/** One DHCP exchange on `iface`. Retransmits after 1, 2, 4, 4… s (at most `attempts` sends per message). */
+export async function dhcpExchange(iface: string, mac: string, flavour: DhcpFlavour, o: { attempts?: number } = {}): Promise<DhcpLease> {
+  const sock = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+  const macHex = mac.replaceAll(':', '').toLowerCase();
+  const xid = (Math.random() * 0xffffffff) >>> 0;
+  let waiter: ((p: ReturnType<typeof parseDhcpPacket>) => void) | null = null;
+  sock.on('message', (msg) => {
+    if (!waiter || msg.length < 240 || msg.readUInt32BE(4) !== xid) return; // cheap: every client sees every broadcast
+    try {
+      const p = parseDhcpPacket(msg);
+      if (p.op === 2 && p.chaddr.subarray(0, 6).toString('hex') === macHex) waiter(p);
+    } catch { /* not a DHCP reply */ }
+  });
+  await new Promise<void>((resolve, reject) => { sock.once('error', reject); sock.bind(68, '0.0.0.0', () => resolve()); });
+  loadNative().bindToDevice(fdOf(sock), iface);
+  sock.setBroadcast(true);
+  let retransmits = 0;
+  const ask = async (type: 1 | 3, want: number, offer?: { yiaddr: string; serverId: string }) => {
+    const data = packet(flavour, mac, type, xid, offer);
+    for (let attempt = 0; attempt < (o.attempts ?? 8); attempt++) {
+      if (attempt > 0) retransmits++;
+      const reply = await new Promise<ReturnType<typeof parseDhcpPacket> | null>((resolve) => {
+        const t = setTimeout(() => { waiter = null; resolve(null); }, Math.min(4000, 1000 * 2 ** attempt));
+        waiter = (p) => { if (messageType(p) === want || messageType(p) === 6) { clearTimeout(t); waiter = null; resolve(p); } };
+        sock.send(data, 67, '255.255.255.255');
+      });
+      if (reply && messageType(reply) === 6) throw new Error(`DHCP NAK for ${mac}: ${optString(reply, Opt.MESSAGE) ?? ''}`);
+      if (reply) return reply;
+    }
+    throw new Error(`no DHCP ${want === 2 ? 'OFFER' : 'ACK'} for ${mac} (${flavour}) after ${o.attempts ?? 8} sends`);
+  };
+  try {
+    const offer = await ask(1, 2);
+    const serverId = optIp(offer, Opt.SERVER_ID) ?? offer.siaddr;
+    const ack = await ask(3, 5, { yiaddr: offer.yiaddr, serverId });
+    return { yiaddr: ack.yiaddr, siaddr: ack.siaddr, serverId, file: ack.file || optString(ack, Opt.BOOTFILE) || '', retransmits };
+  } finally {
+    sock.close();
+  }
+}
