@@ -132,11 +132,11 @@ export class Herd {
   }
 
   /** A real `ironboot serve` (DHCP on br0 in reservation mode, TFTP, HTTP) and the herd against it. */
-  async runIronboot(sizes: HerdSizes, o: { serveArgs?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<StackRun> {
+  async runIronboot(sizes: HerdSizes, o: { serveArgs?: string[]; env?: NodeJS.ProcessEnv; nodeArgs?: string[] } = {}): Promise<StackRun> {
     const { artifacts, oci } = this.prepare(sizes);
     const token = randomBytes(18).toString('base64url');
     const url = `http://${SERVER_IP}:8080`;
-    const serve = this.srv.spawn(process.execPath, [CLI, 'serve', '--data-dir', join(this.dir.path, 'data'), '--dhcp-interface', 'br0',
+    const serve = this.srv.spawn(process.execPath, [...(o.nodeArgs ?? []), CLI, 'serve', '--data-dir', join(this.dir.path, 'data'), '--dhcp-interface', 'br0',
       '--http-listen', `${SERVER_IP}:8080`, '--tftp-listen', `${SERVER_IP}:69`, '--public-url', url,
       '--artifacts-dir', artifacts, '--no-build-artifacts', ...(o.serveArgs ?? [])],
     { env: { ...process.env, IRONBOOT_TOKEN: token, CI: '1', ...o.env } });
@@ -192,7 +192,7 @@ export class Herd {
       'dhcp-userclass=set:ipxe,iPXE', `dhcp-boot=tag:!ipxe,undionly.kpxe,,${SERVER_IP}`, 'enable-tftp', 'tftp-root=/usr/lib/ipxe',
       'tftp-max=5000', `dhcp-leasefile=${join(work, 'leases')}`, 'dhcp-lease-max=10000', ...hosts, '',
     ].join('\n'));
-    writeFileSync(join(work, 'nginx.conf'), `worker_processes 2; daemon off; pid ${work}/nginx.pid; error_log ${work}/nginx-error.log;
+    writeFileSync(join(work, 'nginx.conf'), `user root; worker_processes 2; daemon off; pid ${work}/nginx.pid; error_log ${work}/nginx-error.log;
 events { worker_connections 8192; }
 http { access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000; default_type application/octet-stream;
   server { listen ${SERVER_IP}:80; root ${www}; } }

@@ -23,7 +23,7 @@ export interface RunnerReport {
   wallMs: number;
   samples: MetricsSample[];
   finalStates: Record<string, number>;
-  image: { id: string; compressedSize: number; rawSize: number } | null;
+  image: { id: string; compressedSize: number; compressedSha256: string; rawSize: number } | null;
   daemonMetrics: string | null;
 }
 
@@ -52,7 +52,7 @@ export async function runHerdInNamespace(cfg: RunnerConfig): Promise<RunnerRepor
     await api(c, 'POST', '/images', { name: c.imageName, source: { type: 'oci-layout', path: c.ociLayout, ref: 'latest' } });
     for (let i = 0; ; i++) {
       const img = await api(c, 'GET', `/images/${c.imageName}`, undefined, [200, 404]);
-      if (img?.state === 'ready') { image = { id: img.id, compressedSize: img.compressedSize, rawSize: img.rawSize }; break; }
+      if (img?.state === 'ready') { image = { id: img.id, compressedSize: img.compressedSize, compressedSha256: img.compressedSha256, rawSize: img.rawSize }; break; }
       if (img?.state === 'failed' || i > 600) throw new Error(`image build: ${JSON.stringify(img)}`);
       await sleep(200);
     }
