@@ -1,6 +1,6 @@
 /**
- * The herd's DHCP client: one UDP socket on port 68 bound to the machine's own macvlan (SO_BINDTODEVICE, as
- * udhcpc binds its interface), DISCOVER → OFFER → REQUEST → ACK with the retransmission a PXE ROM does. The
+ * The herd's DHCP client: requests sent from a socket bound to the machine's own macvlan (SO_BINDTODEVICE, as
+ * udhcpc binds its interface), replies read on the rack's uplink; DISCOVER → OFFER → REQUEST → ACK with the retransmission a PXE ROM does. The
  * three flavours are the three DHCP exchanges of a real boot: the PXE ROM, iPXE (user class "iPXE"), and the
  * agent's udhcpc. Every request that had to be sent again because no answer came in time counts as a drop.
  */
@@ -32,20 +32,50 @@ function packet(flavour: DhcpFlavour, mac: string, type: 1 | 3, xid: number, off
   return buildRequest({ mac, type, xid, flags: 0x8000, vendorClass: 'udhcp 1.35.0', ...ids });
 }
 
-/** One DHCP exchange on `iface`. Retransmits after 1, 2, 4, 4… s (at most `attempts` sends per message). */
-export async function dhcpExchange(iface: string, mac: string, flavour: DhcpFlavour, o: { attempts?: number } = {}): Promise<DhcpLease> {
-  const sock = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+type Waiter = (p: ReturnType<typeof parseDhcpPacket>) => void;
+
+/**
+ * Replies are broadcast, so a socket on port 68 per machine would get every machine's replies (N² datagrams: at
+ * 500 machines the simulator, not the server, dropped them). One listener on the rack's uplink (SO_BINDTODEVICE,
+ * so each broadcast is seen once, not once per macvlan) hands each reply to the machine waiting for its xid.
+ */
+class ReplyListener {
+  private static instance: Promise<ReplyListener> | null = null;
+  readonly waiters = new Map<number, Waiter>();
+  private constructor(readonly sock: dgram.Socket) {
+    sock.on('message', (msg) => {
+      if (msg.length < 240) return;
+      const w = this.waiters.get(msg.readUInt32BE(4));
+      if (!w) return;
+      try { const p = parseDhcpPacket(msg); if (p.op === 2) w(p); } catch { /* not a DHCP reply */ }
+    });
+  }
+  static get(uplink: string): Promise<ReplyListener> {
+    ReplyListener.instance ??= (async () => {
+      const sock = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+      await new Promise<void>((resolve, reject) => { sock.once('error', reject); sock.bind(68, '0.0.0.0', () => resolve()); });
+      loadNative().bindToDevice(fdOf(sock), uplink);
+      try { sock.setRecvBufferSize(16 << 20); } catch { /* capped by rmem_max */ }
+      sock.unref();
+      return new ReplyListener(sock);
+    })();
+    return ReplyListener.instance;
+  }
+}
+
+/**
+ * One DHCP exchange: requests leave from the machine's own macvlan `iface` (SO_BINDTODEVICE: its MAC on the wire),
+ * replies come through the uplink's listener. Retransmits after 1, 2, 4, 4… s (at most `attempts` sends).
+ */
+export async function dhcpExchange(iface: string, mac: string, flavour: DhcpFlavour, o: { attempts?: number; uplink?: string } = {}): Promise<DhcpLease> {
+  const listener = await ReplyListener.get(o.uplink ?? 'up0');
+  const sock = dgram.createSocket({ type: 'udp4' });
   const macHex = mac.replaceAll(':', '').toLowerCase();
-  const xid = (Math.random() * 0xffffffff) >>> 0;
-  let waiter: ((p: ReturnType<typeof parseDhcpPacket>) => void) | null = null;
-  sock.on('message', (msg) => {
-    if (!waiter || msg.length < 240 || msg.readUInt32BE(4) !== xid) return; // cheap: every client sees every broadcast
-    try {
-      const p = parseDhcpPacket(msg);
-      if (p.op === 2 && p.chaddr.subarray(0, 6).toString('hex') === macHex) waiter(p);
-    } catch { /* not a DHCP reply */ }
-  });
-  await new Promise<void>((resolve, reject) => { sock.once('error', reject); sock.bind(68, '0.0.0.0', () => resolve()); });
+  let xid = (Math.random() * 0xffffffff) >>> 0;
+  while (listener.waiters.has(xid)) xid = (xid + 1) >>> 0;
+  let waiter: Waiter | null = null;
+  listener.waiters.set(xid, (p) => { if (waiter && p.chaddr.subarray(0, 6).toString('hex') === macHex) waiter(p); });
+  await new Promise<void>((resolve, reject) => { sock.once('error', reject); sock.bind(0, '0.0.0.0', () => resolve()); });
   loadNative().bindToDevice(fdOf(sock), iface);
   sock.setBroadcast(true);
   let retransmits = 0;
@@ -69,6 +99,7 @@ export async function dhcpExchange(iface: string, mac: string, flavour: DhcpFlav
     const ack = await ask(3, 5, { yiaddr: offer.yiaddr, serverId });
     return { yiaddr: ack.yiaddr, siaddr: ack.siaddr, serverId, file: ack.file || optString(ack, Opt.BOOTFILE) || '', retransmits };
   } finally {
+    listener.waiters.delete(xid);
     sock.close();
   }
 }

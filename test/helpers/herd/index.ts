@@ -149,7 +149,9 @@ export class Herd {
       const report = await this.runner({
         machines: this.machines, metricsUrl: `${url}/metrics`,
         api: { url, token, ociLayout: oci, imageName: 'herd' },
-      }, 'ironboot');
+      }, 'ironboot').catch((e: Error) => {
+        throw new Error(`${e.message}\n--- ironboot serve (exit ${serve.exitCode ?? serve.signalCode ?? 'running'}; tail) ---\n${log.slice(-4000)}`);
+      });
       return { report, summary: summarize(report), rss: rss.stop(), log };
     } finally {
       serve.kill('SIGTERM');
