@@ -103,3 +103,23 @@ export async function dhcpExchange(iface: string, mac: string, flavour: DhcpFlav
     sock.close();
   }
 }
+
+let worker: Promise<{ w: import('node:worker_threads').Worker; pending: Map<number, (r: { lease?: DhcpLease; error?: string }) => void> }> | null = null;
+let nextId = 0;
+
+/** dhcpExchange on the DHCP thread (dhcp-worker.ts); the herd's machines use this one. */
+export async function dhcpExchangeOffThread(iface: string, mac: string, flavour: DhcpFlavour, uplink = 'up0'): Promise<DhcpLease> {
+  worker ??= (async () => {
+    const { Worker } = await import('node:worker_threads');
+    const w = new Worker(new URL('./dhcp-worker.mjs', import.meta.url));
+    const pending = new Map<number, (r: { lease?: DhcpLease; error?: string }) => void>();
+    w.on('message', (r: { id: number; lease?: DhcpLease; error?: string }) => { pending.get(r.id)?.(r); pending.delete(r.id); });
+    w.unref();
+    return { w, pending };
+  })();
+  const { w, pending } = await worker;
+  const id = nextId++;
+  const r = await new Promise<{ lease?: DhcpLease; error?: string }>((resolve) => { pending.set(id, resolve); w.postMessage({ id, iface, mac, flavour, uplink }); });
+  if (r.error) throw new Error(r.error);
+  return r.lease!;
+}

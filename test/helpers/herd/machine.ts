@@ -15,7 +15,7 @@ import { parseAgentConfig } from '../../../init/agent/cmdline.ts';
 import { sayHello } from '../../../init/agent/steps/hello.ts';
 import { EventReporter } from '../../../init/agent/reporter.ts';
 import type { Console } from '../../../init/agent/sys.ts';
-import { dhcpExchange } from './dhcp.ts';
+import { dhcpExchangeOffThread as dhcpExchange } from './dhcp.ts';
 import { tftpFetch } from './tftp.ts';
 import { httpGet, machineAgent, postJsonFrom } from './http.ts';
 
