@@ -113,12 +113,17 @@ export async function dhcpExchangeOffThread(iface: string, mac: string, flavour:
     const { Worker } = await import('node:worker_threads');
     const w = new Worker(new URL('./dhcp-worker.mjs', import.meta.url));
     const pending = new Map<number, (r: { lease?: DhcpLease; error?: string }) => void>();
-    w.on('message', (r: { id: number; lease?: DhcpLease; error?: string }) => { pending.get(r.id)?.(r); pending.delete(r.id); });
+    // referenced only while an exchange is under way: an idle thread must not keep the runner alive
+    w.on('message', (r: { id: number; lease?: DhcpLease; error?: string }) => {
+      pending.get(r.id)?.(r); pending.delete(r.id);
+      if (!pending.size) w.unref();
+    });
     w.unref();
     return { w, pending };
   })();
   const { w, pending } = await worker;
   const id = nextId++;
+  w.ref();
   const r = await new Promise<{ lease?: DhcpLease; error?: string }>((resolve) => { pending.set(id, resolve); w.postMessage({ id, iface, mac, flavour, uplink }); });
   if (r.error) throw new Error(r.error);
   return r.lease!;
