@@ -67,9 +67,25 @@ export function openDb(dataDir: string, opts: { migrations?: Migration[] } = {})
     db.pragma('foreign_keys = ON');
     db.pragma('busy_timeout = 5000');
     migrate(db, opts.migrations ?? loadMigrations(), path);
+    cachePreparedStatements(db);
   } catch (err) {
     db.close();
     throw err;
   }
   return db;
+}
+
+/**
+ * Repositories call db.prepare(sql) per query; compiling the same SQL again for every DHCP request and agent event
+ * was the daemon's largest JS cost under a herd (test/bench/herd.ts). Statements are kept per SQL text. The store
+ * uses only run/get/all (no iterate, pluck, raw or expand, which would leave a shared statement busy or changed).
+ */
+export function cachePreparedStatements(db: Db): void {
+  const prepare = db.prepare.bind(db);
+  const cache = new Map<string, Database.Statement>();
+  db.prepare = ((sql: string) => {
+    let st = cache.get(sql);
+    if (!st) { st = prepare(sql); cache.set(sql, st); }
+    return st;
+  }) as Db['prepare'];
 }

@@ -1,0 +1,83 @@
+/**
+ * A rack at once: N simulated machines (default 500; `HERD_N=…`) power on together, first against `ironboot serve`,
+ * then against the reference stack — dnsmasq (DHCP reservations + TFTP), nginx (boot scripts, kernel, initramfs,
+ * the same container-disk file) and test/helpers/herd/agent-standin.ts for /agent/v1, which the reference has no
+ * equivalent of (an in-memory stand-in: it stores nothing) — on the same namespaces in the same run.
+ * Prints the span from the first DISCOVER to the last acknowledged `succeeded`, p50/p99 per phase, DHCP drops,
+ * TFTP retransmissions, HTTP and disk bytes/s, the daemon's RSS and event-loop lag, and ironboot/reference ratios.
+ * Sizes: HERD_KERNEL_MB (4), HERD_INITRD_MB (8), HERD_DISK_PAYLOAD_MB (8, incompressible file in the image).
+ */
+import { readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { Herd } from '../helpers/herd/index.ts';
+import { PHASES } from '../helpers/herd/machine.ts';
+import { netnsUnavailable, have } from '../helpers/netns.ts';
+import type { StackRun } from '../helpers/herd/index.ts';
+
+const N = Number(process.env.HERD_N ?? 500);
+const MB = 1 << 20;
+const sizes = {
+  kernelBytes: Number(process.env.HERD_KERNEL_MB ?? 4) * MB,
+  initrdBytes: Number(process.env.HERD_INITRD_MB ?? 8) * MB,
+  diskPayloadBytes: Number(process.env.HERD_DISK_PAYLOAD_MB ?? 8) * MB,
+};
+
+const why = netnsUnavailable('dnsmasq', 'nginx', 'zstd');
+if (why) { console.log(`herd bench skipped: ${why}`); process.exit(0); }
+void have;
+
+function find(dir: string, name: string): string | null {
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) { const f = find(p, name); if (f) return f; } else if (e.name === name) return p;
+  }
+  return null;
+}
+
+const fmt = (x: number | null | undefined, d = 1) => (x === null || x === undefined || Number.isNaN(x) ? '—' : x.toFixed(d));
+const ratio = (a: number | null, b: number | null) => (a && b ? (a / b).toFixed(2) : '—');
+
+function print(ib: StackRun, ref: StackRun): void {
+  const a = ib.summary; const b = ref.summary;
+  const row = (k: string, x: string, y: string, r: string) => console.log(`${k.padEnd(34)} ${x.padStart(12)} ${y.padStart(12)} ${r.padStart(8)}`);
+  row('', 'ironboot', 'reference', 'ratio');
+  row('machines succeeded', `${a.succeeded}/${a.machines}`, `${b.succeeded}/${b.machines}`, '');
+  row('first DISCOVER → last succeeded (s)', fmt(a.spanMs / 1000, 2), fmt(b.spanMs / 1000, 2), ratio(a.spanMs, b.spanMs));
+  for (const p of PHASES) {
+    row(`  ${p} p50 / p99 (ms)`, `${fmt(a.phases[p].p50, 0)}/${fmt(a.phases[p].p99, 0)}`, `${fmt(b.phases[p].p50, 0)}/${fmt(b.phases[p].p99, 0)}`,
+      ratio(a.phases[p].p99, b.phases[p].p99));
+  }
+  row('DHCP drops (retransmitted requests)', String(a.dhcpDrops), String(b.dhcpDrops), '');
+  row('TFTP retransmissions / duplicates', `${a.tftpRetransmits}/${a.tftpDuplicates}`, `${b.tftpRetransmits}/${b.tftpDuplicates}`, '');
+  row('HTTP MB/s (kernel…disk window)', fmt(a.httpBytesPerSecond / MB), fmt(b.httpBytesPerSecond / MB), ratio(a.httpBytesPerSecond, b.httpBytesPerSecond));
+  row('disk MB/s under the herd', fmt(a.diskBytesPerSecond / MB), fmt(b.diskBytesPerSecond / MB), ratio(a.diskBytesPerSecond, b.diskBytesPerSecond));
+  row('server RSS max (MiB)', fmt(ib.rss.maxBytes / MB, 0), fmt(ref.rss.maxBytes / MB, 0), ratio(ib.rss.maxBytes, ref.rss.maxBytes));
+  row('event-loop lag p99, worst 0.5 s (ms)', fmt(a.lagP99MaxMs), '—', '');
+  row('event-loop lag max (ms)', fmt(a.lagMaxMs), '—', '');
+  const disk = ib.report.image!;
+  row('server egress / (N × disk size)', fmt(ib.report.results.reduce((n, r) => n + r.diskBytes, 0) / (N * disk.compressedSize), 2),
+    fmt(ref.report.results.reduce((n, r) => n + r.diskBytes, 0) / (N * disk.compressedSize), 2), '');
+  for (const [name, s] of [['ironboot', a], ['reference', b]] as const) {
+    for (const f of s.failed.slice(0, 5)) console.log(`${name} FAILED ${f.mac}: ${f.error}`);
+  }
+  const lags = ib.report.samples.map((x) => x.lagP99Seconds ?? 0).sort((x, y) => x - y);
+  console.log(`ironboot event-loop lag p99 per 0.5 s sample: median ${fmt(lags[Math.floor(lags.length / 2)] * 1000)} ms over ${lags.length} samples`);
+  console.log(`goals: 500 machines ${N >= 500 ? 'run' : `not run (N=${N})`}; no DHCP drop ${a.dhcpDrops === 0 ? 'met' : 'NOT met'}; no failed workflow `
+    + `${a.failed.length === 0 && ib.report.finalStates.succeeded === N ? 'met' : 'NOT met'}; lag p99 < 50 ms ${(a.lagP99MaxMs ?? Infinity) < 50 ? 'met' : 'NOT met'}; `
+    + `disk ≥ 90 % of nginx ${a.diskBytesPerSecond >= 0.9 * b.diskBytesPerSecond ? 'met' : 'NOT met'} (${fmt((100 * a.diskBytesPerSecond) / b.diskBytesPerSecond, 0)} %)`);
+}
+
+const herd = await Herd.create(N);
+try {
+  console.log(`herd: ${N} machines; kernel ${sizes.kernelBytes / MB} MiB, initramfs ${sizes.initrdBytes / MB} MiB, disk payload ${sizes.diskPayloadBytes / MB} MiB`);
+  const ib = await herd.runIronboot(sizes);
+  const img = ib.report.image!;
+  const file = find(join(herd.dir.path, 'data'), `${img.id}.ext4.zst`);
+  if (!file) throw new Error('the built disk file is missing from the data dir');
+  console.log(`container disk ${img.id}: ${(statSync(file).size / MB).toFixed(2)} MiB compressed, ${(img.rawSize / MB).toFixed(0)} MiB raw`);
+  const ref = await herd.runReference(sizes, { ...img, file });
+  print(ib, ref);
+  if (process.env.HERD_JSON) console.log(JSON.stringify({ ironboot: ib.summary, reference: ref.summary }));
+} finally {
+  await herd.destroy();
+}

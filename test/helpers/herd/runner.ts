@@ -1,0 +1,103 @@
+/**
+ * The herd itself, run inside the rack namespace (`node --import tsx runner.ts CONFIG.json`): sets up the server
+ * side through its API when asked (machines with reservations, the image, one workflow each), powers every machine
+ * on at once, samples the daemon's /metrics while they boot, checks every workflow's final state through the API,
+ * and prints one JSON report on stdout.
+ */
+import { readFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { bootMachine, type MachineSpec, type MachineResult } from './machine.ts';
+
+export interface RunnerConfig {
+  machines: MachineSpec[];
+  /** ironboot: its REST API (register machines, build the image, create workflows, read final states). */
+  api?: { url: string; token: string; ociLayout: string; imageName: string };
+  /** Sampled every 500 ms while the herd boots (ironboot's Prometheus endpoint). */
+  metricsUrl?: string;
+}
+
+export interface MetricsSample { t: number; rssBytes: number | null; lagP99Seconds: number | null; lagMaxSeconds: number | null }
+
+export interface RunnerReport {
+  results: MachineResult[];
+  wallMs: number;
+  samples: MetricsSample[];
+  finalStates: Record<string, number>;
+  image: { id: string; compressedSize: number; compressedSha256: string; rawSize: number } | null;
+  daemonMetrics: string | null;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function api<T = any>(c: NonNullable<RunnerConfig['api']>, method: string, path: string, body?: unknown, ok = [200, 201, 202]): Promise<T> {
+  const r = await fetch(`${c.url}/api/v1${path}`, {
+    method, headers: { authorization: `Bearer ${c.token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await r.text();
+  if (!ok.includes(r.status)) throw new Error(`${method} ${path} → ${r.status}: ${text}`);
+  return (text ? JSON.parse(text) : null) as T;
+}
+
+const metric = (text: string, name: string): number | null => {
+  const m = new RegExp(`^${name}(?:\\{[^}]*\\})? ([\\d.eE+-]+)$`, 'm').exec(text);
+  return m ? Number(m[1]) : null;
+};
+
+export async function runHerdInNamespace(cfg: RunnerConfig): Promise<RunnerReport> {
+  let image: RunnerReport['image'] = null;
+  const wfIds: string[] = [];
+  if (cfg.api) {
+    const c = cfg.api;
+    await api(c, 'POST', '/images', { name: c.imageName, source: { type: 'oci-layout', path: c.ociLayout, ref: 'latest' } });
+    for (let i = 0; ; i++) {
+      const img = await api(c, 'GET', `/images/${c.imageName}`, undefined, [200, 404]);
+      if (img?.state === 'ready') { image = { id: img.id, compressedSize: img.compressedSize, compressedSha256: img.compressedSha256, rawSize: img.rawSize }; break; }
+      if (img?.state === 'failed' || i > 600) throw new Error(`image build: ${JSON.stringify(img)}`);
+      await sleep(200);
+    }
+    for (const m of cfg.machines) {
+      await api(c, 'POST', '/machines', { mac: m.mac, ipv4: { address: m.ip, prefix: m.prefix } });
+      wfIds.push((await api(c, 'POST', '/workflows', { machine: m.mac, image: c.imageName, target: '/dev/vda', after: 'wait' })).id);
+    }
+  }
+  const samples: MetricsSample[] = [];
+  let sampling = true;
+  // prom-client resets its event-loop histogram at each scrape: one scrape now, so the samples cover the herd only
+  if (cfg.metricsUrl) await fetch(cfg.metricsUrl).then((r) => r.text()).catch(() => null);
+  const t0 = performance.now();
+  const sampler = (async () => {
+    if (!cfg.metricsUrl) return;
+    while (sampling) {
+      try {
+        const text = await (await fetch(cfg.metricsUrl)).text();
+        samples.push({
+          t: performance.now() - t0, rssBytes: metric(text, 'ironboot_process_resident_memory_bytes'),
+          lagP99Seconds: metric(text, 'ironboot_nodejs_eventloop_lag_p99_seconds'), lagMaxSeconds: metric(text, 'ironboot_nodejs_eventloop_lag_max_seconds'),
+        });
+      } catch { /* the next sample */ }
+      await sleep(500);
+    }
+  })();
+  const results = await Promise.all(cfg.machines.map((m) => bootMachine(m, t0)));
+  const wallMs = performance.now() - t0;
+  sampling = false;
+  await sampler;
+  const finalStates: Record<string, number> = {};
+  if (cfg.api) {
+    for (const id of wfIds) {
+      const wf = await api(cfg.api, 'GET', `/workflows/${id}`);
+      finalStates[wf.state] = (finalStates[wf.state] ?? 0) + 1;
+    }
+  } else {
+    for (const r of results) finalStates[r.serverState ?? 'unknown'] = (finalStates[r.serverState ?? 'unknown'] ?? 0) + 1;
+  }
+  const daemonMetrics = cfg.metricsUrl ? await (await fetch(cfg.metricsUrl)).text().catch(() => null) : null;
+  return { results, wallMs, samples, finalStates, image, daemonMetrics };
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const cfg = JSON.parse(readFileSync(process.argv[2], 'utf8')) as RunnerConfig;
+  const report = await runHerdInNamespace(cfg);
+  process.stdout.write(JSON.stringify(report) + '\n');
+}
