@@ -28,6 +28,8 @@ export interface ServeConfig {
   proxyPort: number;
   tftp: boolean;
   tftpListen: { host: string | null; port: number };
+  /** Concurrent TFTP transfers; past it requests go unanswered, so clients retry (server/tftp/server.ts). */
+  tftpMaxTransfers: number;
   ipxeDir: string;
   artifactsDir: string | null;
   templatesDir: string | null;
@@ -84,6 +86,7 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 'proxyPort', flag: 'proxy-port', kind: 'int', help: 'PXE proxyDHCP port (default 4011)' },
   { key: 'tftp', flag: 'tftp', kind: 'bool', help: 'serve TFTP (--no-tftp to turn off)' },
   { key: 'tftpListen', flag: 'tftp-listen', kind: 'string', help: 'TFTP [ADDRESS]:PORT (default :69, on the --dhcp-interface addresses and loopback; 0.0.0.0 = every interface)' },
+  { key: 'tftpMaxTransfers', flag: 'tftp-max-transfers', kind: 'int', help: 'concurrent TFTP transfers (default 256); past it a request goes unanswered and its client retries' },
   { key: 'ipxeDir', flag: 'ipxe-dir', kind: 'string', help: 'directory of iPXE binaries (default /usr/lib/ipxe)' },
   { key: 'artifactsDir', flag: 'artifacts-dir', kind: 'string', help: 'kernel + initramfs directory (default DATA_DIR/artifacts)' },
   { key: 'templatesDir', flag: 'templates-dir', kind: 'string', help: 'iPXE templates (default: the shipped templates/ipxe)' },
@@ -222,6 +225,7 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     proxyPort: int('proxyPort', 4011),
     tftp: bool('tftp', true),
     tftpListen: parseHostPort('tftp-listen', str('tftpListen', ':69')!, 69),
+    tftpMaxTransfers: int('tftpMaxTransfers', 256),
     ipxeDir: str('ipxeDir', '/usr/lib/ipxe')!,
     artifactsDir: str('artifactsDir', null),
     templatesDir: str('templatesDir', null),

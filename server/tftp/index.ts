@@ -28,6 +28,7 @@ export async function startTftpService(deps: {
     port: config.tftpListen.port,
     roots: [await ipxeRoot(config.ipxeDir), { dir: deps.artifactsDir }],
     virtualFiles: deps.virtualFiles,
+    maxTransfers: config.tftpMaxTransfers,
   });
   return { close: () => server.close(), address: () => server.address(), addresses: () => server.addresses() };
 }

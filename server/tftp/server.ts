@@ -379,6 +379,8 @@ export class TftpServer {
   private netasciiHeld = 0;
   private evictions = 0;
   private evictionsLoggedAt = -Infinity;
+  private busyDropped = 0;
+  private busyLoggedAt = 0;
   private readonly metrics: TftpMetrics;
   private readonly log: Logger;
   private closing = false;
@@ -531,9 +533,24 @@ export class TftpServer {
     const maxPerClient = this.opts.maxTransfersPerClient ?? 16;
     if ((this.perClient.get(peer.address) ?? 0) < maxPerClient) this.evictUnanswered(this.opts.maxUnansweredTransfers ?? Math.max(1, Math.floor(maxTotal / 2)));
     const held = this.perClient.get(peer.address) ?? 0;
-    if (this.slotsInUse >= maxTotal || held >= maxPerClient) {
+    if (this.slotsInUse >= maxTotal && held < maxPerClient) {
+      // Every slot is in use (a rack powering on at once): no answer, so the client repeats its request after its
+      // timeout, as PXE ROMs and iPXE do, and gets a slot once transfers end. An ERROR would end its boot: firmware
+      // does not retry after one. One warning per 10 s with the count, not a line per request.
       this.metrics.transfers.inc({ outcome: 'busy' });
-      const why = held >= maxPerClient ? `${held} transfers to ${peer.address} already (limit ${maxPerClient})` : `${this.slotsInUse} transfers already (limit ${maxTotal})`;
+      this.busyDropped++;
+      const t = Date.now();
+      if (t - this.busyLoggedAt >= 10_000) {
+        this.log.warn({ dropped: this.busyDropped, limit: maxTotal },
+          `tftp: all ${maxTotal} transfer slots busy: ${this.busyDropped} requests left unanswered so their clients retry (--tftp-max-transfers to raise it)`);
+        this.busyDropped = 0;
+        this.busyLoggedAt = t;
+      }
+      return;
+    }
+    if (held >= maxPerClient) {
+      this.metrics.transfers.inc({ outcome: 'busy' });
+      const why = `${held} transfers to ${peer.address} already (limit ${maxPerClient})`;
       this.log.warn({ client: endpoint, file: request.filename }, `tftp request refused: ${why}`);
       this.replyError(via, peer, TFTP_ERROR.notDefined, `server busy: ${why}; try again later`);
       return;
