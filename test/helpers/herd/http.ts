@@ -9,9 +9,9 @@ export const machineAgent = (localAddress: string, keepAlive: boolean): http.Age
 export interface GetResult { status: number; bytes: number; sha256: string; body: Buffer | null; headers: http.IncomingHttpHeaders }
 
 /** GET url; the body is hashed as it arrives and kept only when `keep` (scripts), else discarded. */
-export function httpGet(url: string, agent: http.Agent, o: { keep?: boolean; onData?: (n: number) => void; timeoutMs?: number } = {}): Promise<GetResult> {
+export function httpGet(url: string, agent: http.Agent, o: { keep?: boolean; onData?: (n: number) => void; timeoutMs?: number; token?: string } = {}): Promise<GetResult> {
   return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent }, (res) => {
+    const req = http.get(url, { agent, headers: o.token ? { authorization: `Bearer ${o.token}` } : {} }, (res) => {
       const hash = createHash('sha256');
       const kept: Buffer[] = [];
       let bytes = 0;

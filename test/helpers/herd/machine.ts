@@ -89,7 +89,7 @@ export async function bootMachine(m: MachineSpec, t0: number): Promise<MachineRe
     r.workflowId = cfg.workflowId;
     const http = machineAgent(m.ip, true);
     const post = postJsonFrom(http);
-    const reporter = new EventReporter({ server: cfg.server!, workflowId: cfg.workflowId!, token: cfg.token!, console: cons, post });
+    const reporter = new EventReporter({ server: cfg.server!, workflowId: cfg.workflowId!, token: () => cfg.token!, console: cons, post }); // hello swaps the boot token for the session token
     const finalAck = reporter.final.bind(reporter);
     reporter.final = (e, o) => timed('report', () => finalAck(e, o));
     const steps: AgentSteps = {
@@ -103,7 +103,7 @@ export async function bootMachine(m: MachineSpec, t0: number): Promise<MachineRe
       hello: (c, net) => timed('hello', () => sayHello(c, net, cons.say, { post, inventory: { cpus: { count: 2 }, memoryBytes: 1 << 30, firmware: 'bios' } })),
       stream: (spec, _c, hooks) => timed('disk', async () => {
         const { compressedSize: size, compressedSha256: want, rawSize } = spec.image;
-        const g = await httpGet(spec.image.url, http, { onData: (n) => hooks.progress(Math.floor((n / size) * rawSize), rawSize) });
+        const g = await httpGet(spec.image.url, http, { token: cfg.token!, onData: (n) => hooks.progress(Math.floor((n / size) * rawSize), rawSize) });
         if (g.status !== 200) throw new Error(`GET ${spec.image.url}: HTTP ${g.status}`);
         hooks.verifying();
         if (g.bytes !== size || g.sha256 !== want) throw new Error(`disk stream: ${g.bytes} bytes sha256 ${g.sha256}, the workflow says ${size} bytes ${want}`);
