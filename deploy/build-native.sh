@@ -3,7 +3,8 @@
 #   server/dhcp/native  → ironboot_dhcp_native.node  (SO_BINDTODEVICE for the DHCP sockets)
 #   server/tftp/native  → ironboot_tftp_native.node  (the TFTP transfer loop for files on disk)
 #   server/images/native → ironboot_images_native.node (in-process gzip/zstd for image builds; needs libisal-dev libzstd-dev)
-# Usage: deploy/build-native.sh [--force] [DIR...]   (default: all three). An addon newer than its sources is kept.
+#   server/http/native   → ironboot_http_native.node   (sendfile(2) of response bodies, one thread for all)
+# Usage: deploy/build-native.sh [--force] [DIR...]   (default: all four). An addon newer than its sources is kept.
 # Uses the node-gyp bundled with npm and the node headers (npm config nodedir, /usr/include/node on Debian);
 # falls back to a direct g++ call. Needs g++, python3 (node-gyp) and node_api.h.
 set -euo pipefail
@@ -11,7 +12,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 force=0
 [[ "${1:-}" == "--force" ]] && { force=1; shift; }
 dirs=("$@")
-[[ ${#dirs[@]} -eq 0 ]] && dirs=("$root/server/dhcp/native" "$root/server/tftp/native" "$root/server/images/native")
+[[ ${#dirs[@]} -eq 0 ]] && dirs=("$root/server/dhcp/native" "$root/server/tftp/native" "$root/server/images/native" "$root/server/http/native")
 
 nodedir=$(npm config get nodedir 2>/dev/null || true)
 [[ -z "$nodedir" || "$nodedir" == "undefined" || "$nodedir" == "null" ]] && nodedir=$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")

@@ -1,13 +1,13 @@
 /**
  * Serves one file from disk (container disks, boot artifacts, iPXE binaries): Content-Length, ETag, Last-Modified,
- * If-None-Match, single Range requests with If-Range (RFC 9110), and HEAD. The body: bodies of 16 MiB and more go
- * through sendfile(2) (sendfile-helper.ts) when available, as nginx does; smaller ones (or without the helper) by
- * one fd per response and large reads (4 MiB) written straight to the socket with backpressure.
+ * If-None-Match, single Range requests with If-Range (RFC 9110), and HEAD. The body: on a plain TCP socket, bodies
+ * of 64 KiB and more go through sendfile(2) (sendfile-helper.ts: the native addon's thread) as nginx does; others
+ * (TLS, small, or without the addon) by reads of up to 1 MiB written straight to the socket with backpressure.
  */
 import { closeSync, fstatSync, openSync, read } from 'node:fs';
 import { STATUS_CODES } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { sendfileAvailable, sendfileToSocket } from './sendfile-helper.ts';
+import { sendfileAvailable, sendfileToSocket, socketFd } from './sendfile-helper.ts';
 
 export function parseRange(header: string | undefined, size: number): { start: number; end: number } | 'unsatisfiable' | null {
   if (!header) return null;
@@ -28,9 +28,9 @@ export function parseRange(header: string | undefined, size: number): { start: n
   return { start, end };
 }
 
-export const READ_SIZE = 4 << 20;
+export const READ_SIZE = 1 << 20;
 /** Bodies at least this big go through sendfile(2) (sendfile-helper.ts) when available. */
-export const SENDFILE_MIN = 16 << 20;
+export const SENDFILE_MIN = 64 << 10;
 
 export interface SendFileOptions {
   contentType?: string;
@@ -83,31 +83,31 @@ export function sendFile(req: FastifyRequest, reply: FastifyReply, path: string,
       return reply;
     }
     owned = false;
-    if (length >= SENDFILE_MIN && sendfileAvailable()) return zeroCopy(reply, fd, start, length);
+    if (length >= SENDFILE_MIN && sendfileAvailable() && reply.raw.socket && socketFd(reply.raw.socket) !== null) return zeroCopy(reply, fd, start, length);
     return pump(reply, fd, start, length);
   } finally {
     if (owned) closeSync(fd);
   }
 }
 
-/** Headers written by hand, the body by sendfile(2) in a helper; the connection closes after the body. */
+/** Headers written by hand, the body by sendfile(2) on the addon's thread; the connection closes after the body. */
 function zeroCopy(reply: FastifyReply, fd: number, start: number, length: number): FastifyReply {
   reply.hijack();
   const socket = reply.raw.socket!;
   const headers = { ...reply.getHeaders(), connection: 'close', date: new Date().toUTCString() } as Record<string, string | number | string[]>;
   let head = `HTTP/1.1 ${reply.statusCode} ${STATUS_CODES[reply.statusCode] ?? ''}\r\n`;
   for (const [k, v] of Object.entries(headers)) for (const x of Array.isArray(v) ? v : [v]) head += `${k}: ${x}\r\n`;
-  let closed = false;
-  const done = (ok: boolean) => {
-    if (closed) return;
-    closed = true;
-    closeSync(fd);
-    if (ok) socket.end(); else socket.destroy();
-  };
+  let fdOpen = true;
+  const closeFd = () => { if (fdOpen) { fdOpen = false; closeSync(fd); } };
   socket.write(head + '\r\n', (err) => {
-    // the client may be gone already (the write fails, or the socket has no handle left for the helper)
-    if (err || socket.destroyed) { done(false); return; }
-    sendfileToSocket(fd, start, length, socket).then(done, () => done(false));
+    // the client may be gone already (the write fails, or the socket has no handle left)
+    if (err || socket.destroyed) { closeFd(); socket.destroy(); return; }
+    const sending = sendfileToSocket(fd, start, length, socket);
+    closeFd(); // the addon holds its own duplicate
+    void sending.then((r) => {
+      if (!r.ok) reply.log.debug({ sent: r.sent, length, reason: r.error }, 'file body not sent whole');
+      if (r.ok) socket.end(); else socket.destroy();
+    });
   });
   return reply;
 }

@@ -1,46 +1,56 @@
 /**
- * Zero-copy body transfer for big files: Node has no sendfile(2), so a large response body is handed to a small
- * helper process (python3's os.sendfile; stdin = the file, stdout = the client socket) — one copy per byte in
- * the kernel, as nginx does, instead of read() + write() through JS buffers. Used only when python3 exists and
- * IRONBOOT_SENDFILE is not 0; the caller falls back to its own read/write loop otherwise.
+ * Zero-copy response bodies: Node has no sendfile(2), so file bodies go through ironboot's native addon
+ * (server/http/native/sendfile_loop.cc: one thread, one epoll set, sendfile(2) from the page cache to the socket
+ * for every response at once), as nginx sends them — instead of read() + write() through JS buffers, which under
+ * a rack of machines costs most of the daemon's CPU and its event-loop lag. Plain TCP sockets only (a TLS socket
+ * encrypts in user space) and only when the addon is built and IRONBOOT_SENDFILE is not 0; the caller falls
+ * back to its own read/write loop otherwise.
  */
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { loadAddon } from '../native-addon.ts';
 
-const PYTHON = ['/usr/bin/python3', '/usr/local/bin/python3'].find((p) => existsSync(p)) ?? null;
+interface HttpNative {
+  send(socketFd: number, fileFd: number, offset: number, length: number, idleMs: number, done: (error: string | null, sent: number) => void): number;
+  cancel(id: number): void;
+}
 
-// stdin: the file (fd 0), stdout: the socket (fd 1, non-blocking: wait for POLLOUT on EAGAIN)
-const SCRIPT = `
-import os, sys, select
-off, n = int(sys.argv[1]), int(sys.argv[2])
-p = select.poll(); p.register(1, select.POLLOUT)
-while n > 0:
-    try:
-        s = os.sendfile(1, 0, off, min(n, 1 << 30))
-    except BlockingIOError:
-        p.poll(30000) or sys.exit(4)
-        continue
-    if s == 0:
-        sys.exit(3)
-    off += s; n -= s
-`;
+const loaded = loadAddon<HttpNative>(fileURLToPath(new URL('./native', import.meta.url)), 'ironboot_http_native');
 
-export const sendfileAvailable = (): boolean => PYTHON !== null && process.env.IRONBOOT_SENDFILE !== '0';
+/** Why zero-copy bodies are off ('' when on). */
+export const sendfileUnavailableReason = (): string =>
+  process.env.IRONBOOT_SENDFILE === '0' ? 'IRONBOOT_SENDFILE=0' : loaded.why;
 
-/** Sends `length` bytes of file descriptor `fd` from `start` on `socket`; resolves true when all were sent, false otherwise (never rejects). */
-export function sendfileToSocket(fd: number, start: number, length: number, socket: Socket): Promise<boolean> {
+export const sendfileAvailable = (): boolean => sendfileUnavailableReason() === '';
+
+/** The socket's own descriptor, when it is a plain TCP socket the kernel can sendfile(2) into. */
+export function socketFd(socket: Socket): number | null {
+  if ((socket as { encrypted?: boolean }).encrypted) return null;
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : null;
+}
+
+/** A response that reads nothing for this long is ended. */
+export const SENDFILE_IDLE_MS = 30_000;
+
+/**
+ * Sends `length` bytes of file descriptor `fd` from `start` on `socket`. Resolves with whether all were sent and
+ * why not (never rejects). The caller may close `fd` as soon as this returns: the addon holds its own duplicate.
+ */
+export function sendfileToSocket(fd: number, start: number, length: number, socket: Socket, idleMs = SENDFILE_IDLE_MS): Promise<{ ok: boolean; sent: number; error: string | null }> {
   return new Promise((resolve) => {
-    if (socket.destroyed) return resolve(false); // the client is gone: nothing to send to
-    let child: ReturnType<typeof spawn>;
+    const sfd = socket.destroyed ? null : socketFd(socket);
+    if (sfd === null || !loaded.addon) return resolve({ ok: false, sent: 0, error: 'the socket is gone or not plain TCP' });
+    let id: number;
+    const onClose = () => loaded.addon!.cancel(id);
     try {
-      child = spawn(PYTHON!, ['-S', '-c', SCRIPT, String(start), String(length)], { stdio: [fd, socket as never, 'ignore'] });
-    } catch {
-      return resolve(false); // e.g. the socket lost its handle meanwhile
+      id = loaded.addon.send(sfd, fd, start, length, idleMs, (error, sent) => {
+        socket.off('close', onClose);
+        resolve({ ok: error === null, sent, error });
+      });
+    } catch (e) {
+      return resolve({ ok: false, sent: 0, error: (e as Error).message });
     }
-    const onClose = () => { if (child.exitCode === null) child.kill('SIGKILL'); };
     socket.once('close', onClose);
-    child.once('error', () => { socket.off('close', onClose); resolve(false); });
-    child.once('exit', (code) => { socket.off('close', onClose); resolve(code === 0); });
   });
 }

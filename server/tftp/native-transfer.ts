@@ -64,7 +64,7 @@ export function nativeLoopUnavailable(): string { return loaded?.why ?? ''; }
 /** One transfer running in the native loop. */
 export class NativeTransfer {
   readonly startedAt = process.hrtime.bigint();
-  private readonly state = new Uint32Array(new SharedArrayBuffer(4));
+  private readonly state = new Uint32Array(new SharedArrayBuffer(8)); // [0] answered (native), [1] request repeated (here)
   private readonly handle: unknown;
   private finished = false;
   private cancelled = false;
@@ -85,6 +85,11 @@ export class NativeTransfer {
 
   /** True once the client answered anything (then a repeated request is a new one). */
   get progressed(): boolean { return Atomics.load(this.state, 0) === 1; }
+
+  /** The requester repeated its request before answering: it is there (see TransferSession.requestRepeated). */
+  requestRepeated(): void { Atomics.store(this.state, 1, 1); }
+
+  get repeated(): boolean { return Atomics.load(this.state, 1) === 1; }
 
   /** Ends the transfer without telling the client (server shutdown); the result follows within 50 ms. */
   abort(): void {

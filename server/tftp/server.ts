@@ -105,7 +105,7 @@ export function tftpMetrics(registry: Registry): TftpMetrics {
 type Peer = { address: string; port: number };
 
 /** One slot of the caps: a request from the moment it is accepted, then its transfer. */
-interface Slot { readonly peer: Peer; transfer: ActiveTransfer | null; evicted: boolean }
+interface Slot { readonly peer: Peer; transfer: ActiveTransfer | null; evicted: boolean; readonly acceptedAt: number }
 
 /** IP literals only: resolve synchronously so a send goes straight to the kernel (no DNS round trip). */
 const literalLookup = ((address: string, _family: unknown, cb: (err: Error | null, address: string, family: number) => void) =>
@@ -129,6 +129,9 @@ interface ActiveTransfer {
   readonly requestBytes: Buffer;
   /** True once the client answered anything (then a repeated request is a new one). */
   readonly progressed: boolean;
+  /** The requester sent its request again before answering: it is there (never evicted, all its retries). */
+  requestRepeated(): void;
+  readonly repeated: boolean;
   /** Ends the transfer without telling the client (server shutdown). */
   abort(): void;
   /** Ends a transfer whose client never answered, to give its slot to a new request. */
@@ -210,6 +213,10 @@ class Transfer implements ActiveTransfer {
   abort(): void { this.end('failed', 'server closing'); }
 
   evict(): void { this.end('timeout', 'evicted: the client never answered, and a new request needed the slot'); }
+
+  requestRepeated(): void { this.session.requestRepeated = true; }
+
+  get repeated(): boolean { return this.session.requestRepeated; }
 
   get ending(): boolean { return this.finished; }
 
@@ -488,17 +495,23 @@ export class TftpServer {
 
   /**
    * Makes room for a new request when unanswered slots (requests still opening their file, transfers whose client
-   * has answered nothing) hold their share: the oldest one goes, and its slot is free at once.
+   * has gone unanswered for two retransmission timeouts (its first send and its resend). A real client answers
+   * within a round trip, a busy one within a timeout; one that has not answered either send was spoofed or is gone.
+   * Younger ones stay: a rack powering on sends hundreds of real requests within a round trip of each other, and
+   * evicting those would end every one of them in turn (an evicted client's ACKs go nowhere: its boot fails).
+   * Returns false when the share is full of such young ones: the new request then goes unanswered, so its client
+   * repeats it (as PXE ROMs do) once the share has room.
    */
-  private evictUnanswered(maxUnanswered: number): void {
+  private evictUnanswered(maxUnanswered: number): boolean {
     let unanswered = 0;
     let oldest: Slot | null = null;
     for (const slot of this.slots) { // insertion order: oldest first
-      if (slot.transfer && (slot.transfer.progressed || slot.transfer.ending)) continue;
+      if (slot.transfer && (slot.transfer.progressed || slot.transfer.repeated || slot.transfer.ending)) continue;
       unanswered++;
       oldest ??= slot;
     }
-    if (unanswered < maxUnanswered || !oldest) return;
+    if (unanswered < maxUnanswered || !oldest) return true;
+    if (Date.now() - oldest.acceptedAt < 2 * (this.opts.defaultTimeoutMs ?? 1000)) return false;
     this.log.debug({ client: `${oldest.peer.address}:${oldest.peer.port}`, unanswered, limit: maxUnanswered },
       'tftp: unanswered requests hold their share of the slots; the oldest one ends to make room');
     // a flood must not become a log flood: one warning per 10 s with the count
@@ -513,14 +526,17 @@ export class TftpServer {
     this.freeSlot(oldest);
     oldest.evicted = true;
     oldest.transfer?.evict(); // a request still opening its file sees `evicted` and stops
+    return true;
   }
 
   private async startRead(request: RequestPacket, raw: Buffer, peer: Peer, via: dgram.Socket): Promise<void> {
     const endpoint = `${peer.address}:${peer.port}`;
     const existing = this.byEndpoint.get(endpoint);
     if (existing && !existing.progressed && existing.requestBytes.equals(raw)) {
-      // the client repeated its request before our first answer reached it: that transfer answers it
-      this.log.debug({ client: endpoint, file: request.filename }, 'tftp repeated request ignored');
+      // the client repeated its request before our first answer reached it (or before it could take it in): that
+      // transfer answers it, and the client, there after all, gets all its retries and keeps its slot
+      existing.requestRepeated();
+      this.log.debug({ client: endpoint, file: request.filename }, 'tftp repeated request: the transfer under way answers it');
       return;
     }
     const mode = parseMode(request.mode);
@@ -531,18 +547,20 @@ export class TftpServer {
     }
     const maxTotal = this.opts.maxTransfers ?? 256;
     const maxPerClient = this.opts.maxTransfersPerClient ?? 16;
-    if ((this.perClient.get(peer.address) ?? 0) < maxPerClient) this.evictUnanswered(this.opts.maxUnansweredTransfers ?? Math.max(1, Math.floor(maxTotal / 2)));
+    const room = (this.perClient.get(peer.address) ?? 0) >= maxPerClient ||
+      this.evictUnanswered(this.opts.maxUnansweredTransfers ?? Math.max(1, Math.floor(maxTotal / 2)));
     const held = this.perClient.get(peer.address) ?? 0;
-    if (this.slotsInUse >= maxTotal && held < maxPerClient) {
-      // Every slot is in use (a rack powering on at once): no answer, so the client repeats its request after its
-      // timeout, as PXE ROMs and iPXE do, and gets a slot once transfers end. An ERROR would end its boot: firmware
-      // does not retry after one. One warning per 10 s with the count, not a line per request.
+    if ((this.slotsInUse >= maxTotal || !room) && held < maxPerClient) {
+      // Every slot is in use (a rack powering on at once), or the unanswered share is full of requests still
+      // within their first round: no answer, so the client repeats its request after its timeout, as PXE ROMs and
+      // iPXE do, and gets a slot once transfers end. An ERROR would end its boot: firmware does not retry after
+      // one. One warning per 10 s with the count, not a line per request.
       this.metrics.transfers.inc({ outcome: 'busy' });
       this.busyDropped++;
       const t = Date.now();
       if (t - this.busyLoggedAt >= 10_000) {
-        this.log.warn({ dropped: this.busyDropped, limit: maxTotal },
-          `tftp: all ${maxTotal} transfer slots busy: ${this.busyDropped} requests left unanswered so their clients retry (--tftp-max-transfers to raise it)`);
+        this.log.warn({ dropped: this.busyDropped, limit: maxTotal, inUse: this.slotsInUse, why: room ? 'all slots busy' : 'unanswered share full' },
+          `tftp: ${this.busyDropped} requests left unanswered so their clients retry: ${room ? `all ${maxTotal} transfer slots busy (--tftp-max-transfers to raise it)` : 'the slots for clients that have not answered yet are full (a rack booting at once, or spoofed requests)'}`);
         this.busyDropped = 0;
         this.busyLoggedAt = t;
       }
@@ -556,7 +574,7 @@ export class TftpServer {
       return;
     }
     // hold the slot from now on, so concurrent requests cannot overshoot the caps while files open
-    const slot: Slot = { peer, transfer: null, evicted: false };
+    const slot: Slot = { peer, transfer: null, evicted: false, acceptedAt: Date.now() };
     this.slots.add(slot);
     this.slotsInUse++;
     this.perClient.set(peer.address, held + 1);

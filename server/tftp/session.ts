@@ -135,6 +135,12 @@ export class TransferSession {
   done = false;
   /** The client answered something (an ACK or an ERROR): it is not a spoofed or vanished requester. */
   answered = false;
+  /**
+   * The requester sent its request again while we waited for its first answer: it is there but slow, or our OACK
+   * or first block was lost. It then gets every retry a client that answered gets (maxRetries), not the few a
+   * requester that was never heard from again gets.
+   */
+  requestRepeated = false;
   private oackPending: boolean;
   /** An ACK inside the window left blocks acked+1..sent possibly lost; its repeat resends them once. */
   private gapAt = -1;
@@ -183,7 +189,8 @@ export class TransferSession {
   timeout(): SessionAction[] {
     if (this.done) return [];
     this.retries++;
-    const limit = this.answered ? this.params.maxRetries : Math.min(this.params.maxRetries, this.params.maxUnansweredRetries ?? DEFAULT_MAX_UNANSWERED_RETRIES);
+    const limit = this.answered || this.requestRepeated ? this.params.maxRetries
+      : Math.min(this.params.maxRetries, this.params.maxUnansweredRetries ?? DEFAULT_MAX_UNANSWERED_RETRIES);
     if (this.retries > limit) {
       const what = this.oackPending ? 'the OACK' : `block ${this.acked + 1}`;
       if (!this.oackPending && this.sent === this.totalBlocks) {

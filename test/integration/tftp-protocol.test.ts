@@ -332,18 +332,47 @@ for (const transferLoop of ['auto', 'js'] as const) describe(transferLoop === 'a
     });
     t.after(() => capped.close());
     const cport = capped.address().port;
-    // four requesters that never answer (as spoofed source addresses never do) from four addresses
+    // four requesters that never answer (as spoofed source addresses never do) from four addresses: the first two
+    // take the unanswered share; the other two come while those are still within two timeouts (1 s each), so
+    // nothing is evicted and they get no answer at all (their clients would retry)
     for (let i = 2; i <= 5; i++) {
       const ghost = await RawTftpClient.open(`127.0.0.${i}`);
       t.after(() => ghost.close());
       ghost.send(encodeRequest('rrq', 'ipxe.efi', 'octet', { tsize: '0' }), cport);
-      assert.equal((await ghost.next())?.packet.op, 'oack');
+      if (i <= 3) assert.equal((await ghost.next())?.packet.op, 'oack');
+      else assert.equal(await ghost.next(300), null, `requester ${i}: no answer while the share is young`);
     }
-    await new Promise((r) => setTimeout(r, 100)); // evicted native transfers hand their slot back within 50 ms
-    assert.equal(capped.activeTransfers, 2, 'the two oldest unanswered transfers were evicted');
+    assert.equal(capped.activeTransfers, 2);
+    // two timeouts later the unanswered ones may be evicted: a real client takes the oldest one's slot
+    await new Promise((r) => setTimeout(r, 2000));
     const r = await rawFetch(HOST, cport, 'ipxe.efi', { blksize: '1428' });
     assert.equal(r.error, undefined, r.error?.message);
     assert.equal(sha256(r.data), sha256(data));
+  });
+
+  test('a requester that repeats its request is there: all retries and never evicted; one never heard again gets 3 sends', async (t) => {
+    const srv = await createTftpServer({
+      log: pino({ level: 'silent' }), registry: new Registry(), host: HOST, port: 0, roots: [{ dir: join(dir, 'root') }],
+      defaultTimeoutMs: 150, maxRetries: 5, maxTransfers: 4, maxUnansweredTransfers: 1, transferLoop,
+    });
+    t.after(() => srv.close());
+    const port = srv.address().port;
+    const count = async (c: RawTftpClient) => { let n = 0; while ((await c.next(600))?.packet.op === 'oack') n++; return n; };
+    const quiet = await RawTftpClient.open('127.0.0.2');
+    t.after(() => quiet.close());
+    const slow = await RawTftpClient.open('127.0.0.3');
+    t.after(() => slow.close());
+    const rrq = encodeRequest('rrq', 'ipxe.efi', 'octet', { tsize: '0' });
+    slow.send(rrq, port);
+    assert.equal((await slow.next())?.packet.op, 'oack');
+    slow.send(rrq, port); // the same request again (its client missed our answer, or is slow to take it in)
+    // two timeouts later: the slow requester no longer counts as unanswered (it is there), so a new requester
+    // takes the one unanswered slot without evicting it
+    await new Promise((r) => setTimeout(r, 350));
+    quiet.send(rrq, port);
+    const [slowSends, quietSends] = await Promise.all([count(slow), count(quiet)]);
+    assert.equal(1 + slowSends, 6, 'the repeated requester got the OACK maxRetries + 1 times, and kept its slot');
+    assert.equal(quietSends, 3, 'a requester never heard from again gets 3 sends');
   });
 
   test('netascii: one file at most maxNetasciiBytes, all conversions within their memory budget', async (t) => {

@@ -10,7 +10,7 @@
 //   - only a timeout resends what is outstanding, maxRetries times in a row, then ERROR 0 and the end; if every
 //     block was sent, the end is "unconfirmed" (the client's final ACK was lost) and no ERROR is sent;
 //   - a packet from another address or port gets ERROR 5 and changes nothing; an ERROR from the client ends it;
-//   - until the client answered anything, only maxUnansweredRetries timeouts, then the end without an ERROR (a
+//   - until the client answered anything (or repeated its request: state[1]), only maxUnansweredRetries timeouts, then the end without an ERROR (a
 //     spoofed requester never answers, and silence reflects nothing);
 //   - after maxTransferMs the transfer ends with ERROR 0 whatever the client does.
 // The JS side (native-transfer.ts) negotiates options, opens the file inside the served roots, encodes the
@@ -53,7 +53,8 @@ struct Transfer {
   uint32_t blksize = 512, windowsize = 1, timeoutMs = 1000, maxRetries = 5, maxUnansweredRetries = 2;
   uint64_t maxTransferMs = 600000;
   std::vector<uint8_t> oack;
-  // shared with JS (a Buffer kept alive by stateRef): [0] the client answered
+  // shared with JS (a Buffer kept alive by stateRef): [0] the client answered (set here); [1] the requester repeated
+  // its request before answering (set by JS): it is there, so it gets maxRetries
   volatile uint32_t* state = nullptr;
   // 0: running; 1: cancelled (server closing); 2: evicted (never answered, the slot is needed)
   std::shared_ptr<std::atomic<int>> cancelled;
@@ -338,7 +339,7 @@ class Loop {
 
   void onTimeout() {
     retries_++;
-    const uint64_t limit = answered_ ? t_.maxRetries : std::min(t_.maxRetries, t_.maxUnansweredRetries);
+    const uint64_t limit = answered_ || t_.state[1] ? t_.maxRetries : std::min(t_.maxRetries, t_.maxUnansweredRetries);
     if (retries_ > limit) {
       const std::string tries = std::to_string(limit + 1);
       if (!oackPending_ && sent_ == totalBlocks_) {
@@ -517,15 +518,15 @@ napi_value Start(napi_env env, napi_callback_info info) {
   }
   if (napi_get_named_property(env, argv[0], "state", &state) != napi_ok || napi_is_buffer(env, state, &isBuf) != napi_ok || !isBuf) {
     close(t->fileFd);
-    napi_throw_type_error(env, nullptr, "tftp native: options.state must be a Buffer of 4 bytes");
+    napi_throw_type_error(env, nullptr, "tftp native: options.state must be a Buffer of 8 bytes");
     return nullptr;
   }
   void* stateData;
   size_t stateLen;
   napi_get_buffer_info(env, state, &stateData, &stateLen);
-  if (stateLen < 4 || (reinterpret_cast<uintptr_t>(stateData) & 3) != 0) {
+  if (stateLen < 8 || (reinterpret_cast<uintptr_t>(stateData) & 3) != 0) {
     close(t->fileFd);
-    napi_throw_type_error(env, nullptr, "tftp native: options.state must be an aligned Buffer of 4 bytes");
+    napi_throw_type_error(env, nullptr, "tftp native: options.state must be an aligned Buffer of 8 bytes");
     return nullptr;
   }
   t->state = static_cast<volatile uint32_t*>(stateData);

@@ -12,7 +12,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync, copyFileSync, existsSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync, copyFileSync, existsSync, appendFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Lab, sh, type Namespace } from '../netns.ts';
@@ -141,8 +141,10 @@ export class Herd {
       '--artifacts-dir', artifacts, '--no-build-artifacts', ...(o.serveArgs ?? [])],
     { env: { ...process.env, IRONBOOT_TOKEN: token, CI: '1', ...o.env } });
     let log = '';
-    serve.stdout!.on('data', (d) => { log = (log + d).slice(-200_000); });
-    serve.stderr!.on('data', (d) => { log = (log + d).slice(-200_000); });
+    // HERD_LOG=FILE keeps the daemon's whole log (the run itself keeps its last 200 kB)
+    const keep = (d: Buffer) => { log = (log + d).slice(-200_000); if (process.env.HERD_LOG) appendFileSync(process.env.HERD_LOG, d); };
+    serve.stdout!.on('data', keep);
+    serve.stderr!.on('data', keep);
     try {
       await this.waitFor(serve, () => log, /ironboot serving HTTP/, 'ironboot serve');
       const rss = this.sampleRss(() => [serve.pid!]);

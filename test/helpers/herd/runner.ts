@@ -5,7 +5,7 @@
  * and prints one JSON report on stdout.
  */
 import { readFileSync } from 'node:fs';
-import { performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { bootMachine, type MachineSpec, type MachineResult } from './machine.ts';
 
 export interface RunnerConfig {
@@ -25,6 +25,8 @@ export interface RunnerReport {
   finalStates: Record<string, number>;
   image: { id: string; compressedSize: number; compressedSha256: string; rawSize: number } | null;
   daemonMetrics: string | null;
+  /** The simulator's own event-loop delay while the herd booted (ms): a late client is the simulator's doing. */
+  runnerLag: { p99Ms: number; maxMs: number };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -66,6 +68,8 @@ export async function runHerdInNamespace(cfg: RunnerConfig): Promise<RunnerRepor
   // prom-client resets its event-loop histogram at each scrape: one scrape now, so the samples cover the herd only
   if (cfg.metricsUrl) await fetch(cfg.metricsUrl).then((r) => r.text()).catch(() => null);
   const t0 = performance.now();
+  const runnerLag = monitorEventLoopDelay({ resolution: 10 });
+  runnerLag.enable();
   const sampler = (async () => {
     if (!cfg.metricsUrl) return;
     while (sampling) {
@@ -81,6 +85,7 @@ export async function runHerdInNamespace(cfg: RunnerConfig): Promise<RunnerRepor
   })();
   const results = await Promise.all(cfg.machines.map((m) => bootMachine(m, t0)));
   const wallMs = performance.now() - t0;
+  runnerLag.disable();
   sampling = false;
   await sampler;
   const finalStates: Record<string, number> = {};
@@ -93,7 +98,7 @@ export async function runHerdInNamespace(cfg: RunnerConfig): Promise<RunnerRepor
     for (const r of results) finalStates[r.serverState ?? 'unknown'] = (finalStates[r.serverState ?? 'unknown'] ?? 0) + 1;
   }
   const daemonMetrics = cfg.metricsUrl ? await (await fetch(cfg.metricsUrl)).text().catch(() => null) : null;
-  return { results, wallMs, samples, finalStates, image, daemonMetrics };
+  return { results, wallMs, samples, finalStates, image, daemonMetrics, runnerLag: { p99Ms: runnerLag.percentile(99) / 1e6, maxMs: runnerLag.max / 1e6 } };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
