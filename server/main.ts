@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { ServeConfig } from './config.ts';
+import { Checkpointer } from './store/checkpointer.ts';
 import { Store } from './store/index.ts';
 import { WorkflowService } from './workflows/service.ts';
 import { loadAdminToken } from './http/auth.ts';
@@ -43,7 +44,9 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
   const dirWarning = ensurePrivateDataDir(config.dataDir);
   if (dirWarning) log.warn({ dataDir: config.dataDir }, dirWarning);
   const store = Store.open(config.dataDir);
-  const closers: (() => Promise<void> | void)[] = [() => store.close()];
+  // WAL checkpoints (and their fsyncs) on a thread of their own, never inside a commit on this one
+  const checkpointer = new Checkpointer(store.db, { log: log.child({ component: 'store' }) });
+  const closers: (() => Promise<void> | void)[] = [() => store.close(), () => checkpointer.stop()];
   const close = async () => {
     for (const c of closers.reverse()) {
       try { await c(); } catch (err) { log.warn({ err }, 'error during shutdown'); }
