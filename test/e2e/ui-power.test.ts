@@ -11,6 +11,7 @@ import { chromium } from 'playwright-core';
 import { spawnDaemon, tempDir } from '../helpers/daemon.ts';
 import { Store } from '../../server/store/index.ts';
 import { IpmiSim, ipmiSimUnavailable } from '../helpers/ipmi-sim.ts';
+import { freePorts } from '../helpers/ports.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 declare const document: { querySelector(selector: string): { textContent: string | null } | null };
@@ -18,7 +19,7 @@ const PAUSED_MACHINE = ['qemu-system-x86_64', '-S', '-accel', 'tcg', '-nographic
 
 test('the web page shows a machine\'s power state and its buttons drive the BMC', { skip: (!existsSync(CHROMIUM) && 'chromium is not installed') || ipmiSimUnavailable(), timeout: 90_000 }, async (t) => {
   const dir = tempDir(); t.after(dir.remove);
-  const port = 23000 + (process.pid % 20000);
+  const port = await freePorts(2);
   mkdirSync(join(dir.path, 'bmc'));
   const sim = await IpmiSim.start({ dir: join(dir.path, 'bmc'), port, vmPort: port + 1, username: 'admin', password: 'ui-bmc', machine: PAUSED_MACHINE });
   t.after(() => sim.stop());

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { CLI, spawnDaemon, tempDir, readyImage } from '../helpers/daemon.ts';
 import { Store } from '../../server/store/index.ts';
 import { IpmiSim, ipmiSimUnavailable } from '../helpers/ipmi-sim.ts';
+import { freePorts } from '../helpers/ports.ts';
 
 const run = promisify(execFile);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -36,7 +37,7 @@ test('machines power through the API and CLI against ipmi_sim; powerCycle workfl
   const s = Store.open(join(dir.path, 'data'));
   s.images.insert(readyImage({ id: 'img1', name: 'web' }));
   s.close();
-  const port = 21000 + (process.pid % 20000);
+  const port = await freePorts(2);
   mkdirSync(join(dir.path, 'bmc'));
   const sim = await IpmiSim.start({ dir: join(dir.path, 'bmc'), port, vmPort: port + 1, username: 'admin', password: PASSWORD, machine: PAUSED_MACHINE });
   t.after(() => sim.stop());

@@ -14,10 +14,11 @@ import { join } from 'node:path';
 import { IpmiClient } from '../../server/power/ipmi/client.ts';
 import { IpmiError } from '../../server/power/ipmi/session.ts';
 import { IpmiSim, ipmiSimUnavailable } from '../helpers/ipmi-sim.ts';
+import { freePorts } from '../helpers/ports.ts';
 
 const PAUSED_MACHINE = ['qemu-system-x86_64', '-S', '-accel', 'tcg', '-nographic', '-m', '32', '-nic', 'none', '-monitor', 'none'];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const port = 20000 + (process.pid % 20000);
+const port = await freePorts(4); // the first test takes port, port + 1; the second port + 2, port + 3
 
 async function until(pred: () => boolean, ms: number, what: string): Promise<void> {
   for (let t = 0; t < ms; t += 100) { if (pred()) return; await sleep(100); }

@@ -11,13 +11,14 @@ import { join } from 'node:path';
 import { RedfishClient } from '../../server/power/redfish/client.ts';
 import { PowerError } from '../../server/power/driver.ts';
 import { RedfishSim } from '../helpers/redfish-sim.ts';
+import { freePorts } from '../helpers/ports.ts';
 
 const PAUSED_MACHINE = ['qemu-system-x86_64', '-S', '-accel', 'tcg', '-nographic', '-m', '32', '-nic', 'none', '-monitor', 'none'];
 const creds = { username: 'root', password: 'calvin-2' };
 
 test('Redfish client: power on, PXE once, cycle, off against a QMP-backed BMC; self-signed certificates only when allowed', { timeout: 120_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'ironboot-redfish-'));
-  const port = 30000 + (process.pid % 20000);
+  const port = await freePorts(1);
   const sim = await RedfishSim.start({ dir, port, ...creds, machine: PAUSED_MACHINE });
   t.after(async () => { await sim.stop(); rmSync(dir, { recursive: true, force: true }); });
   const target = { host: '127.0.0.1', port };
@@ -71,7 +72,7 @@ test('a machine with a Redfish BMC through the daemon: its certificate refused b
   const { spawnDaemon, tempDir } = await import('../helpers/daemon.ts');
   const { readFileSync } = await import('node:fs');
   const dir = tempDir(); t.after(dir.remove);
-  const port = 31000 + (process.pid % 20000);
+  const port = await freePorts(1);
   const sim = await RedfishSim.start({ dir: dir.path, port, ...creds, machine: PAUSED_MACHINE });
   t.after(() => sim.stop());
   const d = await spawnDaemon(join(dir.path, 'data'), ['--power-poll-interval', '0']);
