@@ -10,6 +10,7 @@ import type { ServeConfig } from './config.ts';
 import type { Store } from './store/index.ts';
 import type { AppDeps, AppPlugin, ImageFiles } from './http/app.ts';
 import { startDhcpService } from './dhcp/index.ts';
+import { startDhcpThread } from './dhcp/thread.ts';
 import { startTftpService, type TftpVirtualFiles } from './tftp/index.ts';
 import { createImageService, type ImageService } from './images/index.ts';
 import { loadBootTemplates, type BootTemplates } from './boot/ipxe.ts';
@@ -97,7 +98,10 @@ export async function startNetworkServices(deps: {
     if (config.dhcp && config.dhcpInterfaces.length === 0) {
       log.warn('DHCP stays off: no --dhcp-interface given (name the provisioning interface to serve DHCP there)');
     } else if (config.dhcp) {
-      started.push(await startDhcpService({ store: deps.store, log, registry: deps.registry, config, httpPort: deps.httpPort }));
+      // on a thread of its own (IRONBOOT_DHCP_THREAD=0: on the main thread), so nothing else delays a reply
+      started.push(process.env.IRONBOOT_DHCP_THREAD === '0'
+        ? await startDhcpService({ store: deps.store, log, registry: deps.registry, config, httpPort: deps.httpPort })
+        : await startDhcpThread({ log, registry: deps.registry, config, httpPort: deps.httpPort }));
     }
     if (config.tftp) {
       try {

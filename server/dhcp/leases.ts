@@ -56,8 +56,9 @@ export function guessPoolPrefix(start: string, end: string): number {
 
 /**
  * store.machines.getByMac on the hot path: answers from memory while the database is unchanged. Checked per
- * packet: total_changes() (any write through this connection, e.g. the HTTP API; ~0.1 µs); checked at most every
- * 100 ms: data_version (commits by other processes, e.g. a CLI on the same file; ~4 µs, so not per packet).
+ * packet: total_changes() (any write through this connection; ~0.1 µs) and data_version (commits through other
+ * connections: the daemon's main thread, whose API writes machines while DHCP runs on its own thread, or a CLI on
+ * the same file; ~4 µs), so a machine added through the API is answered from its very next packet.
  */
 export class MachineLookup {
   private readonly changesStmt;
@@ -69,8 +70,7 @@ export class MachineLookup {
   generation = 0;
   private changes = -1;
   private dataVersion = -1;
-  private dataVersionCheckedAt = 0;
-  constructor(private store: Store, private now: () => number = Date.now) {
+  constructor(private store: Store) {
     this.changesStmt = store.db.prepare('SELECT total_changes()').pluck();
     this.dataVersionStmt = store.db.prepare('PRAGMA data_version').pluck();
     this.reservedStmt = store.db.prepare('SELECT mac FROM machines WHERE ipv4_address = ?').pluck();
@@ -82,12 +82,8 @@ export class MachineLookup {
   private refresh(): void {
     const changes = this.changesStmt.get() as number;
     if (changes !== this.changes) { this.clear(); this.changes = changes; }
-    const t = this.now();
-    if (t - this.dataVersionCheckedAt >= 100) {
-      this.dataVersionCheckedAt = t;
-      const v = this.dataVersionStmt.get() as number;
-      if (v !== this.dataVersion) { this.clear(); this.dataVersion = v; }
-    }
+    const v = this.dataVersionStmt.get() as number;
+    if (v !== this.dataVersion) { this.clear(); this.dataVersion = v; }
   }
 
   private clear(): void { this.cache.clear(); this.reservedCache.clear(); this.generation++; }
@@ -171,7 +167,7 @@ export class DhcpLeases {
 
   constructor(private store: Store, private policy: LeasePolicy, private now: () => number = Date.now) {
     this.repo = store.leases;
-    this.machines = new MachineLookup(store, now);
+    this.machines = new MachineLookup(store);
     this.start = policy.pool ? ipToInt(policy.pool.start) : 0;
     this.end = policy.pool ? ipToInt(policy.pool.end) : -1;
     if (policy.pool && this.end < this.start) throw new Error(`dhcp-pool: ${policy.pool.start} is after ${policy.pool.end}`);

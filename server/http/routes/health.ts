@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import type { AppDeps } from '../app.ts';
+import { metricsText } from '../../metrics.ts';
 
 /** /healthz (liveness + database) and /metrics (Prometheus). Unauthenticated. */
 const healthRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, registry, version }) => {
@@ -11,7 +12,7 @@ const healthRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, re
     });
   app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
     reply.header('Content-Type', registry.contentType);
-    return registry.metrics();
+    return metricsText(registry);
   });
 };
 
