@@ -7,8 +7,10 @@
 // sendfile(2); so does this: the kernel copies page cache → socket, the JS thread only writes the headers and
 // hears back once per response.
 //
-// One thread, one epoll set: a response whose socket is full waits for EPOLLOUT (edge-triggered) and the thread
-// serves the others meanwhile. The addon holds its own duplicates of the socket and file descriptors, so whatever
+// A few threads (one per core, at most 4), each with its own epoll set; responses go to them in turn. A response
+// whose socket is full waits for EPOLLOUT (edge-triggered) and its thread serves the others meanwhile. More than
+// one thread because on a local link much of the network stack's work (veth, bridge, the receiver's softirq) runs
+// on the sending thread's CPU: one thread alone capped a rack's transfers at one core (nginx runs a worker per core). The addon holds its own duplicates of the socket and file descriptors, so whatever
 // Node does with its own (close on a client reset, say) never races with a sendfile here; a closed client shows up
 // as EPIPE/ECONNRESET. A response that makes no progress for idleMs ends as "stalled". JS: send(...) → handle,
 // cancel(handle) when the socket closes; done(error | null, bytesSent) runs on the JS thread.
@@ -30,6 +32,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 namespace {
 
@@ -169,8 +172,9 @@ class Loop {
   std::unordered_map<uint64_t, Job*> jobs_;  // the loop thread's own
 };
 
-Loop* loop = nullptr;
+std::vector<Loop*> loops;  // started on the first send (JS thread only)
 std::atomic<uint64_t> nextId{1};
+std::unordered_map<uint64_t, Loop*>* owners = nullptr;  // id → its loop, for cancel (JS thread only)
 
 #define CHECK(call)                                                       \
   do {                                                                    \
@@ -183,6 +187,7 @@ std::atomic<uint64_t> nextId{1};
 // On the JS thread, once per response: done(error | null, bytesSent).
 void deliver(napi_env env, napi_value, void*, void* data) {
   Job* j = static_cast<Job*>(data);
+  if (owners != nullptr) owners->erase(j->id);
   if (env != nullptr) {
     napi_value argv[2], cb, global, ret;
     if (j->error.empty()) napi_get_null(env, &argv[0]);
@@ -212,15 +217,23 @@ napi_value Send(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, nullptr, "send(socketFd, fileFd, offset, length, idleMs, done)");
     return nullptr;
   }
-  if (loop == nullptr) {
-    auto* l = new Loop();
-    std::string why;
-    if (!l->start(why)) {
-      delete l;
-      napi_throw_error(env, nullptr, ("sendfile native: " + why).c_str());
-      return nullptr;
+  if (loops.empty()) {
+    unsigned n = std::thread::hardware_concurrency();
+    n = n == 0 ? 1 : (n > 4 ? 4 : n);
+    for (unsigned i = 0; i < n; i++) {
+      auto* l = new Loop();
+      std::string why;
+      if (!l->start(why)) {
+        delete l;
+        if (loops.empty()) {
+          napi_throw_error(env, nullptr, ("sendfile native: " + why).c_str());
+          return nullptr;
+        }
+        break;
+      }
+      loops.push_back(l);
     }
-    loop = l;
+    owners = new std::unordered_map<uint64_t, Loop*>();
   }
   const int sock = int(numberArg(env, argv[0])), file = int(numberArg(env, argv[1]));
   const double offset = numberArg(env, argv[2]), length = numberArg(env, argv[3]), idle = numberArg(env, argv[4]);
@@ -248,7 +261,9 @@ napi_value Send(napi_env env, napi_callback_info info) {
   napi_create_string_utf8(env, "ironboot-sendfile", NAPI_AUTO_LENGTH, &name);
   CHECK(napi_create_threadsafe_function(env, nullptr, nullptr, name, 0, 1, nullptr, nullptr, nullptr, deliver, &j->tsfn));
   const uint64_t id = j->id;
-  loop->submit(j);
+  Loop* l = loops[id % loops.size()];
+  (*owners)[id] = l;
+  l->submit(j);
   napi_value out;
   napi_create_double(env, double(id), &out);
   return out;
@@ -259,8 +274,9 @@ napi_value Cancel(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   CHECK(napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  if (argc < 1 || loop == nullptr) return nullptr;
-  loop->cancel(uint64_t(numberArg(env, argv[0])));
+  if (argc < 1 || owners == nullptr) return nullptr;
+  auto it = owners->find(uint64_t(numberArg(env, argv[0])));
+  if (it != owners->end()) it->second->cancel(it->first);
   return nullptr;
 }
 
