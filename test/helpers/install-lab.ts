@@ -83,7 +83,12 @@ export async function installAndBoot(firmware: 'bios' | 'uefi', octet: number, l
     const kernel = await vm2.waitFor(/Linux version \d+\.\d+\.\d+-\d+-amd64 \(debian-kernel@lists\.debian\.org\)/, 60_000, { failOn: diskBootFailed });
     assert.match(vm2.text(kernel), new RegExp(`Command line: .*root=PARTUUID=[0-9a-f-]{36} ro .*console=ttyS0.*systemd\\.show_status=0`), 'GRUB passed the workflow\'s kernel arguments');
     const daemonAtGrub = env.daemonLog().length;
-    await vm2.waitFor(new RegExp(`^${hostname} login:`), 240_000, { from: kernel, failOn: /Kernel panic|emergency mode|Give root password/ });
+    // getty's banner names the host; its prompt "HOST login: " has no newline, so it is read off the unfinished line
+    await vm2.waitFor(new RegExp(`^Debian GNU/Linux 12 ${hostname} ttyS0`), 240_000, { from: kernel, failOn: /Kernel panic|emergency mode|Give root password/ });
+    for (let t = 0; !vm2.text(kernel).includes(`${hostname} login:`); t += 100) {
+      if (t > 30_000) throw new Error(`no "${hostname} login:" prompt after the banner\n${vm2.tail()}`);
+      await sleep(100);
+    }
     const rebootToLoginSeconds = (Date.now() - tBoot) / 1000;
     assert.equal(vm2.find(/ironboot: provisioning|ironboot\[\d/), -1, 'no provisioning, no agent on the second boot');
 
