@@ -95,7 +95,7 @@ export async function installAndBoot(firmware: 'bios' | 'uefi', octet: number, l
     // the static address networkd was given: ping from the lab namespace, the neighbour entry has the machine's MAC
     let pinged = false;
     for (let i = 0; i < 60 && !pinged; i++) {
-      pinged = spawnSync('ip', ['netns', 'exec', env.ns, 'ping', '-c1', '-W1', address], { stdio: 'ignore' }).status === 0;
+      pinged = spawnSync('ip', ['netns', 'exec', env.ns, 'busybox', 'ping', '-c1', '-W1', address], { stdio: 'ignore' }).status === 0;
       if (!pinged) await sleep(1000);
     }
     assert.ok(pinged, `${address} answers ping\n${vm2.tail()}`);
