@@ -70,6 +70,7 @@ export async function installAndBoot(firmware: 'bios' | 'uefi', octet: number, l
     const installSeconds = (Date.now() - tInstall) / 1000;
     const daemonBefore = env.daemonLog().length;
     const kernelsBefore = count(env.daemonLog(), /\/artifacts\/vmlinuz/);
+    assert.ok(kernelsBefore >= 1, 'the daemon\'s log shows the install boot fetching ironboot\'s kernel');
 
     // --- the second boot: from the machine's own disk ---
     const tBoot = Date.now();
