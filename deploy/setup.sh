@@ -12,11 +12,12 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 
 # Debian packages. The daemon: iPXE binaries, the kernel it boots machines with, and what the initramfs and the
 # container-disk builder are made of.
-DEB_SERVE=(ipxe linux-image-amd64 busybox-static zstd e2fsprogs kmod cpio iproute2 binutils util-linux python3 isal libisal-dev libzstd-dev)
+DEB_SERVE=(ipxe linux-image-amd64 busybox-static zstd e2fsprogs kmod cpio iproute2 binutils util-linux python3 isal libisal-dev libzstd-dev
+  grub-common grub-pc-bin grub-efi-amd64-bin dosfstools mtools fdisk)
 # The tests: real peers and the QEMU lab.
 DEB_TEST=(qemu-system-x86 qemu-utils ipxe-qemu ovmf udhcpc isc-dhcp-client isc-dhcp-relay tftp-hpa atftp curl
   dnsmasq-base docker-registry systemd iproute2 python3 nftables util-linux openssl libcap2-bin chromium
-  openipmi ipmitool fdisk mount strace umoci)
+  openipmi ipmitool fdisk mount strace umoci gdisk debootstrap)
 # Benchmarks only (npm run bench).
 DEB_BENCH=(kea-admin nginx-light debootstrap tftpd-hpa)
 

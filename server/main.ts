@@ -82,6 +82,7 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
     const extras = httpExtras({ store, log, registry, config, agentUrl });
     deps.plugins = [...extras.plugins, { plugin: powerRoutes(power) as never, api: true }];
     deps.images = extras.images;
+    workflows.bootDisks = extras.bootDisks;
     if (config.tls) {
       const read = (key: string, path: string) => {
         try { return readFileSync(path); } catch (err) { throw new ConfigError(key, `cannot read ${path}: ${(err as Error).message}`); }

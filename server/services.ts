@@ -13,6 +13,7 @@ import { startDhcpService } from './dhcp/index.ts';
 import { startDhcpThread } from './dhcp/thread.ts';
 import { startTftpService, type TftpVirtualFiles } from './tftp/index.ts';
 import { createImageService, type ImageService } from './images/index.ts';
+import { createBootDiskService, type BootDiskService } from './images/bootable.ts';
 import { loadBootTemplates, type BootTemplates } from './boot/ipxe.ts';
 import { createBootScriptServer, type BootScriptPolicy, type BootScriptServer } from './boot/serve.ts';
 import type { WorkflowService } from './workflows/service.ts';
@@ -20,6 +21,7 @@ import { bootPlugin } from './http/routes/boot.ts';
 import { ARTIFACT_FILES } from './http/routes/artifacts.ts';
 import imageFilesRoutes from './http/routes/image-files.ts';
 import imageBuildsRoutes from './http/routes/api/image-builds.ts';
+import metadataRoutes from './http/routes/metadata.ts';
 import { buildArtifacts, formatReport, CA_STAMP } from '../init/build/index.ts';
 import { createHash } from 'node:crypto';
 import { resolveListen } from './listen.ts';
@@ -28,6 +30,7 @@ export interface HttpExtras {
   plugins: AppPlugin[];
   images: ImageFiles;
   imageService: ImageService;
+  bootDisks: BootDiskService;
   templates: BootTemplates;
 }
 
@@ -55,12 +58,16 @@ export function httpExtras(deps: { store: Store; log: Logger; registry: Registry
   const templates = loadBootTemplates(deps.config.templatesDir ?? undefined);
   const imageService = createImageService({ store: deps.store, log: deps.log, registry: deps.registry, dataDir: deps.config.dataDir });
   imageService.recover(); // builds a previous daemon left half-way: temp files removed, rows marked failed
+  const bootDisks = createBootDiskService({ imagesDir: imageService.imagesDir, ext4Path: (id) => imageService.filePath(id, 'raw'), log: deps.log });
+  // deleting an image removes its bootable disk too
+  const images: ImageFiles = { removeFiles: (id) => { imageService.removeFiles(id); bootDisks.removeFiles(id); } };
   const plugins: AppPlugin[] = [
     { plugin: bootPlugin(templates, deps.config.publicUrl, undefined, { policy: bootScriptPolicy(deps.config), agentUrl: deps.agentUrl ?? null }) },
-    { plugin: async (app, d: AppDeps) => imageFilesRoutes(app, { ...d, imageService }) },
+    { plugin: async (app, d: AppDeps) => imageFilesRoutes(app, { ...d, imageService, bootDisks }) },
+    { plugin: async (app, d: AppDeps) => metadataRoutes(app, d) },
     { plugin: async (app, d: AppDeps) => imageBuildsRoutes(app, { ...d, imageService }), api: true },
   ];
-  return { plugins, images: imageService, imageService, templates };
+  return { plugins, images, imageService, bootDisks, templates };
 }
 
 /**

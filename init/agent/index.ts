@@ -13,6 +13,7 @@ import { runAgent, type AgentSteps, type PersistSteps, type Step } from './main.
 import { EventReporter } from './reporter.ts';
 import { consoleOut, PATHS } from './sys.ts';
 import { doAfter, consoleShell } from './steps/after.ts';
+import { installFirstBoot } from './steps/install.ts';
 import { streamToTarget } from './steps/disk.ts';
 import { loadDrivers } from './steps/drivers.ts';
 import { sayHello, savedSessionToken } from './steps/hello.ts';
@@ -59,6 +60,7 @@ export const realSteps: AgentSteps = {
   mount: (device, o) => mountDisk(device, o),
   run: (spec, onLine) => runEntrypoint(spec, onLine),
   after: (action) => doAfter(action, say),
+  install: (spec, device) => installFirstBoot(spec, device, say),
 };
 
 export const realPersistSteps: PersistSteps = {

@@ -49,6 +49,8 @@ export interface AgentSteps {
   run(spec: RunSpec, onLine: (l: LogLine) => void): Promise<number>;
   /** Does what the workflow says after it ended; `shell` and `wait` never return. */
   after(action: After): Promise<void>;
+  /** mode install: writes the first-boot files into the streamed disk's root partition (init/agent/steps/install.ts). */
+  install?(spec: WorkflowSpec, device: string): Promise<{ written: string[]; loop: string }>;
 }
 
 export interface Reporter {
@@ -59,7 +61,7 @@ export interface Reporter {
   readonly finalRefusal?: string | null;
 }
 
-export type Step = 'mounts' | 'drivers' | 'net' | 'hello' | 'stream' | 'mark' | 'marker' | 'check-in' | 'root' | 'mount' | 'run' | 'report' | 'after';
+export type Step = 'mounts' | 'drivers' | 'net' | 'hello' | 'stream' | 'mark' | 'marker' | 'check-in' | 'root' | 'mount' | 'install' | 'run' | 'report' | 'after';
 
 /** A disk found for a persistent boot (init/agent/steps/persist.ts). */
 export interface FoundDisk { device: string; marker: DiskMarker }
@@ -191,6 +193,28 @@ async function serverFlow(d: AgentDeps): Promise<{ outcome: Outcome; after: Afte
       },
       verifying: () => state('verifying', `sha256 ${spec.image.rawSha256}`),
     }));
+    if (spec.mode === 'install') {
+      // the disk is a whole bootable disk: its root gets the first-boot data, nothing of it runs here
+      if (!steps.install || !spec.install) throw new StepError('install', steps.install ? 'the server sent no install section (first-boot data) for this install workflow' : 'this agent cannot install bootable disks');
+      state('mounted', `${device}: bootable disk verified; root partition ${spec.install.rootPartition} (PARTUUID ${spec.install.rootPartUuid}) for first-boot data`);
+      state('running', `writing first-boot data (${spec.install.files.length} files) into the installed root`);
+      const r = await step(d, 'install', () => steps.install!(spec, device));
+      reporter?.send({ message: `first-boot data written: ${r.written.join(', ')}`, payload: { install: { written: r.written, instanceId: spec.install.instanceId } } });
+      d.onStep?.('report');
+      const final: AgentEvent = { state: 'succeeded', exitCode: 0, message: `installed image ${spec.image.name} on ${device} (kernel ${spec.install.kernel}); the machine boots from its own disk next`, payload: { installed: device } };
+      if (reporter) {
+        console.say(`reporting ${final.state} to ${cfg.server}`);
+        if (!await reporter.final(final)) {
+          const reason = `the server refused the final report (succeeded)${reporter.finalRefusal ? `: ${reporter.finalRefusal}` : ''}`;
+          console.warn(reason);
+          await reporter.final({ state: 'failed', message: reason }, { maxAttempts: 3 });
+          return { outcome: { ok: false, step: 'report', exitCode: null, reason }, after: 'shell' };
+        }
+        console.say('final status acknowledged by the server');
+      }
+      console.say(`installed: ${device} boots on its own; ${spec.after}`);
+      return { outcome: { ok: true, step: 'install', exitCode: 0, reason: null }, after: spec.after };
+    }
     if (spec.mode === 'persistent') {
       // after verify and resize, before anything mounts it: a disk without a marker is never booted again
       if (!d.persist) throw new StepError('mark', 'this agent cannot mark disks for persistent boot');

@@ -45,6 +45,30 @@ export type Hello = Static<typeof Hello>;
 
 export const AfterAction = Type.Union([Type.Literal('shell'), Type.Literal('reboot'), Type.Literal('poweroff'), Type.Literal('wait')]);
 
+/** A file the agent writes into an installed root (mode install): first-boot data rendered by the server. */
+export const InstallFile = Type.Object({
+  path: Type.String({ pattern: '^/[A-Za-z0-9._/+-]+$' }),
+  content: Type.String(),
+  mode: Type.Integer({ minimum: 0, maximum: 0o7777 }),
+  /** The directory's mode when the agent creates it (default 0755). */
+  dirMode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })),
+  /** A symlink there (e.g. resolv.conf → systemd-resolved's stub) is replaced by the file. */
+  replaceSymlink: Type.Optional(Type.Boolean()),
+});
+export type InstallFile = Static<typeof InstallFile>;
+
+/** mode install: the disk is a whole bootable disk (GPT), not a filesystem; what the agent does after it verified it. */
+export const InstallSpec = Type.Object({
+  /** The partition holding the root (1-based) and where it starts, in bytes. */
+  rootPartition: Type.Integer({ minimum: 1 }),
+  rootOffset: Type.Integer({ minimum: 0 }),
+  rootPartUuid: Type.String(),
+  kernel: Type.String(),
+  instanceId: Type.String(),
+  files: Type.Array(InstallFile),
+});
+export type InstallSpec = Static<typeof InstallSpec>;
+
 /** What the agent must do: returned by hello. */
 export const WorkflowSpec = Type.Object({
   workflowId: Type.String(),
@@ -77,6 +101,8 @@ export const WorkflowSpec = Type.Object({
   sessionToken: Type.Optional(Type.String()),
   /** mode persistent, at hello only: the token the agent writes into the disk's marker (init/agent/steps/marker.ts). */
   persistent: Type.Optional(Type.Object({ token: Type.String({ minLength: 16 }) })),
+  /** mode install: the image is a bootable disk (format "disk"), and the first-boot data to write into its root. */
+  install: Type.Optional(InstallSpec),
   /** The agent may overwrite a target that already holds a partition table or a filesystem (default: refuse). */
   wipe: Type.Optional(Type.Boolean()),
   /** When set, the target disk's serial number must be this (checked before anything is written). */

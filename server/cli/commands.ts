@@ -13,7 +13,7 @@ function print(out: Out, json: boolean, data: unknown, human: () => string): voi
 
 export const MACHINES_HELP = `ironboot machines add MAC [--hostname H] [--ip ADDR/PREFIX] [--gateway IP] [--dns IP]... [--lease-time S]
                       [--domain D] [--arch auto|bios|uefi-x64|uefi-arm64] [--efi-binary ipxe.efi|snponly.efi]
-                      [--no-pxe] [--label KEY=VALUE]...
+                      [--no-pxe] [--label KEY=VALUE]... [--ssh-key 'ssh-ed25519 AAAA… user' | --ssh-key @FILE]...
 ironboot machines set MAC [same flags as add; --pxe / --no-pxe]
 ironboot machines list [--label KEY=VALUE]...
 ironboot machines show MAC
@@ -46,6 +46,13 @@ function machineBody(a: ParsedArgs, forUpdate: boolean): Obj {
   if (str(f, 'efi-binary')) body.efiBinary = str(f, 'efi-binary');
   if (f.pxe !== undefined) body.allowPxe = f.pxe !== false;
   if (strList(f, 'label').length) body.labels = keyValuePairs(strList(f, 'label'), 'label');
+  // --ssh-key LINE or @FILE (an authorized_keys file: one key per line, # comments skipped); --ssh-key none clears
+  const keys = strList(f, 'ssh-key');
+  if (keys.length) {
+    body.sshKeys = keys[0] === 'none' && keys.length === 1 ? [] : keys.flatMap((k) => k.startsWith('@')
+      ? readFileSync(k.slice(1), 'utf8').split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'))
+      : [k]);
+  }
   const bmc = str(f, 'bmc');
   if (bmc === 'none') body.bmc = null;
   else if (bmc !== undefined) {
@@ -69,8 +76,8 @@ const machineColumns: [string, (r: Obj) => unknown][] = [
 
 export async function machinesCommand(argv: string[], out: Out): Promise<void> {
   const a = parseArgs(argv, {
-    bool: ['pxe', 'bmc-tls-insecure'], list: ['dns', 'label'],
-    known: ['hostname', 'ip', 'gateway', 'dns', 'lease-time', 'domain', 'arch', 'efi-binary', 'pxe', 'label', 'bmc', 'bmc-user', 'bmc-password', 'bmc-password-file', 'bmc-ca', 'bmc-tls-insecure'],
+    bool: ['pxe', 'bmc-tls-insecure'], list: ['dns', 'label', 'ssh-key'],
+    known: ['hostname', 'ip', 'gateway', 'dns', 'lease-time', 'domain', 'arch', 'efi-binary', 'pxe', 'label', 'ssh-key', 'bmc', 'bmc-user', 'bmc-password', 'bmc-password-file', 'bmc-ca', 'bmc-tls-insecure'],
   });
   const sub = a.positionals[0];
   if (!sub || a.flags.help) { out(MACHINES_HELP); return; }

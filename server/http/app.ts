@@ -65,7 +65,7 @@ export interface AppDeps {
  * the boot scripts, kernel, initramfs and iPXE binaries), and health. Everything that carries a token (the agent,
  * the API, the images) is refused there with a pointer to the HTTPS side.
  */
-export const PLAIN_HTTP_PATHS = /^\/(boot|artifacts|ipxe)\/|^\/healthz(\?|$)/;
+export const PLAIN_HTTP_PATHS = /^\/(boot|artifacts|ipxe|2009-04-04|latest)\/|^\/healthz(\?|$)/;
 
 export function plainHttpHandler(app: FastifyInstance, httpsUrl: (req: import('node:http').IncomingMessage) => string) {
   return (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): void => {

@@ -41,6 +41,7 @@ export const MachineCreate = Type.Object({
   efiBinary: Type.Optional(EfiBinary),
   allowPxe: Type.Optional(Type.Boolean()),
   labels: Type.Optional(Labels),
+  sshKeys: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 16384 }), { maxItems: 64, description: 'OpenSSH authorized_keys lines ([options] type base64 [comment]) for installed disks (mode install)' })),
   bmc: Type.Optional(Type.Union([BmcInput, Type.Null()])),
 }, { additionalProperties: false });
 export type MachineCreate = Static<typeof MachineCreate>;
@@ -60,6 +61,7 @@ export const Machine = Type.Object({
   efiBinary: Type.String(),
   allowPxe: Type.Boolean(),
   labels: Type.Record(Type.String(), Type.String()),
+  sshKeys: Type.Optional(Type.Array(Type.String())),
   bmc: Type.Optional(Type.Union([Type.Object({
     url: Type.String(), username: Type.String(), tlsInsecure: Type.Boolean(), ca: Type.Union([Type.String(), Type.Null()]),
   }), Type.Null()])),

@@ -26,6 +26,8 @@ export interface VmSpec {
   noReboot?: boolean;
   /** Plain firmware PXE instead of the NIC's iPXE ROM (`romfile=`): UEFI then TFTPs ironboot's ipxe.efi. */
   noRom?: boolean;
+  /** The disk gets bootindex=2, after the NIC: a network boot that exits falls through to the disk. */
+  diskBoot?: boolean;
   /** KVM or TCG (default): chooseAccel() in accel.ts decides which works on this host. */
   accel?: Accel;
 }
@@ -40,7 +42,8 @@ export function qemuArgs(v: VmSpec): string[] {
     '-device', `${device},netdev=n0,mac=${v.mac},bootindex=1${v.noRom ? ',romfile=' : ''}`,
     '-boot', 'n',
   ];
-  if (v.disk) args.push('-drive', `file=${v.disk},if=virtio,format=raw`);
+  if (v.disk && v.diskBoot) args.push('-drive', `file=${v.disk},if=none,id=d0,format=raw`, '-device', 'virtio-blk-pci,drive=d0,bootindex=2');
+  else if (v.disk) args.push('-drive', `file=${v.disk},if=virtio,format=raw`);
   if (v.firmware === 'uefi') {
     if (!v.ovmfVars) throw new Error('a UEFI VM needs its own copy of OVMF_VARS');
     args.push('-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${OVMF_CODE}`,

@@ -40,6 +40,8 @@ export interface Machine {
   efiBinary: 'ipxe.efi' | 'snponly.efi';
   allowPxe: boolean;
   labels: Record<string, string>;
+  /** OpenSSH authorized_keys lines for installed disks (migrations/008_machine_ssh_keys.sql). */
+  sshKeys?: string[];
   bmc?: BmcSettings | null;
   power?: PowerStatus;
   createdAt: string;
@@ -54,6 +56,7 @@ export interface MachineInput {
   efiBinary?: 'ipxe.efi' | 'snponly.efi';
   allowPxe?: boolean;
   labels?: Record<string, string>;
+  sshKeys?: string[];
   bmc?: BmcInput | null;
 }
 
@@ -61,7 +64,7 @@ interface Row {
   id: number; mac: string; hostname: string | null;
   ipv4_address: string | null; ipv4_prefix: number | null; ipv4_gateway: string | null; ipv4_dns: string;
   lease_seconds: number | null; domain: string | null; arch: string | null; efi_binary: string | null;
-  allow_pxe: number; labels: string; created_at: string; updated_at: string;
+  allow_pxe: number; labels: string; ssh_keys: string; created_at: string; updated_at: string;
   bmc_url: string | null; bmc_username: string | null; bmc_password: string | null; bmc_tls_insecure: number; bmc_ca: string | null;
   power_state: string | null; power_checked_at: string | null; power_error: string | null;
 }
@@ -85,6 +88,7 @@ function fromRow(r: Row): Machine {
     efiBinary: (r.efi_binary ?? 'ipxe.efi') as Machine['efiBinary'],
     allowPxe: r.allow_pxe === 1,
     labels: JSON.parse(r.labels),
+    sshKeys: JSON.parse(r.ssh_keys ?? '[]'),
     bmc: r.bmc_url ? { url: r.bmc_url, username: r.bmc_username ?? '', tlsInsecure: r.bmc_tls_insecure === 1, ca: r.bmc_ca } : null,
     power: { state: r.power_state as PowerState | null, checkedAt: r.power_checked_at, error: r.power_error },
     createdAt: r.created_at,
@@ -106,6 +110,7 @@ function toParams(m: MachineInput) {
     efi_binary: m.efiBinary ?? 'ipxe.efi',
     allow_pxe: m.allowPxe === false ? 0 : 1,
     labels: JSON.stringify(m.labels ?? {}),
+    ssh_keys: JSON.stringify(m.sshKeys ?? []),
     bmc_url: m.bmc?.url ?? null,
     bmc_username: m.bmc?.username ?? null,
     bmc_password: m.bmc?.password ?? null,
@@ -164,10 +169,10 @@ export class MachineRepository {
       }
       const p = toParams(input);
       const info = this.q(`INSERT INTO machines (mac, hostname, ipv4_address, ipv4_prefix, ipv4_gateway, ipv4_dns,
-        lease_seconds, domain, arch, efi_binary, allow_pxe, labels, bmc_url, bmc_username, bmc_password, bmc_tls_insecure, bmc_ca,
+        lease_seconds, domain, arch, efi_binary, allow_pxe, labels, ssh_keys, bmc_url, bmc_username, bmc_password, bmc_tls_insecure, bmc_ca,
         created_at, updated_at)
         VALUES (@mac, @hostname, @ipv4_address, @ipv4_prefix, @ipv4_gateway, @ipv4_dns, @lease_seconds, @domain, @arch,
-        @efi_binary, @allow_pxe, @labels, @bmc_url, @bmc_username, @bmc_password, @bmc_tls_insecure, @bmc_ca, @now, @now)`).run({ ...p, now });
+        @efi_binary, @allow_pxe, @labels, @ssh_keys, @bmc_url, @bmc_username, @bmc_password, @bmc_tls_insecure, @bmc_ca, @now, @now)`).run({ ...p, now });
       return this.getById(Number(info.lastInsertRowid))!;
     })();
   }
@@ -185,6 +190,7 @@ export class MachineRepository {
         efiBinary: patch.efiBinary ?? cur.efiBinary,
         allowPxe: patch.allowPxe ?? cur.allowPxe,
         labels: patch.labels ?? cur.labels,
+        sshKeys: patch.sshKeys ?? cur.sshKeys,
         bmc: patch.bmc === undefined ? this.bmcInput(cur.id) : patch.bmc === null ? null
           : { ...patch.bmc, password: patch.bmc.password ?? this.getBmcCredentials(cur.id)?.password ?? '' },
       };
@@ -197,7 +203,7 @@ export class MachineRepository {
       const p = toParams(next);
       this.q(`UPDATE machines SET hostname=@hostname, ipv4_address=@ipv4_address, ipv4_prefix=@ipv4_prefix,
         ipv4_gateway=@ipv4_gateway, ipv4_dns=@ipv4_dns, lease_seconds=@lease_seconds, domain=@domain, arch=@arch,
-        efi_binary=@efi_binary, allow_pxe=@allow_pxe, labels=@labels, bmc_url=@bmc_url, bmc_username=@bmc_username,
+        efi_binary=@efi_binary, allow_pxe=@allow_pxe, labels=@labels, ssh_keys=@ssh_keys, bmc_url=@bmc_url, bmc_username=@bmc_username,
         bmc_password=@bmc_password, bmc_tls_insecure=@bmc_tls_insecure, bmc_ca=@bmc_ca, updated_at=@now WHERE mac=@mac`)
         .run({ ...p, now: new Date().toISOString() });
       return this.getByMac(mac);

@@ -5,6 +5,8 @@ import type { Store } from '../store/index.ts';
 import type { Workflow, AfterAction, WorkflowMode } from '../store/workflows.ts';
 import type { WorkflowEvent, EventInput } from '../store/events.ts';
 import { canTransition, isFinal, type WorkflowState } from './states.ts';
+import type { BootDiskService } from '../images/bootable.ts';
+import { diskLayout, SECTOR } from '../images/bootable.ts';
 
 export class WorkflowError extends Error {
   constructor(public status: 400 | 404 | 409, public field: string | null, message: string) {
@@ -41,8 +43,32 @@ export class WorkflowService {
   /** While a batch() runs: what to log and publish once its transaction has committed. */
   private deferred: (() => void)[] | null = null;
 
+  /** Bootable disks for mode install (server/images/bootable.ts); set by the composition root. */
+  bootDisks: BootDiskService | null = null;
+
   constructor(private store: Store, private log: Logger) {
     this.events.setMaxListeners(0);
+  }
+
+  /**
+   * The checks of a new workflow that read the image (mode install: a kernel and an initrd in its /boot), then
+   * create(). The API calls this; a refusal names the field and writes nothing.
+   */
+  async createChecked(input: CreateWorkflowInput): Promise<Workflow> {
+    if (input.mode === 'install') {
+      const image = this.store.images.find(input.image);
+      if (image && image.state === 'ready' && this.bootDisks) {
+        const reason = await this.bootDisks.check(image);
+        if (reason) throw new WorkflowError(400, 'image', reason);
+      }
+    }
+    const wf = this.create(input);
+    if (wf.mode === 'install' && this.bootDisks) {
+      // built now, so the agent's hello does not wait for it (hello waits for the same build if it is still running)
+      const img = this.store.images.get(wf.imageId)!;
+      this.bootDisks.ensure(img).catch((err) => this.log.warn({ workflow: wf.id, image: img.id, err: (err as Error).message }, 'bootable disk build failed'));
+    }
+    return wf;
   }
 
   private publish(fn: () => void): void {
@@ -86,6 +112,15 @@ export class WorkflowService {
         // later boots find the disk by its marker in the filesystem's unused first sector (init/agent/steps/marker.ts)
         if (input.target === 'ram') throw new WorkflowError(400, 'target', 'a persistent workflow needs a disk target (e.g. /dev/sda): a disk in RAM is gone at the next boot');
         if (!/^ext[234]$/.test(image.format)) throw new WorkflowError(400, 'mode', `persistent boot needs an ext2/3/4 disk; image ${image.name} is ${image.format}`);
+      }
+      if (input.mode === 'install') {
+        if (input.target === 'ram') throw new WorkflowError(400, 'target', 'an install workflow needs a disk target (e.g. /dev/sda or /dev/disk/by-id/…): the machine boots from it afterwards');
+        if (!this.bootDisks) throw new WorkflowError(409, 'mode', 'this server cannot build bootable disks (no bootable-disk service)');
+        if (image.format !== 'ext4') throw new WorkflowError(400, 'image', `image ${image.name} is ${image.format}; an install needs an ext4 container disk`);
+        const need = diskLayout(image.id, image.rawSize ?? 0).totalSectors * SECTOR;
+        if (input.targetSize !== undefined && input.targetSize < need) {
+          throw new WorkflowError(400, 'targetSize', `the bootable disk of image ${image.name} is ${need} bytes; a target of ${input.targetSize} bytes cannot hold it`);
+        }
       }
       const active = store.workflows.activeForMachine(machine.id);
       if (active) {

@@ -62,6 +62,12 @@ export class AgentTokens {
     return token;
   }
 
+  /** Whether `presented` is an unused boot token of the workflow for `ip` (nothing changes; the hello still exchanges it). */
+  peekBoot(presented: string | undefined, workflowId: string, ip: string): boolean {
+    const row = lookup(this.store, presented);
+    return !!row && row.workflowId === workflowId && row.kind === 'boot' && row.state === 'active' && (!row.ip || row.ip === plainAddress(ip));
+  }
+
   /**
    * The hello: exchanges a boot token for a session token bound to `ip` and the workflow, in one transaction (the
    * boot token is used, earlier sessions are superseded, the new one is written). A used boot token is refused

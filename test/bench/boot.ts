@@ -2,6 +2,7 @@
  * Benchmark: time from VM start to the entrypoint running, phase by phase, for ironboot beside the reference
  * lab (dnsmasq + python HTTP + a busybox shell init, from ../shared/lab, run from a copy) in the same run.
  * By hand, as root:  node --import tsx test/bench/boot.ts [--runs N] [--firmware bios|uefi] [--nic virtio|e1000]
+ *                    node --import tsx test/bench/boot.ts --install [--firmware bios|uefi]
  *
  * ironboot phases come from the serial console (host-timestamped lines) and the workflow's events (the server's
  * clock, the same host clock): firmware → DHCP → iPXE script → kernel + initramfs → agent online → stream →
@@ -9,7 +10,7 @@
  * mode), so both write a container disk before running httpd.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LabEnv, buildHttpdDisk, provision, labUnavailable, type LabVm } from '../helpers/lab-env.ts';
@@ -104,7 +105,88 @@ function phases(m: Milestones): Record<string, number> {
   return out;
 }
 
+/**
+ * --install: a whole OS install, PXE → OS up from its own disk (the login prompt of the installed Debian), for
+ * ironboot (test/e2e/lab-install.test.ts's flow: install workflow, after=reboot, second boot through the local-boot
+ * script to GRUB on the disk) beside the reference lab streaming the same bootable disk (gzip, `dd` by its busybox
+ * init) and then booting that disk alone in QEMU. Both install the same bytes and boot the same kernel.
+ */
+async function installBench(): Promise<void> {
+  const { installAndBoot } = await import('../helpers/install-lab.ts');
+  const { debianImage } = await import('../helpers/debian-image.ts');
+  const { buildBootDisk } = await import('../../server/images/bootable.ts');
+  const { findKernel } = await import('../../init/build/kernel.ts');
+  const fw = FIRMWARE;
+  const ours = await installAndBoot(fw, 33, (m) => console.error(m));
+  let ref: { streamSeconds: number; bootSeconds: number } | null = null;
+  if (existsSync(REF_SRC)) {
+    const dir = mkdtempSync(join(tmpdir(), 'ibo-bench-ref-'));
+    const ns = `ibo${process.pid % 100000}r`;
+    try {
+      // the same bootable disk ironboot installs, built here from the same image
+      const img = await debianImage();
+      const data = join(dir, 'data');
+      const b = spawnSync(process.execPath, [join(import.meta.dirname, '../../server/cli/ironboot.mjs'), 'images', 'build', '--docker-archive', img.archive, '--data-dir', data, '--json'], { encoding: 'utf8' });
+      if (b.status !== 0) throw new Error(`image build: ${b.stderr}`);
+      const row = JSON.parse(b.stdout);
+      const ext4 = join(data, 'images', `${row.id}.ext4`);
+      mkdirSync(join(dir, 'disk'));
+      const disk = await buildBootDisk({ imageId: row.id, imageName: row.name, ext4, rawSize: statSync(ext4).size, dir: join(dir, 'disk') });
+      const src = join(dir, 'src');
+      const lab = join(dir, 'lab');
+      cpSync(REF_SRC, src, { recursive: true });
+      spawnSync('chmod', ['-R', 'u+w', src]);
+      const kver = findKernel().version;
+      writeFileSync(join(src, 'lab.env'), readFileSync(join(src, 'lab.env'), 'utf8')
+        .replace(/^NS=.*$/m, `NS=${ns}`).replace(/^LAB=.*$/m, `LAB=${lab}`).replace(/^KVER=.*$/m, `KVER=${kver}`).replaceAll('10.77.0.', '10.91.34.'));
+      mkdirSync(join(lab, 'www', 'images'), { recursive: true });
+      writeFileSync(join(lab, 'disk.img'), '');   // run-lab.sh then skips its own rootfs build
+      spawnSync('bash', ['-c', `gzip -1 -c ${disk.file} > ${join(lab, 'www', 'images', 'bb-root.ext4.gz')} && truncate -s 1G ${join(lab, 'blank.img')}`]);
+      const r = spawnSync('bash', ['-c', `cd ${src} && timeout 400 ./run-lab.sh stream >/dev/null 2>&1; cat ${join(lab, 'run')}/lab-stream.timings.txt`],
+        { env: { ...process.env, LAB: lab, WAIT_MARK: 'LAB-MARK image-written', FETCH: '0', TMO: '360', ...(fw === 'uefi' ? { FW: 'uefi' } : {}) }, encoding: 'utf8' });
+      const line = r.stdout.split('\n').find((x) => /^image written/.test(x));
+      const streamSeconds = line ? Number(/\s(\d+\.\d+)\s/.exec(line.slice(40))?.[1]) : NaN;
+      if (!Number.isFinite(streamSeconds)) throw new Error(`reference stream failed:\n${r.stdout}\n${r.stderr}`);
+      // the written disk alone (no NIC): firmware → GRUB → Debian → login
+      const written = join(lab, 'run', 'lab-stream.disk.img');
+      const vars = join(dir, 'vars.fd');
+      if (fw === 'uefi') cpSync('/usr/share/OVMF/OVMF_VARS_4M.fd', vars);
+      const t0 = Date.now();
+      const bootSeconds = await new Promise<number>((resolve, reject) => {
+        const q = spawn('timeout', ['300', 'qemu-system-x86_64', '-accel', 'tcg', '-cpu', 'max', '-smp', '1', '-m', '768', '-nographic', '-no-reboot', '-nic', 'none',
+          '-drive', `file=${written},if=virtio,format=raw`,
+          ...(fw === 'uefi' ? ['-drive', 'if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd', '-drive', `if=pflash,format=raw,unit=1,file=${vars}`] : [])],
+        { stdio: ['ignore', 'pipe', 'pipe'] });
+        let out = '';
+        q.stdout.on('data', (d) => {
+          out += d;
+          if (/login:/.test(out)) { resolve((Date.now() - t0) / 1000); q.kill('SIGTERM'); }
+        });
+        q.on('close', () => reject(new Error(`the reference disk did not boot to a login prompt:\n${out.slice(-3000)}`)));
+      });
+      ref = { streamSeconds, bootSeconds };
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+    }
+  }
+  const refTotal = ref ? ref.streamSeconds + ref.bootSeconds : NaN;
+  console.log(`\nOS install, PXE → OS up from its own disk (login prompt), ${fw}, TCG, seconds`);
+  console.log('(reference: dnsmasq + python HTTP + busybox init dd-ing the same bootable disk (gzip), then that disk booted alone)\n');
+  console.log(`${'phase'.padEnd(40)} ${'ironboot'.padStart(8)} ${'reference'.padStart(10)} ${'ratio'.padStart(7)}`);
+  const row = (label: string, a: number, b: number) => console.log(`${label.padEnd(40)} ${a.toFixed(2).padStart(8)} ${(Number.isFinite(b) ? b.toFixed(2) : '–').padStart(10)} ${(Number.isFinite(b) && b > 0 ? (a / b).toFixed(2) : '–').padStart(7)}`);
+  row('PXE → disk written (+ first-boot data)', ours.installSeconds, ref?.streamSeconds ?? NaN);
+  row('reboot → login prompt from the disk', ours.rebootToLoginSeconds, ref?.bootSeconds ?? NaN);
+  row('total', ours.totalSeconds, refTotal);
+}
+
 async function main() {
+  if (args.includes('--install')) {
+    const why = labUnavailable();
+    if (why) { console.error(`bench skipped: ${why}`); process.exit(0); }
+    await installBench();
+    return;
+  }
   const why = labUnavailable();
   if (why) { console.error(`bench skipped: ${why}`); process.exit(0); }
   const ours: Record<string, number>[] = [];

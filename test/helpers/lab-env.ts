@@ -145,6 +145,8 @@ export interface VmOptions {
   noReboot?: boolean;
   /** Plain firmware PXE (no NIC option ROM): UEFI then fetches ipxe.efi by TFTP. */
   noRom?: boolean;
+  /** The disk gets bootindex=2 (after the NIC): the firmware falls through to it when the network boot exits. */
+  diskBoot?: boolean;
 }
 
 export interface ApiReply<T = any> { status: number; body: T; text: string; headers: http.IncomingHttpHeaders }
@@ -169,12 +171,13 @@ export class LabEnv {
   }
 
   /** Namespace + bridge + RA sender + forwarder + `ironboot serve`. `octet` picks 10.77.<octet>.0/24. */
-  static async start(opts: { octet: number; serveArgs?: string[] }): Promise<LabEnv> {
+  static async start(opts: { octet: number; serveArgs?: string[]; nsPrefix?: string; net16?: string }): Promise<LabEnv> {
     const artifactsDir = await ensureArtifacts();
     // one QEMU test at a time across the run's test files (test/helpers/qemu-lock.ts): held until destroy()
     const releaseQemu = await qemuLock();
-    const ns = `ibl${process.pid % 100000}${(labCounter++).toString(36)}`;
-    const address = `10.77.${opts.octet}.1`;
+    // nsPrefix / net16: a helper's own namespace names and /16 (default ibl…, 10.77.<octet>.0/24)
+    const ns = `${opts.nsPrefix ?? 'ibl'}${process.pid % 100000}${(labCounter++).toString(36)}`;
+    const address = `${opts.net16 ?? '10.77'}.${opts.octet}.1`;
     const dir = mkdtempSync(join(tmpdir(), `${ns}-`));
     const env = new LabEnv(ns, address, 24, dir, artifactsDir);
     env.releaseQemu = releaseQemu;
@@ -303,7 +306,7 @@ export class LabEnv {
       vars = join(this.dir, `${o.name}.vars.fd`);
       if (!existsSync(vars)) writeFileSync(vars, readFileSync(OVMF_VARS));
     }
-    const args = qemuArgs({ tap, mac, nic: o.nic ?? 'virtio', firmware: o.firmware ?? 'bios', disk, memoryMb: o.memoryMb ?? 1024, ovmfVars: vars, noReboot: o.noReboot ?? true, noRom: o.noRom, accel: testAccel(join(this.artifactsDir, 'vmlinuz')) });
+    const args = qemuArgs({ tap, mac, nic: o.nic ?? 'virtio', firmware: o.firmware ?? 'bios', disk, memoryMb: o.memoryMb ?? 1024, ovmfVars: vars, noReboot: o.noReboot ?? true, noRom: o.noRom, diskBoot: o.diskBoot, accel: testAccel(join(this.artifactsDir, 'vmlinuz')) });
     const proc = this.spawn('timeout', ['600', QEMU_BINARY, ...args]);
     proc.stdout!.removeAllListeners('data'); proc.stderr!.removeAllListeners('data');
     const vm = new LabVm(o.name, mac, proc, join(this.dir, `${o.name}.serial.log`), this.ns);

@@ -8,7 +8,7 @@ import type { WorkflowSpec } from '../../../server/agent/api.ts';
 import type { AgentConfig } from '../cmdline.ts';
 import type { StreamHooks } from '../main.ts';
 import { bb, mustRun, run, PATHS, sleep } from '../sys.ts';
-import { streamDisk } from './stream.ts';
+import { blockDeviceSize, streamDisk } from './stream.ts';
 
 const read = (p: string) => readFile(p, 'utf8').then((s) => s.trim()).catch(() => '');
 const clean = (s: string) => s.trim().replace(/\s+/g, '_');
@@ -98,6 +98,27 @@ export function isIronbootDisk(head: Buffer): boolean {
   return label.subarray(0, end < 0 ? 16 : end).toString('latin1') === 'ironboot';
 }
 
+/** The GPT partition names ironboot's bootable disks carry (server/images/bootable.ts PART_NAMES). */
+export const IRONBOOT_GPT_NAMES = ['ironboot-bios', 'ironboot-esp', 'ironboot-root'];
+
+/**
+ * A GPT that ironboot's bootable-disk builder wrote (an installed machine, mode install): its first three partition
+ * entries are named ironboot-bios, ironboot-esp, ironboot-root. A reinstall replaces it without `wipe: true` (pure).
+ */
+export function isIronbootGpt(head: Buffer): boolean {
+  if (head.length < 1024 || head.subarray(512, 520).toString('latin1') !== 'EFI PART') return false;
+  const entriesLba = Number(head.readBigUInt64LE(512 + 72));
+  const entrySize = head.readUInt32LE(512 + 84);
+  if (entrySize < 128 || entrySize > 4096) return false;
+  return IRONBOOT_GPT_NAMES.every((name, i) => {
+    const at = entriesLba * 512 + i * entrySize + 56;
+    if (at + 72 > head.length) return false;
+    const raw = head.subarray(at, at + 72).toString('utf16le');
+    const end = raw.indexOf('\0');
+    return (end < 0 ? raw : raw.slice(0, end)) === name;
+  });
+}
+
 export class TargetRefused extends Error {
   constructor(message: string) { super(message); this.name = 'TargetRefused'; }
 }
@@ -108,7 +129,7 @@ export class TargetRefused extends Error {
  * disk, isIronbootDisk, is replaced without it). Throws TargetRefused with
  * the reason (the agent reports it as the workflow's failure).
  */
-export async function checkTarget(device: string, want: { wipe?: boolean; serial?: string; size?: number }, sysRoot = '/sys'): Promise<void> {
+export async function checkTarget(device: string, want: { wipe?: boolean; serial?: string; size?: number; minSize?: number }, sysRoot = '/sys'): Promise<void> {
   const name = basename(await realpath(device).catch(() => device));
   if (want.serial !== undefined) {
     const b = `${sysRoot}/class/block/${name}`;
@@ -119,17 +140,20 @@ export async function checkTarget(device: string, want: { wipe?: boolean; serial
   }
   const fh = await open(device, 'r');
   try {
-    if (want.size !== undefined) {
+    if (want.size !== undefined || want.minSize !== undefined) {
       const sectors = Number(await read(`${sysRoot}/class/block/${name}/size`));
       const size = sectors > 0 ? sectors * 512 : (await fh.stat()).size;
-      if (size !== want.size) throw new TargetRefused(`target ${device} is ${size} bytes, but the workflow wants ${want.size}; nothing was written`);
+      if (want.size !== undefined && size !== want.size) throw new TargetRefused(`target ${device} is ${size} bytes, but the workflow wants ${want.size}; nothing was written`);
+      if (want.minSize !== undefined && size < want.minSize) {
+        throw new TargetRefused(`target ${device} is ${size} bytes, smaller than the disk image (${want.minSize} bytes); nothing was written`);
+      }
     }
     if (!want.wipe) {
       const buf = Buffer.alloc(SIGNATURE_BYTES);
       const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
       const head = buf.subarray(0, bytesRead);
       const found = diskSignature(head);
-      if (found && !isIronbootDisk(head)) {
+      if (found && !isIronbootDisk(head) && !isIronbootGpt(head)) {
         throw new TargetRefused(`target ${device} already holds ${found}; refusing to overwrite it (nothing was written). ` +
           'If this disk may be erased, create the workflow with wipe: true (ironboot workflows create --wipe)');
       }
@@ -159,7 +183,8 @@ export async function streamToTarget(spec: WorkflowSpec, cfg: AgentConfig, hooks
   } else {
     target = await resolveBlockTarget(spec.target);
     if (target !== spec.target) say(`target ${spec.target} is ${target}`);
-    await checkTarget(target, { wipe: spec.wipe, serial: spec.targetSerial, size: spec.targetSize });
+    await checkTarget(target, { wipe: spec.wipe, serial: spec.targetSerial, size: spec.targetSize, minSize: img.rawSize });
+    say(`target ${target}: ${await blockDeviceSize(target)} bytes, the ${spec.mode === 'install' ? 'bootable disk' : 'disk image'} needs ${img.rawSize}`);
     say(spec.wipe ? `target ${target}: checked; wipe allowed` : `target ${target}: no partition table or filesystem found; writing`);
   }
   const t0 = Date.now();

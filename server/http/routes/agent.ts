@@ -13,6 +13,9 @@ import type { AppDeps } from '../app.ts';
 import { AgentTokens, plainAddress, refuse, type TokenRefusal } from '../../workflows/tokens.ts';
 import type { WorkflowService } from '../../workflows/service.ts';
 import type { Logger } from 'pino';
+import type { BootDisk } from '../../images/bootable.ts';
+import { ROOT_START, SECTOR } from '../../images/bootable.ts';
+import { firstBootFiles, instanceData } from '../../workflows/install.ts';
 
 /** A refused agent token as the error reply; a suspicious one (a replay, another address) also as a workflow event. */
 function refused(r: TokenRefusal, ctx: { workflows: WorkflowService; log: Logger; ip: string; route: string }): ApiError {
@@ -45,6 +48,28 @@ function persistentBootToken(store: Store, workflowId: string): string {
   const { token, sha256 } = issueBootToken();
   store.workflows.setBootTokenSha256(workflowId, sha256);
   return token;
+}
+
+/**
+ * mode install: the spec's disk is the image's bootable disk (GPT, GRUB, the image's ext4 as partition 3), served at
+ * /install/<id>.disk.zst, and the first-boot data the agent writes into its root (server/workflows/install.ts).
+ */
+export function installSpec(store: Store, wf: Workflow, spec: WorkflowSpec, disk: BootDisk, baseUrl: string): WorkflowSpec {
+  const img = store.images.get(wf.imageId)!;
+  const machine = store.machines.getById(wf.machineId)!;
+  const d = instanceData(machine, wf, img);
+  return {
+    ...spec,
+    image: {
+      ...spec.image, format: 'disk',
+      url: `${baseUrl}/install/${img.id}.disk.zst`, rawUrl: `${baseUrl}/install/${img.id}.disk`,
+      compressedSize: disk.compressedSize, compressedSha256: disk.compressedSha256, rawSize: disk.rawSize, rawSha256: disk.rawSha256,
+    },
+    install: {
+      rootPartition: 3, rootOffset: ROOT_START * SECTOR, rootPartUuid: disk.layout.partGuids.root, kernel: disk.kernel,
+      instanceId: d.instanceId, files: firstBootFiles(d, wf),
+    },
+  };
 }
 
 /** Merges the image config with the workflow's overrides into what the agent runs. */
@@ -87,6 +112,20 @@ const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, wor
     async (req) => {
       const ip = plainAddress(req.ip);
       const mac = parseMac(req.body.mac);
+      // mode install: the bootable disk must exist before the spec can name it (built at creation; waited for here)
+      let disk: BootDisk | null = null;
+      const pre = store.workflows.get(req.body.workflowId);
+      if (pre?.mode === 'install' && !isFinal(pre.state) && tokens.peekBoot(bearer(req.headers.authorization), pre.id, ip)) {
+        const img = store.images.get(pre.imageId);
+        try {
+          if (!workflows.bootDisks || !img) throw new Error(workflows.bootDisks ? `image ${pre.imageId} is gone` : 'this server cannot build bootable disks');
+          disk = await workflows.bootDisks.ensure(img);
+        } catch (err) {
+          const reason = `the bootable disk of image ${img?.name ?? pre.imageId} could not be built: ${(err as Error).message}`;
+          workflows.tryTransition(pre.id, 'failed', { reason });
+          throw new ApiError(409, 'image', reason);
+        }
+      }
       // the exchange and agent-online in one transaction; a refusal writes nothing but its own event (below)
       const r = store.tx(() => {
         const r = tokens.exchangeBoot(bearer(req.headers.authorization), req.body.workflowId, ip, (wf) => {
@@ -111,7 +150,12 @@ const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, wor
       }
       const { workflow: wf, session } = r;
       const host = req.headers.host ?? `${req.hostname}`;
-      const spec = { ...buildSpec(store, wf, `${req.protocol}://${host}`), sessionToken: session };
+      const base = `${req.protocol}://${host}`;
+      let spec: WorkflowSpec = { ...buildSpec(store, wf, base), sessionToken: session };
+      if (wf.mode === 'install') {
+        if (!disk) throw new ApiError(409, 'workflowId', `workflow ${wf.id}'s bootable disk is not built`);
+        spec = installSpec(store, wf, spec, disk, base);
+      }
       // persistent: a fresh disk-marker token per hello (only its sha256 is kept); the last hello's disk is the one marked
       if (wf.mode === 'persistent') spec.persistent = { token: persistentBootToken(store, wf.id) };
       return spec;

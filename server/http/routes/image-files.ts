@@ -13,8 +13,9 @@ import type { ImageService } from '../../images/index.ts';
 import { sendFile } from '../send-file.ts';
 import { bearer, tokenMatches } from '../auth.ts';
 import { authorizeSession } from './agent.ts';
+import type { BootDiskService } from '../../images/bootable.ts';
 
-export type ImageFilesOptions = AppDeps & { imageService?: ImageService };
+export type ImageFilesOptions = AppDeps & { imageService?: ImageService; bootDisks?: BootDiskService | null };
 
 /** Body bytes of container disks answered 200/206 to GET (a resumed download counts its remaining range only). */
 function imageBytesCounter(registry: Registry): Counter<'kind'> {
@@ -25,6 +26,7 @@ function imageBytesCounter(registry: Registry): Counter<'kind'> {
 }
 
 const FILE = /^([a-z0-9]{1,64})\.ext4(\.zst)?$/;
+const INSTALL_FILE = /^([a-z0-9]{1,64})\.disk(\.zst)?$/;
 
 const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts) => {
   const svc = opts.imageService ?? (opts.images as ImageService | undefined);
@@ -55,6 +57,32 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
     return out;
   };
   app.get('/images/:file', { schema: { hide: true } as never, logLevel: 'warn' }, handler);
+
+  // mode install: the bootable disk of an image (server/images/bootable.ts), same rules as the container disk
+  const boot = opts.bootDisks ?? null;
+  app.get('/install/:file', { schema: { hide: true } as never, logLevel: 'warn' }, async (req: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply) => {
+    const m = INSTALL_FILE.exec(req.params.file);
+    if (!m || !boot) return reply.code(404).send({ error: 'Not Found', message: 'expected /install/<id>.disk or /install/<id>.disk.zst' });
+    if (!tokenMatches(bearer(req.headers.authorization), adminToken)) {
+      const wf = authorizeSession(store, workflows, log, req);
+      if (wf.imageId !== m[1] || wf.mode !== 'install') {
+        log.warn({ mac: wf.machineMac, workflow: wf.id, image: m[1], from: req.ip }, 'bootable disk download refused: not this workflow\'s install disk');
+        return reply.code(403).send({ error: 'Forbidden', field: 'image', message: `workflow ${wf.id} (${wf.mode}) does not install image ${m[1]}` });
+      }
+    }
+    const disk = boot.get(m[1]);
+    if (!disk) return reply.code(404).send({ error: 'Not Found', message: `no bootable disk of image ${m[1]} (built when an install workflow is created)` });
+    const kind = m[2] ? 'zst' : 'raw';
+    const out = sendFile(req, reply, boot.filePath(m[1], kind), {
+      cacheControl: 'private, max-age=3600',
+      etag: kind === 'zst' ? disk.compressedSha256 : disk.rawSha256,
+      contentType: kind === 'zst' ? 'application/zstd' : 'application/octet-stream',
+    });
+    if (req.method === 'GET' && (reply.statusCode === 200 || reply.statusCode === 206)) {
+      bytesSent.inc({ kind: `disk-${kind}` }, Number(reply.getHeader('content-length') ?? 0));
+    }
+    return out;
+  });
 };
 
 export default imageFilesRoutes;

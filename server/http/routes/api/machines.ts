@@ -52,6 +52,31 @@ export function toBmc(v: BmcInput, hasStoredPassword: boolean): StoredBmcInput {
   };
 }
 
+const SSH_KEY_TYPES = /^(ssh-ed25519|ssh-rsa|ssh-dss|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)$/;
+
+/**
+ * OpenSSH authorized_keys lines: `[options] TYPE BASE64 [comment]`, one key per line. The key blob must decode
+ * and name the same type (what sshd checks); a line break, a NUL or a bad key is a 400 naming the entry.
+ */
+export function sshKeysParam(keys: string[]): string[] {
+  return keys.map((raw, i) => {
+    const field = `sshKeys[${i}]`;
+    const line = raw.trim();
+    if (/[\r\n\0]/.test(line)) throw badRequest(field, 'one key per entry: no line breaks or NUL bytes');
+    const words = line.split(/\s+/);
+    const at = words.findIndex((w) => SSH_KEY_TYPES.test(w));
+    if (at < 0) throw badRequest(field, `no key type (ssh-ed25519, ssh-rsa, ecdsa-sha2-nistp256, …) in "${line.slice(0, 40)}…"`);
+    const b64 = words[at + 1] ?? '';
+    if (!/^[A-Za-z0-9+/]+={0,2}$/.test(b64)) throw badRequest(field, `the ${words[at]} key is not base64`);
+    const blob = Buffer.from(b64, 'base64');
+    const n = blob.length >= 4 ? blob.readUInt32BE(0) : -1;
+    if (n <= 0 || 4 + n > blob.length || blob.toString('latin1', 4, 4 + n) !== words[at]) {
+      throw badRequest(field, `the key data does not hold a ${words[at]} key (truncated or another type)`);
+    }
+    return line;
+  });
+}
+
 export function parseLabelFilter(label: string | string[] | undefined): Record<string, string> | undefined {
   if (label === undefined) return undefined;
   const out: Record<string, string> = {};
@@ -76,7 +101,7 @@ const machinesRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, 
       const mac = macParam(b.mac);
       const m = store.machines.create({
         mac, hostname: b.hostname ?? null, ipv4: b.ipv4 ? toReservation(b.ipv4) : null, arch: b.arch,
-        efiBinary: b.efiBinary, allowPxe: b.allowPxe, labels: b.labels, bmc: b.bmc ? toBmc(b.bmc, false) : null,
+        efiBinary: b.efiBinary, allowPxe: b.allowPxe, labels: b.labels, sshKeys: b.sshKeys ? sshKeysParam(b.sshKeys) : [], bmc: b.bmc ? toBmc(b.bmc, false) : null,
       });
       log.info({ mac, hostname: m.hostname, ipv4: m.ipv4?.address, bmc: m.bmc?.url }, 'machine registered');
       return reply.code(201).send(m);
@@ -106,6 +131,7 @@ const machinesRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, 
         ...(b.efiBinary !== undefined ? { efiBinary: b.efiBinary } : {}),
         ...(b.allowPxe !== undefined ? { allowPxe: b.allowPxe } : {}),
         ...(b.labels !== undefined ? { labels: b.labels } : {}),
+        ...(b.sshKeys !== undefined ? { sshKeys: sshKeysParam(b.sshKeys) } : {}),
         ...(b.bmc !== undefined ? { bmc: b.bmc ? toBmc(b.bmc, hasBmcPassword(mac)) : null } : {}),
       });
       if (!m) throw notFound('mac', `no machine with MAC ${mac}`);

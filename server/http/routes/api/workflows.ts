@@ -26,7 +26,7 @@ const workflowsRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store,
   app.post('/workflows', { schema: { tags: ['workflows'], summary: 'Assign a container disk to a machine', body: WorkflowCreate, response: { 201: Workflow, ...errors } } },
     async (req, reply) => {
       const b = req.body;
-      const wf = workflows.create({
+      const wf = await workflows.createChecked({
         mac: macParam(b.machine, 'machine'), image: b.image, target: b.target, after: b.after, mode: b.mode, entrypoint: b.entrypoint,
         args: b.args, env: b.env, kernelArgs: b.kernelArgs, timeoutSeconds: b.timeoutSeconds, powerCycle: b.powerCycle,
         wipe: b.wipe, targetSerial: b.targetSerial, targetSize: b.targetSize,
