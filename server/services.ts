@@ -22,6 +22,7 @@ import imageBuildsRoutes from './http/routes/api/image-builds.ts';
 import { buildArtifacts, formatReport, CA_STAMP } from '../init/build/index.ts';
 import { createHash } from 'node:crypto';
 import { resolveListen } from './listen.ts';
+import { chooseIpxeDir, readIpxeManifest, ipxeTlsProblems, DEBIAN_IPXE_DIR, type IpxeManifest } from './boot/ipxe-dir.ts';
 
 export interface HttpExtras {
   plugins: AppPlugin[];
@@ -81,6 +82,31 @@ export function tftpBootScripts(serveBootScript: BootScriptServer, publicUrlFor:
 
 interface Closable { close(): Promise<void> }
 
+/**
+ * The iPXE binaries to serve (server/boot/ipxe-dir.ts) and whether iPXE goes to the HTTPS side: a built iPXE
+ * (ironboot-ipxe.json says HTTPS) and --tls-cert. Problems iPXE would have with the certificate are logged as errors
+ * at start; iPXE is not silently sent back to plain HTTP (the operator asked for a verified boot).
+ */
+export function selectIpxe(config: ServeConfig, artifactsDir: string, log: Logger): { dir: string; https: boolean; manifest: IpxeManifest | null } {
+  let chosen = chooseIpxeDir(config.ipxeDir, artifactsDir);
+  let read = readIpxeManifest(chosen.dir);
+  if (read.problem) {
+    log.warn({ ipxeDir: chosen.dir }, `iPXE build unusable: ${read.problem}${config.ipxeDir ? '' : `; serving ${DEBIAN_IPXE_DIR} instead (run ironboot artifacts ipxe --trust CA.pem again)`}`);
+    if (!config.ipxeDir) { chosen = { dir: DEBIAN_IPXE_DIR, why: 'the built iPXE is unusable' }; read = readIpxeManifest(chosen.dir); }
+  }
+  const m = read.manifest;
+  const https = !!(m?.https && config.tls);
+  if (m?.https && !config.tls) log.warn({ ipxeDir: chosen.dir }, 'the iPXE binaries have HTTPS, but the daemon has no --tls-cert/--tls-key: iPXE fetches over plain HTTP');
+  if (https) {
+    let pem = '';
+    try { pem = readFileSync(config.tls!.cert, 'utf8'); } catch { /* reported when HTTPS starts */ }
+    for (const problem of pem ? ipxeTlsProblems(m!, chosen.dir, pem) : []) log.error({ ipxeDir: chosen.dir, tlsCert: config.tls!.cert }, `iPXE will not boot: ${problem}`);
+  }
+  log.info({ ipxeDir: chosen.dir, why: chosen.why, https, ...(m ? { source: m.source.version, trust: m.trust.map((t) => t.subject) } : {}) },
+    https ? 'iPXE: HTTPS with the built-in CA (boot scripts, kernel, initramfs over HTTPS)' : 'iPXE: plain HTTP');
+  return { dir: chosen.dir, https, manifest: m };
+}
+
 /** http://ADDRESS:PORT for a local address (IPv6 in brackets). */
 export const httpUrlFor = (address: string, port: number): string => `http://${address.includes(':') ? `[${address}]` : address}:${port}`;
 
@@ -89,6 +115,8 @@ export async function startNetworkServices(deps: {
   workflows: WorkflowService; agentUrl?: ((scriptBase: string) => string) | null;
   /** Addresses of the --dhcp-interface interfaces (the default listen addresses, with loopback). */
   provisioning?: string[];
+  /** The served iPXE has HTTPS and the CA: the HTTPS base URL for an interface address (selectIpxe). */
+  ipxeHttpsUrlFor?: ((address: string) => string) | null;
 }): Promise<Closable> {
   const { config, log } = deps;
   const started: Closable[] = [];
@@ -97,7 +125,7 @@ export async function startNetworkServices(deps: {
     if (config.dhcp && config.dhcpInterfaces.length === 0) {
       log.warn('DHCP stays off: no --dhcp-interface given (name the provisioning interface to serve DHCP there)');
     } else if (config.dhcp) {
-      started.push(await startDhcpService({ store: deps.store, log, registry: deps.registry, config, httpPort: deps.httpPort }));
+      started.push(await startDhcpService({ store: deps.store, log, registry: deps.registry, config, httpPort: deps.httpPort, ipxeHttpsUrlFor: deps.ipxeHttpsUrlFor }));
     }
     if (config.tftp) {
       try {
@@ -106,7 +134,7 @@ export async function startNetworkServices(deps: {
           log, registry: deps.registry, config, artifactsDir: deps.artifactsDir, hosts,
           virtualFiles: tftpBootScripts(createBootScriptServer({
             store: deps.store, workflows: deps.workflows, log: log.child({ svc: 'tftp-boot' }), templates: deps.templates, policy: bootScriptPolicy(config),
-          }), (local) => config.publicUrl ?? httpUrlFor(local, deps.httpPort), deps.agentUrl),
+          }), (local) => deps.ipxeHttpsUrlFor?.(local) ?? config.publicUrl ?? httpUrlFor(local, deps.httpPort), deps.agentUrl),
         });
         started.push(tftp);
         log.info({ tftp: tftp.addresses().map((a) => `${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`) }, 'ironboot serving TFTP');

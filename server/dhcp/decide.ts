@@ -9,7 +9,7 @@ import { prefixToMask, intToIp, sameSubnet } from '../ipv4.ts';
 import { decodeRelayAgentInfo } from './relay-agent.ts';
 import {
   type DhcpPacket, MessageType, Opt, IpxeOpt, PxeOpt, FLAG_BROADCAST, clientArches, userClasses, optIp, optString,
-  encodeSubOptions, ipBytes, ipListBytes, u32Bytes, replySkeleton, messageTypeName,
+  encodeSubOptions, decodeSubOptions, ipBytes, ipListBytes, u32Bytes, replySkeleton, messageTypeName,
 } from './packet.ts';
 
 // ---------------------------------------------------------------------------------------------------------
@@ -24,6 +24,8 @@ export interface ClientKind {
   httpBoot: boolean;
   /** iPXE: option 77 "iPXE" (raw or RFC 3004) or option 175 present. */
   ipxe: boolean;
+  /** iPXE that announces the HTTPS feature (option 175 sub-option 0x14, DHCP_EB_FEATURE_HTTPS). */
+  ipxeHttps: boolean;
   /** Option 93 first value, null when absent. */
   archCode: number | null;
   vendorClass: string | null;
@@ -36,6 +38,7 @@ export function classifyClient(p: DhcpPacket): ClientKind {
     pxe: vendorClass?.startsWith('PXEClient') ?? false,
     httpBoot: vendorClass?.startsWith('HTTPClient') ?? false,
     ipxe: userClasses(p).includes('iPXE') || p.options.has(Opt.IPXE_ENCAP),
+    ipxeHttps: p.options.has(Opt.IPXE_ENCAP) && decodeSubOptions(p.options.get(Opt.IPXE_ENCAP)!).has(IpxeOpt.FEATURE_HTTPS),
     archCode: arches.length ? arches[0] : null,
     vendorClass,
   };
@@ -70,6 +73,11 @@ export interface BootContext {
   publicUrl: string;
   /** TFTP next-server (siaddr): the serving interface's address. */
   tftpServer: string;
+  /**
+   * The served iPXE binaries fetch over HTTPS and trust the daemon's CA (ironboot artifacts ipxe): iPXE gets this
+   * HTTPS base for its boot script; an iPXE without HTTPS (a NIC's own ROM) gets the TFTP binary to chain into instead.
+   */
+  ipxeHttpsUrl?: string | null;
 }
 
 export interface BootAnswer {
@@ -91,7 +99,16 @@ export type BootResult = { boot: BootAnswer } | { boot: null; why: string };
 export function chooseBoot(client: ClientKind, machine: Machine | null, ctx: BootContext): BootResult {
   if (!machine) return { boot: null, why: 'unknown MAC: no boot file' };
   if (!machine.allowPxe) return { boot: null, why: 'allow_pxe is off: address only, no boot file' };
-  if (client.ipxe) {
+  if (client.ipxe && ctx.ipxeHttpsUrl && client.ipxeHttps) {
+    return {
+      boot: {
+        file: `${ctx.ipxeHttpsUrl}/boot/${machine.mac}.ipxe`, siaddr: ctx.tftpServer, vendorClass: null,
+        pxeVendorOptions: false, ipxeNoProxyDhcp: true, why: 'iPXE with HTTPS: boot script over HTTPS',
+      },
+    };
+  }
+  const chainToHttpsIpxe = client.ipxe && !!ctx.ipxeHttpsUrl && client.pxe;
+  if (client.ipxe && !chainToHttpsIpxe) {
     return {
       boot: {
         file: `${ctx.publicUrl}/boot/${machine.mac}.ipxe`, siaddr: ctx.tftpServer, vendorClass: null,
@@ -117,7 +134,7 @@ export function chooseBoot(client: ClientKind, machine: Machine | null, ctx: Boo
   return {
     boot: {
       file, siaddr: ctx.tftpServer, vendorClass: 'PXEClient', pxeVendorOptions: true, ipxeNoProxyDhcp: false,
-      why: `PXE ${firmware} (${archWhy}): ${file} over TFTP`,
+      why: chainToHttpsIpxe ? `iPXE without HTTPS (${archWhy}): ${file} over TFTP, ironboot's iPXE with HTTPS and the CA` : `PXE ${firmware} (${archWhy}): ${file} over TFTP`,
     },
   };
 }
