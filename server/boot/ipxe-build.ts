@@ -9,8 +9,10 @@
  *   2. the tarballs the .dsc names, each checked against its Checksums-Sha256 line (size and sha256)
  *   3. `dpkg-source -x`: unpacks and applies the Debian patches (3.0 quilt)
  *   4. config/local/general.h gets `#define DOWNLOAD_PROTO_HTTPS`
- *   5. `make -C src NO_WERROR=1 TRUST=ca.pem CERT=ca.pem bin/undionly.kpxe bin-x86_64-efi/ipxe.efi bin-x86_64-efi/snponly.efi`
- *      (TRUST: the only roots iPXE accepts; CERT: the CA built in, so the server need not send it)
+ *   5. `make -C src NO_WERROR=1 TRUST=ca.pem CERT=ca.pem EMBED=ironboot.ipxe bin/undionly.kpxe bin-x86_64-efi/ipxe.efi
+ *      bin-x86_64-efi/snponly.efi` (TRUST: the only roots iPXE accepts; CERT: the CA built in, so the server need not
+ *      send it; EMBED: `set user-class ironboot` then iPXE's usual autoboot, so the DHCP server can tell this iPXE from
+ *      a NIC's own iPXE ROM, which may have HTTPS but trusts other roots)
  *   6. binaries + ironboot-ipxe.json (source, CA fingerprints, sizes, sha256) into a cache entry keyed by
  *      (source version, .dsc sha256, CA sha256, recipe), then copied into the output directory
  *
@@ -23,7 +25,7 @@ import { createHash, X509Certificate } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, copyFileSync, writeFileSync, readdirSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { basename, join } from 'node:path';
-import { IPXE_MANIFEST, readIpxeManifest, type IpxeManifest } from './ipxe-dir.ts';
+import { IPXE_MANIFEST, IRONBOOT_IPXE_USER_CLASS, readIpxeManifest, type IpxeManifest } from './ipxe-dir.ts';
 
 export const DEBIAN_MIRROR = 'http://deb.debian.org/debian';
 export const IPXE_SOURCE_PACKAGE = 'ipxe';
@@ -199,15 +201,24 @@ export function localGeneralHeader(existing = ''): string {
   return `${head}${LOCAL_CONFIG_MARK}\n/* HTTPS (TLS) downloads; the trusted roots are the operator's CA (make TRUST=) */\n#undef DOWNLOAD_PROTO_HTTPS\n#define DOWNLOAD_PROTO_HTTPS\n`;
 }
 
+/** The embedded script: identify as ironboot's iPXE (DHCP option 77), then boot the way iPXE does without a script. */
+export const EMBEDDED_SCRIPT = `#!ipxe
+# ironboot artifacts ipxe: option 77 tells ironboot's DHCP that this iPXE has HTTPS and the operator's CA
+set user-class ${IRONBOOT_IPXE_USER_CLASS}
+autoboot
+`;
+
 /** The make command line (arguments after `make`). */
-export function makeArgs(srcDir: string, caFile: string, jobs: number): string[] {
-  if (/[\s,]/.test(caFile)) throw new IpxeBuildError('trust', `the build's copy of the CA lies at a path with a space or comma (${caFile}); iPXE's make cannot take it`);
-  return ['-C', srcDir, `-j${jobs}`, 'NO_WERROR=1', 'V=0', `TRUST=${caFile}`, `CERT=${caFile}`, ...IPXE_TARGETS.map((t) => t.target)];
+export function makeArgs(srcDir: string, caFile: string, embedFile: string, jobs: number): string[] {
+  for (const [what, p] of [['CA', caFile], ['embedded script', embedFile]]) {
+    if (/[\s,]/.test(p)) throw new IpxeBuildError('cache', `the build's copy of the ${what} lies at a path with a space or comma (${p}); iPXE's make cannot take it: choose another --cache`);
+  }
+  return ['-C', srcDir, `-j${jobs}`, 'NO_WERROR=1', 'V=0', `TRUST=${caFile}`, `CERT=${caFile}`, `EMBED=${embedFile}`, ...IPXE_TARGETS.map((t) => t.target)];
 }
 
 /** Cache entry name for a (source version, .dsc, CA, recipe). */
 export function cacheKey(version: string, dscSha256: string, caSha256: string): string {
-  const h = sha256Hex(JSON.stringify({ version, dscSha256, caSha256, recipe: RECIPE_VERSION, targets: IPXE_TARGETS.map((t) => t.target) }));
+  const h = sha256Hex(JSON.stringify({ version, dscSha256, caSha256, recipe: RECIPE_VERSION, targets: IPXE_TARGETS.map((t) => t.target), embed: EMBEDDED_SCRIPT, header: localGeneralHeader() }));
   return `${version.replace(/[^A-Za-z0-9.+~-]/g, '_')}-${h.slice(0, 16)}`;
 }
 
@@ -417,12 +428,14 @@ export async function buildIpxe(opts: IpxeBuildOptions): Promise<IpxeBuildResult
     writeFileSync(header, localGeneralHeader(existsSync(header) ? readFileSync(header, 'utf8') : ''));
     const caCopy = join(work, 'trusted-ca.pem');
     writeFileSync(caCopy, ca.pem);
+    const embed = join(work, 'ironboot.ipxe');
+    writeFileSync(embed, EMBEDDED_SCRIPT);
     const jobs = opts.jobs ?? Math.max(1, cpus().length);
     log(`compiling ${IPXE_TARGETS.map((t) => t.target).join(', ')} with HTTPS, TRUST= and CERT= the CA (${ca.certs.map((c) => c.subject).join('; ')}), ${jobs} jobs — this takes minutes`);
     let steps = 0;
     let lastReport = Date.now();
     const compileStart = Date.now();
-    await run('make', makeArgs(src, caCopy, jobs), {
+    await run('make', makeArgs(src, caCopy, embed, jobs), {
       field: 'make',
       onLine: (line) => {
         if (/^\s*\[[A-Z]+\]/.test(line)) steps++;
@@ -446,7 +459,7 @@ export async function buildIpxe(opts: IpxeBuildOptions): Promise<IpxeBuildResult
     const manifest: IpxeManifest = {
       builder: 'ironboot artifacts ipxe', recipe: RECIPE_VERSION, cacheKey: key,
       source: { package: IPXE_SOURCE_PACKAGE, version, dscSha256, mirror },
-      https: true,
+      https: true, userClass: IRONBOOT_IPXE_USER_CLASS,
       trust: ca.certs.map((c) => ({ subject: c.subject, fingerprint256: c.fingerprint256 })),
       trustPemSha256: ca.sha256,
       binaries, builtAt: new Date().toISOString(), buildSeconds: Math.round((Date.now() - compileStart) / 1000),

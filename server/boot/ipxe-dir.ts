@@ -12,6 +12,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 export const IPXE_MANIFEST = 'ironboot-ipxe.json';
+/** Option 77 (user class) of ironboot's iPXE build: its embedded script sets it before DHCP (server/dhcp/decide.ts). */
+export const IRONBOOT_IPXE_USER_CLASS = 'ironboot';
 export const DEBIAN_IPXE_DIR = '/usr/lib/ipxe';
 
 export interface IpxeManifest {
@@ -21,6 +23,8 @@ export interface IpxeManifest {
   source: { package: string; version: string; dscSha256: string; mirror: string };
   /** Built with DOWNLOAD_PROTO_HTTPS. */
   https: boolean;
+  /** Option 77 its embedded script sends. */
+  userClass: string;
   /** The roots iPXE trusts (TRUST=), with their SHA-256 fingerprints (colon hex, as node prints them). */
   trust: { subject: string; fingerprint256: string }[];
   trustPemSha256: string;
