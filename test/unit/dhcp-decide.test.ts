@@ -217,7 +217,7 @@ test('boot, verifying iPXE served: ironboot\'s iPXE (option 77 "ironboot") gets 
 });
 
 test('boot, verifying iPXE served: a NIC\'s iPXE ROM (with HTTPS, but not ironboot\'s) chains undionly.kpxe / ipxe.efi over TFTP', () => {
-  // the captured QEMU ROM DISCOVER announces HTTPS (175 sub-option 0x14) but trusts other roots
+  // an iPXE that announces HTTPS (175 sub-option 0x14, as this captured DISCOVER does) but is not ironboot's: other roots
   const rom = parseDhcpPacket(qemuBiosIpxeDiscover('525400811011'));
   const c = classifyClient(rom);
   assert.deepEqual({ ipxe: c.ipxe, ipxeHttps: c.ipxeHttps, ironbootIpxe: c.ironbootIpxe }, { ipxe: true, ipxeHttps: true, ironbootIpxe: false });
