@@ -213,7 +213,8 @@ export function makeArgs(srcDir: string, caFile: string, embedFile: string, jobs
   for (const [what, p] of [['CA', caFile], ['embedded script', embedFile]]) {
     if (/[\s,]/.test(p)) throw new IpxeBuildError('cache', `the build's copy of the ${what} lies at a path with a space or comma (${p}); iPXE's make cannot take it: choose another --cache`);
   }
-  return ['-C', srcDir, `-j${jobs}`, 'NO_WERROR=1', 'V=0', `TRUST=${caFile}`, `CERT=${caFile}`, `EMBED=${embedFile}`, ...IPXE_TARGETS.map((t) => t.target)];
+  // -fcommon: iPXE of 2019 relies on common symbols, which GCC 10 and later no longer make by default
+  return ['-C', srcDir, `-j${jobs}`, 'NO_WERROR=1', 'EXTRA_CFLAGS=-fcommon', 'V=0', `TRUST=${caFile}`, `CERT=${caFile}`, `EMBED=${embedFile}`, ...IPXE_TARGETS.map((t) => t.target)];
 }
 
 /** Cache entry name for a (source version, .dsc, CA, recipe). */

@@ -164,7 +164,7 @@ test('localGeneralHeader: HTTPS on after iPXE\'s own #undef (checked with the C 
 
 test('makeArgs: TRUST=, CERT= the CA, EMBED= the script, the three targets; a path iPXE\'s make cannot take is refused', () => {
   const a = makeArgs('/c/ipxe/src', '/c/ca.pem', '/c/ironboot.ipxe', 2);
-  assert.deepEqual(a, ['-C', '/c/ipxe/src', '-j2', 'NO_WERROR=1', 'V=0', 'TRUST=/c/ca.pem', 'CERT=/c/ca.pem', 'EMBED=/c/ironboot.ipxe',
+  assert.deepEqual(a, ['-C', '/c/ipxe/src', '-j2', 'NO_WERROR=1', 'EXTRA_CFLAGS=-fcommon', 'V=0', 'TRUST=/c/ca.pem', 'CERT=/c/ca.pem', 'EMBED=/c/ironboot.ipxe',
     'bin/undionly.kpxe', 'bin-x86_64-efi/ipxe.efi', 'bin-x86_64-efi/snponly.efi']);
   fails(() => makeArgs('/c', '/my dir/ca.pem', '/c/e', 1), 'cache', /space or comma/);
   fails(() => makeArgs('/c', '/c/ca.pem', '/a,b/e', 1), 'cache', /space or comma/);
