@@ -17,7 +17,7 @@ DEB_SERVE=(ipxe linux-image-amd64 busybox-static zstd e2fsprogs kmod cpio iprout
 # `ironboot artifacts ipxe` (iPXE with HTTPS and the operator's CA, from Debian's source package): the build tools.
 # Installed with --test (test/e2e/lab-ipxe-tls.test.ts builds it) or IRONBOOT_IPXE_BUILD=1; keep in step with
 # IPXE_BUILD_DEPENDS in server/boot/ipxe-build.ts.
-DEB_IPXE=(gcc binutils make perl liblzma-dev zlib1g-dev binutils-dev dpkg-dev xz-utils openssl)
+DEB_IPXE=(gcc binutils make perl liblzma-dev dpkg-dev xz-utils openssl)
 # The tests: real peers and the QEMU lab.
 DEB_TEST=(qemu-system-x86 qemu-utils ipxe-qemu ovmf udhcpc isc-dhcp-client isc-dhcp-relay tftp-hpa atftp curl
   dnsmasq-base docker-registry systemd iproute2 python3 nftables util-linux openssl libcap2-bin chromium

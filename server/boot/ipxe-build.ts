@@ -9,7 +9,7 @@
  *   2. the tarballs the .dsc names, each checked against its Checksums-Sha256 line (size and sha256)
  *   3. `dpkg-source -x`: unpacks and applies the Debian patches (3.0 quilt)
  *   4. config/local/general.h gets `#define DOWNLOAD_PROTO_HTTPS`
- *   5. `make -C src NO_WERROR=1 TRUST=ca.pem CERT=ca.pem EMBED=ironboot.ipxe bin/undionly.kpxe bin-x86_64-efi/ipxe.efi
+ *   5. `make -C src NO_WERROR=1 EXTRA_CFLAGS=-fcommon TRUST=ca-1.pem,… CERT=ca-1.pem,… EMBED=ironboot.ipxe bin/undionly.kpxe bin-x86_64-efi/ipxe.efi
  *      bin-x86_64-efi/snponly.efi` (TRUST: the only roots iPXE accepts; CERT: the CA built in, so the server need not
  *      send it; EMBED: `set user-class ironboot` then iPXE's usual autoboot, so the DHCP server can tell this iPXE from
  *      a NIC's own iPXE ROM, which may have HTTPS but trusts other roots)
@@ -48,8 +48,12 @@ export const IPXE_TARGETS: ReadonlyArray<{ target: string; name: string }> = [
   { target: 'bin-x86_64-efi/snponly.efi', name: 'snponly.efi' },
 ];
 
-/** Debian packages the build needs (also in deploy/setup.sh DEB_IPXE). */
-export const IPXE_BUILD_DEPENDS = ['gcc', 'binutils', 'make', 'perl', 'liblzma-dev', 'zlib1g-dev', 'binutils-dev', 'dpkg-dev', 'xz-utils', 'openssl'];
+/**
+ * Debian packages the build needs (also in deploy/setup.sh DEB_IPXE). Fewer than the source package's Build-Depends,
+ * which also cover the ISO/USB images: for these three targets the host tools are zbin (liblzma) and elf2efi
+ * (<elf.h>, from libc6-dev with gcc); make runs perl and openssl (the TRUST= fingerprints).
+ */
+export const IPXE_BUILD_DEPENDS = ['gcc', 'binutils', 'make', 'perl', 'liblzma-dev', 'dpkg-dev', 'xz-utils', 'openssl'];
 const TOOLS: Record<string, string> = { gcc: 'gcc', ld: 'binutils', make: 'make', perl: 'perl', 'dpkg-source': 'dpkg-dev', xz: 'xz-utils', openssl: 'openssl' };
 
 /** A build input or step that failed: `field` names what (trust, dsc, a tarball, make), `message` why. */
@@ -150,8 +154,10 @@ export function verifyFile(path: string, want: DscFile): void {
 // The trusted CA (pure)
 
 export interface TrustedCa {
-  /** The certificates as PEM, normalized (one block each, what TRUST=/CERT= get). */
+  /** The certificates as PEM, normalized (one block each). */
   pem: string;
+  /** Each certificate's PEM (one TRUST=/CERT= file each). */
+  pems: string[];
   certs: { subject: string; fingerprint256: string; notAfter: string }[];
   /** sha256 of the normalized PEM: part of the cache key. */
   sha256: string;
@@ -186,7 +192,7 @@ export function parseTrustedCa(text: string, field = 'trust', now = new Date()):
     pems.push(pem);
   });
   const pem = pems.join('');
-  return { pem, certs, sha256: sha256Hex(pem) };
+  return { pem, pems, certs, sha256: sha256Hex(pem) };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -208,13 +214,18 @@ set user-class ${IRONBOOT_IPXE_USER_CLASS}
 autoboot
 `;
 
-/** The make command line (arguments after `make`). */
-export function makeArgs(srcDir: string, caFile: string, embedFile: string, jobs: number): string[] {
-  for (const [what, p] of [['CA', caFile], ['embedded script', embedFile]]) {
+/**
+ * The make command line (arguments after `make`). One file per CA certificate: iPXE's make takes the fingerprint of
+ * each TRUST= file with `openssl x509`, which reads only a file's first certificate; TRUST= and CERT= are lists.
+ */
+export function makeArgs(srcDir: string, caFiles: string[], embedFile: string, jobs: number): string[] {
+  if (!caFiles.length) throw new IpxeBuildError('trust', 'no CA certificate');
+  for (const [what, p] of [...caFiles.map((f) => ['CA', f]), ['embedded script', embedFile]]) {
     if (/[\s,]/.test(p)) throw new IpxeBuildError('cache', `the build's copy of the ${what} lies at a path with a space or comma (${p}); iPXE's make cannot take it: choose another --cache`);
   }
+  const list = caFiles.join(',');
   // -fcommon: iPXE of 2019 relies on common symbols, which GCC 10 and later no longer make by default
-  return ['-C', srcDir, `-j${jobs}`, 'NO_WERROR=1', 'EXTRA_CFLAGS=-fcommon', 'V=0', `TRUST=${caFile}`, `CERT=${caFile}`, `EMBED=${embedFile}`, ...IPXE_TARGETS.map((t) => t.target)];
+  return ['-C', srcDir, `-j${jobs}`, 'NO_WERROR=1', 'EXTRA_CFLAGS=-fcommon', 'V=0', `TRUST=${list}`, `CERT=${list}`, `EMBED=${embedFile}`, ...IPXE_TARGETS.map((t) => t.target)];
 }
 
 /** Cache entry name for a (source version, .dsc, CA, recipe). */
@@ -263,7 +274,7 @@ export function missingBuildTools(): string[] {
   for (const [tool, pkg] of Object.entries(TOOLS)) {
     if (spawnSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }).status !== 0) missing.push(`${tool} (${pkg})`);
   }
-  for (const [header, pkg] of [['/usr/include/lzma.h', 'liblzma-dev'], ['/usr/include/zlib.h', 'zlib1g-dev'], ['/usr/include/bfd.h', 'binutils-dev']]) {
+  for (const [header, pkg] of [['/usr/include/lzma.h', 'liblzma-dev'], ['/usr/include/elf.h', 'libc6-dev']]) {
     if (!existsSync(header) && !existsSync(header.replace('/usr/include/', '/usr/include/x86_64-linux-gnu/'))) missing.push(`${basename(header)} (${pkg})`);
   }
   return missing;
@@ -427,8 +438,11 @@ export async function buildIpxe(opts: IpxeBuildOptions): Promise<IpxeBuildResult
     const header = join(src, 'config', 'local', 'general.h');
     mkdirSync(join(src, 'config', 'local'), { recursive: true });
     writeFileSync(header, localGeneralHeader(existsSync(header) ? readFileSync(header, 'utf8') : ''));
-    const caCopy = join(work, 'trusted-ca.pem');
-    writeFileSync(caCopy, ca.pem);
+    const caFiles = ca.pems.map((pem, i) => {
+      const f = join(work, `trusted-ca-${i + 1}.pem`);
+      writeFileSync(f, pem);
+      return f;
+    });
     const embed = join(work, 'ironboot.ipxe');
     writeFileSync(embed, EMBEDDED_SCRIPT);
     const jobs = opts.jobs ?? Math.max(1, cpus().length);
@@ -436,7 +450,7 @@ export async function buildIpxe(opts: IpxeBuildOptions): Promise<IpxeBuildResult
     let steps = 0;
     let lastReport = Date.now();
     const compileStart = Date.now();
-    await run('make', makeArgs(src, caCopy, embed, jobs), {
+    await run('make', makeArgs(src, caFiles, embed, jobs), {
       field: 'make',
       onLine: (line) => {
         if (/^\s*\[[A-Z]+\]/.test(line)) steps++;

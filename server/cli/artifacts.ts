@@ -17,7 +17,7 @@ ironboot artifacts ipxe --trust CA.pem [--out DIR] [--cache DIR] [--mirror URL] 
   ironboot serve then serves instead of /usr/lib/ipxe). The source (--mirror, default ${DEBIAN_MIRROR}) is checked
   against the .dsc's sha256 (pinned for known versions, else --dsc-sha256) and the .dsc's checksums. Builds are cached
   in --cache (default DATA_DIR/cache/ipxe) by source version and CA: the same CA again takes no time.
-  Needs: apt-get install gcc binutils make perl liblzma-dev zlib1g-dev binutils-dev dpkg-dev xz-utils openssl
+  Needs: apt-get install gcc binutils make perl liblzma-dev dpkg-dev xz-utils openssl
 `;
 
 export async function artifactsCommand(argv: string[], out: (s: string) => void): Promise<number> {

@@ -32,13 +32,14 @@ let ca = '';
 const served: string[] = [];
 const overrides = new Map<string, Buffer | number>(); // file → other bytes, or an HTTP status
 
-const MAKEFILE = `ifdef IBT_FAIL_MAKE
+const MAKEFILE = `COMMA := ,
+ifdef IBT_FAIL_MAKE
 $(error the build failed on purpose)
 endif
 define record
 @mkdir -p $(dir $@)
 @echo "  [BUILD] $@"
-@{ echo "target=$@"; openssl x509 -in $(TRUST) -noout -fingerprint -sha256; echo "cert=$(CERT)"; echo "werror=$(NO_WERROR)"; cat $(EMBED); cat config/local/general.h; cat patched.txt; } > $@
+@{ echo "target=$@"; $(foreach c,$(subst $(COMMA), ,$(TRUST)),openssl x509 -in $(c) -noout -fingerprint -sha256;) echo "cert=$(CERT)"; echo "werror=$(NO_WERROR)"; cat $(EMBED); cat config/local/general.h; cat patched.txt; } > $@
 endef
 bin/%:
 \t$(record)
@@ -120,7 +121,7 @@ test('build: downloads and checks the source, applies Debian\'s patch, gives mak
   const fp = new X509Certificate(readFileSync(ca)).fingerprint256;
   assert.match(undi, /^target=bin\/undionly\.kpxe$/m);
   assert.ok(undi.includes(`Fingerprint=${fp}`), `TRUST= is the operator's CA:\n${undi}`);
-  assert.match(undi, /^cert=\/\S+\/trusted-ca\.pem$/m, 'CERT= the CA too');
+  assert.match(undi, /^cert=\/\S+\/trusted-ca-1\.pem$/m, 'CERT= the CA too');
   assert.match(undi, /^werror=1$/m);
   assert.ok(undi.includes(EMBEDDED_SCRIPT), 'EMBED= the script that sets option 77');
   assert.match(undi, /^#define DOWNLOAD_PROTO_HTTPS$/m, 'config/local/general.h turns HTTPS on');
@@ -152,10 +153,15 @@ test('build: downloads and checks the source, applies Debian\'s patch, gives mak
   const ca2 = join(dir.path, 'ca2.pem');
   sh('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir.path, 'ca2.key'), '-out', ca2, '-days', '2', '-subj', '/CN=ibt second CA',
     '-addext', 'basicConstraints=critical,CA:TRUE'], dir.path);
-  const second = await buildIpxe(opts({ trustFile: ca2 }));
+  const both = join(dir.path, 'both.pem');
+  writeFileSync(both, readFileSync(ca2, 'utf8') + readFileSync(ca, 'utf8'));
+  const second = await buildIpxe(opts({ trustFile: both }));
   assert.equal(second.cached, false);
   assert.deepEqual(served, [], 'the verified source is reused');
-  assert.ok(readFileSync(join(out, 'undionly.kpxe'), 'utf8').includes(new X509Certificate(readFileSync(ca2)).fingerprint256));
+  const withBoth = readFileSync(join(out, 'undionly.kpxe'), 'utf8');
+  assert.ok(withBoth.includes(new X509Certificate(readFileSync(ca2)).fingerprint256) && withBoth.includes(fp), 'both roots fingerprinted: one TRUST= file each');
+  assert.match(withBoth, /^cert=\/\S+\/trusted-ca-1\.pem,\/\S+\/trusted-ca-2\.pem$/m);
+  assert.equal(readIpxeManifest(out).manifest?.trust.length, 2);
   assert.equal(readdirSync(join(opts().cacheDir, 'builds')).length, 2);
 });
 

@@ -127,7 +127,9 @@ test('parseTrustedCa: a CA passes (normalized PEM, fingerprint); a leaf, a key, 
     assert.match(ca.certs[0].fingerprint256, /^([0-9A-F]{2}:){31}[0-9A-F]{2}$/);
     assert.equal(ca.pem, text, 'normalized to the plain PEM block');
     assert.equal(parseTrustedCa(text).sha256, ca.sha256, 'the cache key does not depend on line endings or comments');
-    assert.equal(parseTrustedCa(text + readFileSync(k.other, 'utf8')).certs.length, 2, 'several roots');
+    const two = parseTrustedCa(text + readFileSync(k.other, 'utf8'));
+    assert.equal(two.certs.length, 2, 'several roots');
+    assert.deepEqual(two.pems, [text, readFileSync(k.other, 'utf8')]);
     fails(() => parseTrustedCa(readFileSync(k.rsaCert, 'utf8')), 'trust', /certificate 1 \(CN=10\.92\.0\.1\) is not a CA/);
     fails(() => parseTrustedCa(text + readFileSync(k.caKey, 'utf8')), 'trust', /holds a private key/);
     fails(() => parseTrustedCa('-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n'), 'trust', /certificate 1 does not parse/);
@@ -163,11 +165,14 @@ test('localGeneralHeader: HTTPS on after iPXE\'s own #undef (checked with the C 
 });
 
 test('makeArgs: TRUST=, CERT= the CA, EMBED= the script, the three targets; a path iPXE\'s make cannot take is refused', () => {
-  const a = makeArgs('/c/ipxe/src', '/c/ca.pem', '/c/ironboot.ipxe', 2);
-  assert.deepEqual(a, ['-C', '/c/ipxe/src', '-j2', 'NO_WERROR=1', 'EXTRA_CFLAGS=-fcommon', 'V=0', 'TRUST=/c/ca.pem', 'CERT=/c/ca.pem', 'EMBED=/c/ironboot.ipxe',
+  const a = makeArgs('/c/ipxe/src', ['/c/ca-1.pem'], '/c/ironboot.ipxe', 2);
+  assert.deepEqual(a, ['-C', '/c/ipxe/src', '-j2', 'NO_WERROR=1', 'EXTRA_CFLAGS=-fcommon', 'V=0', 'TRUST=/c/ca-1.pem', 'CERT=/c/ca-1.pem', 'EMBED=/c/ironboot.ipxe',
     'bin/undionly.kpxe', 'bin-x86_64-efi/ipxe.efi', 'bin-x86_64-efi/snponly.efi']);
-  fails(() => makeArgs('/c', '/my dir/ca.pem', '/c/e', 1), 'cache', /space or comma/);
-  fails(() => makeArgs('/c', '/c/ca.pem', '/a,b/e', 1), 'cache', /space or comma/);
+  // several roots: one file each (iPXE's make fingerprints only a file's first certificate), as lists
+  assert.ok(makeArgs('/c', ['/c/ca-1.pem', '/c/ca-2.pem'], '/c/e', 1).includes('TRUST=/c/ca-1.pem,/c/ca-2.pem'));
+  fails(() => makeArgs('/c', ['/my dir/ca.pem'], '/c/e', 1), 'cache', /space or comma/);
+  fails(() => makeArgs('/c', ['/c/ca.pem'], '/a,b/e', 1), 'cache', /space or comma/);
+  fails(() => makeArgs('/c', [], '/c/e', 1), 'trust', /no CA/);
   assert.deepEqual(IPXE_TARGETS.map((t) => t.name), ['undionly.kpxe', 'ipxe.efi', 'snponly.efi']);
   assert.match(EMBEDDED_SCRIPT, new RegExp(`^#!ipxe\\n[\\s\\S]*^set user-class ${IRONBOOT_IPXE_USER_CLASS}$\\n^autoboot$`, 'm'));
 });
