@@ -1,8 +1,9 @@
 /**
  * Serves one file from disk (container disks, boot artifacts, iPXE binaries): Content-Length, ETag, Last-Modified,
  * If-None-Match, single Range requests with If-Range (RFC 9110), and HEAD. The body: bodies of 16 MiB and more go
- * through sendfile(2) (sendfile-helper.ts) when available, as nginx does; smaller ones (or without the helper) by
- * one fd per response and large reads (4 MiB) written straight to the socket with backpressure.
+ * through sendfile(2) (sendfile-helper.ts) when available, as nginx does; smaller ones (or without the helper, or on
+ * a TLS connection, where the kernel's copy would bypass the encryption) by one fd per response and large reads
+ * (4 MiB) written straight to the socket with backpressure.
  */
 import { closeSync, fstatSync, openSync, read } from 'node:fs';
 import { STATUS_CODES } from 'node:http';
@@ -83,7 +84,9 @@ export function sendFile(req: FastifyRequest, reply: FastifyReply, path: string,
       return reply;
     }
     owned = false;
-    if (length >= SENDFILE_MIN && sendfileAvailable()) return zeroCopy(reply, fd, start, length);
+    // never on TLS: sendfile(2) writes the file's plain bytes into the socket, under the TLS layer
+    const tls = (req.raw.socket as { encrypted?: boolean } | undefined)?.encrypted === true;
+    if (length >= SENDFILE_MIN && !tls && sendfileAvailable()) return zeroCopy(reply, fd, start, length);
     return pump(reply, fd, start, length);
   } finally {
     if (owned) closeSync(fd);

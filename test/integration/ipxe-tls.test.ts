@@ -7,6 +7,7 @@
  *   plain HTTP then keeps only the iPXE binaries and health: boot scripts, kernel and initramfs are refused (403)
  *   over HTTPS the boot script is served with the address binding (reserved address → token; another → refused) and
  *     every URL in it (kernel, initrd, agent) is https
+ *   a file above the sendfile(2) threshold arrives whole over HTTPS (sendfile would bypass TLS)
  *   the HTTPS side completes a TLS 1.2 handshake with each cipher suite iPXE 1.0.0 (2019) offers (RSA key exchange,
  *     AES-CBC), checked with openssl s_client
  *   a --tls-cert from another CA, or with an EC key, is reported at start as one iPXE will refuse
@@ -30,6 +31,7 @@ const ADMIN = randomBytes(18).toString('base64url');
 const MAC = '52:54:00:92:00:01';      // reserved at 127.0.0.1: gets the provisioning script
 const OTHER = '52:54:00:92:00:02';    // reserved at 127.0.0.2: a request from 127.0.0.1 is refused
 const UNDI = randomBytes(70_000);
+const INITRAMFS = randomBytes(20 << 20);   // above SENDFILE_MIN (16 MiB): the size that goes through sendfile(2) on plain HTTP
 const EFI = randomBytes(90_000);
 
 let dir: ReturnType<typeof tempDir>;
@@ -115,6 +117,7 @@ before(async () => {
   const dataDir = join(dir.path, 'data');
   seed(dataDir);
   builtIpxeDir(join(dataDir, 'artifacts', 'ipxe'), ca.cert);
+  writeFileSync(join(dataDir, 'artifacts', 'initramfs'), INITRAMFS);
   tftpPort = await freeUdpPort();
   daemon = await spawnDaemon(dataDir, ['--tls-cert', pki.cert, '--tls-key', pki.key, '--tls-ca', pki.ca, '--https-listen', '127.0.0.1:0',
     '--tftp', '--tftp-listen', `127.0.0.1:${tftpPort}`], { IRONBOOT_TOKEN: ADMIN });
@@ -129,7 +132,7 @@ after(async () => {
   dir?.remove();
 });
 
-const curl = (args: string[]) => spawnSync('curl', ['-s', '-S', '--max-time', '10', ...args], { encoding: 'buffer', maxBuffer: 1 << 24 });
+const curl = (args: string[]) => spawnSync('curl', ['-s', '-S', '--max-time', '10', ...args], { encoding: 'buffer', maxBuffer: 1 << 26 });
 
 test('the daemon serves the built iPXE from DATA_DIR/artifacts/ipxe (TFTP and /ipxe/) and says iPXE goes over HTTPS', { skip }, async () => {
   const out = daemon.output();
@@ -172,6 +175,16 @@ test('over HTTPS: the boot script keeps iPXE on HTTPS (kernel, initrd, agent) an
   assert.match(refused, /127\.0\.0\.2/, refused);
   for (let i = 0; i < 50 && !/provisioning script refused/.test(daemon.output()); i++) await new Promise((r) => setTimeout(r, 100));
   assert.match(daemon.output(), /"from":"127\.0\.0\.1"[^\n]*provisioning script refused/);
+});
+
+test('a large artifact (initramfs, over 16 MiB) arrives whole over HTTPS: never sendfile(2) under TLS', { skip }, () => {
+  const r = curl(['--cacert', pki.ca, '-H', 'connection: keep-alive', `${httpsUrl}/artifacts/initramfs`]);
+  assert.equal(r.status, 0, r.stderr.toString());
+  assert.equal(r.stdout.length, INITRAMFS.length);
+  assert.equal(sha256Hex(r.stdout), sha256Hex(INITRAMFS));
+  // a range of it too (iPXE and the agent resume with Range)
+  const part = curl(['--cacert', pki.ca, '-r', `${17 << 20}-`, `${httpsUrl}/artifacts/initramfs`]);
+  assert.equal(sha256Hex(part.stdout), sha256Hex(INITRAMFS.subarray(17 << 20)));
 });
 
 test('the HTTPS side speaks each cipher suite iPXE 1.0.0 (2019) offers: TLS 1.2, RSA key exchange, AES-CBC', { skip }, () => {
