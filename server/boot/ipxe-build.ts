@@ -8,7 +8,8 @@
  *      (KNOWN_DSC_SHA256; another version needs the operator to give it: --dsc-sha256)
  *   2. the tarballs the .dsc names, each checked against its Checksums-Sha256 line (size and sha256)
  *   3. `dpkg-source -x`: unpacks and applies the Debian patches (3.0 quilt)
- *   4. config/local/general.h gets `#define DOWNLOAD_PROTO_HTTPS`
+ *   4. config/local/general.h gets `#define DOWNLOAD_PROTO_HTTPS`; config/local/crypto.h an empty CROSSCERT (no
+ *      downloads of cross-signed certificates from ca.ipxe.org)
  *   5. `make -C src NO_WERROR=1 EXTRA_CFLAGS=-fcommon TRUST=ca-1.pem,… CERT=ca-1.pem,… EMBED=ironboot.ipxe bin/undionly.kpxe bin-x86_64-efi/ipxe.efi
  *      bin-x86_64-efi/snponly.efi` (TRUST: the only roots iPXE accepts; CERT: the CA built in, so the server need not
  *      send it; EMBED: `set user-class ironboot` then iPXE's usual autoboot, so the DHCP server can tell this iPXE from
@@ -215,6 +216,17 @@ autoboot
 `;
 
 /**
+ * config/local/crypto.h: no cross-signed certificates from ca.ipxe.org (iPXE's default CROSSCERT). The operator's
+ * CA is built in (CERT=), so nothing is missing from a good chain, and ironboot's iPXE talks only to ironboot: a
+ * chain that does not lead to the CA fails at once instead of a lookup of ca.ipxe.org.
+ */
+export function localCryptoHeader(existing = ''): string {
+  if (existing.includes(LOCAL_CONFIG_MARK)) return existing;
+  const head = existing && !existing.endsWith('\n') ? `${existing}\n` : existing;
+  return `${head}${LOCAL_CONFIG_MARK}\n/* no cross-signed certificates from ca.ipxe.org: the operator's CA is built in (make CERT=) */\n#undef CROSSCERT\n#define CROSSCERT ""\n`;
+}
+
+/**
  * The make command line (arguments after `make`). One file per CA certificate: iPXE's make takes the fingerprint of
  * each TRUST= file with `openssl x509`, which reads only a file's first certificate; TRUST= and CERT= are lists.
  */
@@ -230,7 +242,7 @@ export function makeArgs(srcDir: string, caFiles: string[], embedFile: string, j
 
 /** Cache entry name for a (source version, .dsc, CA, recipe). */
 export function cacheKey(version: string, dscSha256: string, caSha256: string): string {
-  const h = sha256Hex(JSON.stringify({ version, dscSha256, caSha256, recipe: RECIPE_VERSION, targets: IPXE_TARGETS.map((t) => t.target), embed: EMBEDDED_SCRIPT, header: localGeneralHeader() }));
+  const h = sha256Hex(JSON.stringify({ version, dscSha256, caSha256, recipe: RECIPE_VERSION, targets: IPXE_TARGETS.map((t) => t.target), embed: EMBEDDED_SCRIPT, header: localGeneralHeader(), crypto: localCryptoHeader() }));
   return `${version.replace(/[^A-Za-z0-9.+~-]/g, '_')}-${h.slice(0, 16)}`;
 }
 
@@ -438,6 +450,8 @@ export async function buildIpxe(opts: IpxeBuildOptions): Promise<IpxeBuildResult
     const header = join(src, 'config', 'local', 'general.h');
     mkdirSync(join(src, 'config', 'local'), { recursive: true });
     writeFileSync(header, localGeneralHeader(existsSync(header) ? readFileSync(header, 'utf8') : ''));
+    const crypto = join(src, 'config', 'local', 'crypto.h');
+    writeFileSync(crypto, localCryptoHeader(existsSync(crypto) ? readFileSync(crypto, 'utf8') : ''));
     const caFiles = ca.pems.map((pem, i) => {
       const f = join(work, `trusted-ca-${i + 1}.pem`);
       writeFileSync(f, pem);

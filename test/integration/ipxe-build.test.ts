@@ -39,7 +39,7 @@ endif
 define record
 @mkdir -p $(dir $@)
 @echo "  [BUILD] $@"
-@{ echo "target=$@"; $(foreach c,$(subst $(COMMA), ,$(TRUST)),openssl x509 -in $(c) -noout -fingerprint -sha256;) echo "cert=$(CERT)"; echo "werror=$(NO_WERROR)"; cat $(EMBED); cat config/local/general.h; cat patched.txt; } > $@
+@{ echo "target=$@"; $(foreach c,$(subst $(COMMA), ,$(TRUST)),openssl x509 -in $(c) -noout -fingerprint -sha256;) echo "cert=$(CERT)"; echo "werror=$(NO_WERROR)"; cat $(EMBED); cat config/local/general.h; cat config/local/crypto.h; cat patched.txt; } > $@
 endef
 bin/%:
 \t$(record)
@@ -125,6 +125,7 @@ test('build: downloads and checks the source, applies Debian\'s patch, gives mak
   assert.match(undi, /^werror=1$/m);
   assert.ok(undi.includes(EMBEDDED_SCRIPT), 'EMBED= the script that sets option 77');
   assert.match(undi, /^#define DOWNLOAD_PROTO_HTTPS$/m, 'config/local/general.h turns HTTPS on');
+  assert.match(undi, /^#define CROSSCERT ""$/m, 'config/local/crypto.h: no cross-signed certificates from ca.ipxe.org');
   assert.match(undi, /^patched by debian$/m, 'the Debian patch was applied');
   assert.match(readFileSync(join(out, 'ipxe.efi'), 'utf8'), /^target=bin-x86_64-efi\/ipxe\.efi$/m);
   const { manifest } = readIpxeManifest(out);

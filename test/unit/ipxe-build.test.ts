@@ -13,7 +13,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   parseDsc, parseControlFields, unwrapClearsigned, dscName, poolUrl, verifyFile, sha256Hex, parseTrustedCa, localGeneralHeader,
-  makeArgs, cacheKey, KNOWN_DSC_SHA256, IpxeBuildError, EMBEDDED_SCRIPT, IPXE_TARGETS, LOCAL_CONFIG_MARK,
+  makeArgs, cacheKey, localCryptoHeader, KNOWN_DSC_SHA256, IpxeBuildError, EMBEDDED_SCRIPT, IPXE_TARGETS, LOCAL_CONFIG_MARK,
 } from '../../server/boot/ipxe-build.ts';
 import { ipxeTlsProblems, readIpxeManifest, chooseIpxeDir, IPXE_MANIFEST, DEBIAN_IPXE_DIR, IRONBOOT_IPXE_USER_CLASS, type IpxeManifest } from '../../server/boot/ipxe-dir.ts';
 
@@ -159,6 +159,22 @@ test('localGeneralHeader: HTTPS on after iPXE\'s own #undef (checked with the C 
     const r = spawnSync('cpp', ['-P', join(dir, 'general.h')], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(r.stdout.split('\n').map((l) => l.trim()).filter(Boolean), ['https_on', 'debian_kept']);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('localCryptoHeader: CROSSCERT empty after iPXE\'s own default (checked with the C preprocessor), idempotent', { skip: haveCpp ? false : 'cpp missing' }, () => {
+  const h = localCryptoHeader();
+  assert.equal(localCryptoHeader(h), h);
+  const dir = mkdtempSync(join(tmpdir(), 'ibt-cpp-'));
+  try {
+    writeFileSync(join(dir, 'local.h'), h);
+    // iPXE's config/crypto.h: `#define CROSSCERT "http://ca.ipxe.org/auto"` … then `#include <config/local/crypto.h>`
+    writeFileSync(join(dir, 'crypto.h'), '#define CROSSCERT "http://ca.ipxe.org/auto"\n#include "local.h"\nconst char crosscert_default[] = CROSSCERT;\n');
+    const r = spawnSync('cpp', ['-P', join(dir, 'crypto.h')], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /crosscert_default\[\] = "";/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
