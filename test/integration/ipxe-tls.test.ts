@@ -174,7 +174,7 @@ test('over HTTPS: the boot script keeps iPXE on HTTPS (kernel, initrd, agent) an
   assert.doesNotMatch(refused, /ironboot\.token=/, refused);
   assert.match(refused, /127\.0\.0\.2/, refused);
   for (let i = 0; i < 50 && !/provisioning script refused/.test(daemon.output()); i++) await new Promise((r) => setTimeout(r, 100));
-  assert.match(daemon.output(), /"from":"127\.0\.0\.1"[^\n]*provisioning script refused/);
+  assert.match(daemon.output(), /"from":"127\.0\.0\.1","via":"https"[^\n]*provisioning script refused/);
 });
 
 test('a large artifact (initramfs, over 16 MiB) arrives whole over HTTPS: never sendfile(2) under TLS', { skip }, () => {

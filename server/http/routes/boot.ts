@@ -72,7 +72,7 @@ const bootRoutes: FastifyPluginAsync<BootRouteOptions> = async (app, opts) => {
         + `chain --autofree ${server}/boot/\${mac}.ipxe\n`;
     }
     const out = serveBootScript({
-      mac, sourceIp: req.ip, via: 'http', userAgent: req.headers['user-agent'] ?? null,
+      mac, sourceIp: req.ip, via: req.protocol === 'https' ? 'https' : 'http', userAgent: req.headers['user-agent'] ?? null,
       urls: { publicUrl: server, agentUrl: opts.agentUrl?.(server) },
     });
     served.inc({ kind: out.auth && !out.auth.allow ? 'refused' : out.kind });
