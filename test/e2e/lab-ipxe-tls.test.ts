@@ -23,7 +23,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LabEnv, buildHttpdDisk, provision, logLines, labUnavailable, ensureArtifacts, CLI, ROOT, BOOT_FAILED } from '../helpers/lab-env.ts';
+import { LabEnv, buildHttpdDisk, provision, logLines, labUnavailable, ensureArtifacts, CLI, ROOT } from '../helpers/lab-env.ts';
 import { CACHE_DIR, artifactsKey } from '../helpers/agent-artifacts.ts';
 import { buildArtifacts } from '../../init/build/index.ts';
 import {
@@ -38,6 +38,8 @@ const CA_DIR = join(CACHE_DIR, 'ipxe-tls-ca');
 const OCTET = (process.pid % 200) + 20;
 const NET = '10.92';
 const SERVER_IP = `${NET}.${OCTET}.1`;
+/** iPXE's TLS refusing the server's certificate: chain not completed from the CA built in, or an untrusted root. */
+const IPXE_REFUSED = /Invalid argument \(http:\/\/ipxe\.org\/1c2ee002\)|Permission denied|ipxe\.org\/0216e/;
 
 function openssl(args: string[], cwd?: string): void {
   const r = spawnSync('openssl', args, { cwd, encoding: 'utf8', timeout: 60_000 });
@@ -218,6 +220,9 @@ test('the daemon presents a certificate from another CA: iPXE refuses it, nothin
   const otherCa = { cert: join(runDir, 'other-ca.pem'), key: join(runDir, 'other-ca.key') };
   openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', otherCa.key, '-out', otherCa.cert, '-days', '2', '-subj', '/CN=someone else\'s CA',
     '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  // the leaf alone: iPXE cannot complete the chain from the CA built in, and ironboot's iPXE fetches nothing from
+  // ca.ipxe.org (empty CROSSCERT): "Invalid argument (http://ipxe.org/1c2ee002)". A chain that ends at a root iPXE
+  // does not trust gives "Permission denied (http://ipxe.org/0216e…)".
   const cert = serverCert('foreign', otherCa);
   const started = Date.now();
   const env = await LabEnv.start({ octet: OCTET, net: NET, nsPrefix: 'ibt-', apiCa: otherCa.cert, serveArgs: serveArgs(cert, otherCa.cert) });
@@ -227,16 +232,15 @@ test('the daemon presents a certificate from another CA: iPXE refuses it, nothin
   const mac = macForName(`${env.ns}/tls-refuse`);
   await env.registerMachine(mac, env.hostAddress(2));
   const vm = env.startVm({ name: 'tls-refuse', mac, firmware: 'bios', nic: 'virtio', noReboot: true });
-  // iPXE's TLS refuses the chain: "Permission denied (http://ipxe.org/0216e…)"
+  // iPXE's TLS refuses the certificate (seen in this lab: "Invalid argument (http://ipxe.org/1c2ee002)")
   // (an iPXE without HTTPS would say "Operation not supported (http://ipxe.org/3c092003)" instead: Debian's ROM does)
-  const i = await vm.waitFor(/Permission denied|ipxe\.org\/0216e/, 300_000, { failOn: /Linux version|ironboot: provisioning|Operation not supported/ });
+  const i = await vm.waitFor(IPXE_REFUSED, 300_000, { failOn: /Linux version|ironboot: provisioning|Operation not supported/ });
   t.diagnostic(`iPXE: ${vm.joined(i)}`);
   assert.ok(vm.find(new RegExp(`https://${SERVER_IP.replaceAll('.', '\\.')}:8443/boot/`)) >= 0, `iPXE tried the HTTPS script URL:\n${vm.tail(60)}`);
   await new Promise((r) => setTimeout(r, 5000));
   assert.deepEqual(requests(env, '/boot/'), [], 'no boot script was served');
   assert.deepEqual(requests(env, '/artifacts/'), [], 'no kernel or initramfs was served');
-  assert.doesNotMatch(env.daemonLog(), new RegExp(`boot script provision[^\\n]*|"mac":"${mac}"[^\\n]*boot script`), 'no boot token was minted');
-  assert.equal(vm.find(BOOT_FAILED) >= 0 || vm.find(/Permission denied|0216e/) >= 0, true);
+  assert.doesNotMatch(env.daemonLog(), /"msg":"boot script/, 'no boot script was served (no boot token minted)');
   timings.negativeTotalSeconds = (Date.now() - started) / 1000;
   t.diagnostic(`timings: ${JSON.stringify(timings)}`);
 });
