@@ -221,8 +221,8 @@ test('the daemon presents a certificate from another CA: iPXE refuses it, nothin
   openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', otherCa.key, '-out', otherCa.cert, '-days', '2', '-subj', '/CN=someone else\'s CA',
     '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
   // the leaf alone: iPXE cannot complete the chain from the CA built in, and ironboot's iPXE fetches nothing from
-  // ca.ipxe.org (empty CROSSCERT): "Invalid argument (http://ipxe.org/1c2ee002)". A chain that ends at a root iPXE
-  // does not trust gives "Permission denied (http://ipxe.org/0216e…)".
+  // ca.ipxe.org (empty CROSSCERT): "Invalid argument (http://ipxe.org/1c2ee002)"; "Permission denied (0216e…)" is
+  // iPXE's word for an untrusted root, also accepted
   const cert = serverCert('foreign', otherCa);
   const started = Date.now();
   const env = await LabEnv.start({ octet: OCTET, net: NET, nsPrefix: 'ibt-', apiCa: otherCa.cert, serveArgs: serveArgs(cert, otherCa.cert) });
