@@ -216,7 +216,7 @@ test('BIOS PXE → ironboot\'s iPXE fetches script, kernel and initramfs over HT
   t.diagnostic(`timings: ${JSON.stringify(timings)}`);
 });
 
-test('the daemon presents a certificate from another CA: iPXE refuses it, nothing is served', { skip, timeout: 600_000 }, async (t) => {
+test('the daemon presents a certificate from another CA: iPXE refuses it, nothing is served', { skip, timeout: 900_000 }, async (t) => {
   const otherCa = { cert: join(runDir, 'other-ca.pem'), key: join(runDir, 'other-ca.key') };
   openssl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', otherCa.key, '-out', otherCa.cert, '-days', '2', '-subj', '/CN=someone else\'s CA',
     '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
