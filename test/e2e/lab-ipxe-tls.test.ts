@@ -120,13 +120,14 @@ function serverCert(name: string, signer: { cert: string; key: string }): { cert
   return { cert, key };
 }
 
-function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; out: string }> {
+function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; out: string }> {
   return new Promise((resolve) => {
     const p = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs });
     let out = '';
-    p.stdout.on('data', (d) => { out += d; });
+    let stdout = '';
+    p.stdout.on('data', (d) => { out += d; stdout += d; });
     p.stderr.on('data', (d) => { out += d; process.stderr.write(d); });
-    p.on('close', (code) => resolve({ code, out }));
+    p.on('close', (code) => resolve({ code, stdout, out }));
   });
 }
 
@@ -140,7 +141,7 @@ before(async () => {
   const built = await run(process.execPath, [CLI, 'artifacts', 'ipxe', '--trust', ca.cert, '--out', ipxeDir, '--cache', IPXE_CACHE, '--json'], 1_800_000);
   timings.ipxeBuildSeconds = (Date.now() - t0) / 1000;
   assert.equal(built.code, 0, `ironboot artifacts ipxe failed:\n${built.out.slice(-4000)}`);
-  const manifest = JSON.parse(built.out.slice(built.out.indexOf('{')));
+  const manifest = JSON.parse(built.stdout);
   timings.ipxeCompileSeconds = manifest.buildSeconds;
   timings.ipxeFromCache = manifest.cached ? 1 : 0;
   assert.equal(manifest.https, true);
