@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what ironboot needs from a fresh checkout; safe to run again (it only does what is missing).
 #   deploy/setup.sh          the daemon: npm packages; as root also Debian packages (iPXE, kernel, busybox, zstd, …)
-#   deploy/setup.sh --test   also what the test suite needs (QEMU, OVMF, DHCP/TFTP clients, reference servers)
+#   deploy/setup.sh --test   also what the test suite needs (QEMU, OVMF, DHCP/TFTP clients, reference servers, the iPXE build)
+#   IRONBOOT_IPXE_BUILD=1 deploy/setup.sh   also what `ironboot artifacts ipxe` needs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,10 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # container-disk builder are made of.
 DEB_SERVE=(ipxe linux-image-amd64 busybox-static zstd e2fsprogs kmod cpio iproute2 binutils util-linux python3 isal libisal-dev libzstd-dev
   grub-common grub-pc-bin grub-efi-amd64-bin dosfstools mtools fdisk)
+# `ironboot artifacts ipxe` (iPXE with HTTPS and the operator's CA, from Debian's source package): the build tools.
+# Installed with --test (test/e2e/lab-ipxe-tls.test.ts builds it) or IRONBOOT_IPXE_BUILD=1; keep in step with
+# IPXE_BUILD_DEPENDS in server/boot/ipxe-build.ts.
+DEB_IPXE=(gcc binutils make perl liblzma-dev dpkg-dev xz-utils openssl)
 # The tests: real peers and the QEMU lab.
 DEB_TEST=(qemu-system-x86 qemu-utils ipxe-qemu ovmf udhcpc isc-dhcp-client isc-dhcp-relay tftp-hpa atftp curl
   dnsmasq-base docker-registry systemd iproute2 python3 nftables util-linux openssl libcap2-bin chromium
@@ -50,7 +55,8 @@ install_debs() {
 }
 
 pkgs=("${DEB_SERVE[@]}")
-[ $want_test = 1 ] && pkgs+=("${DEB_TEST[@]}")
+[ $want_test = 1 ] && pkgs+=("${DEB_TEST[@]}" "${DEB_IPXE[@]}")
+[ "${IRONBOOT_IPXE_BUILD:-0}" = 1 ] && pkgs+=("${DEB_IPXE[@]}")
 [ "${IRONBOOT_BENCH:-0}" = 1 ] && pkgs+=("${DEB_BENCH[@]}")
 install_debs "${pkgs[@]}"
 

@@ -30,7 +30,8 @@ export interface ServeConfig {
   tftpListen: { host: string | null; port: number };
   /** Concurrent TFTP transfers; past it requests go unanswered, so clients retry (server/tftp/server.ts). */
   tftpMaxTransfers: number;
-  ipxeDir: string;
+  /** null: ARTIFACTS_DIR/ipxe when `ironboot artifacts ipxe` built one there, else /usr/lib/ipxe (server/boot/ipxe-dir.ts). */
+  ipxeDir: string | null;
   artifactsDir: string | null;
   templatesDir: string | null;
   buildArtifacts: boolean;
@@ -87,7 +88,7 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 'tftp', flag: 'tftp', kind: 'bool', help: 'serve TFTP (--no-tftp to turn off)' },
   { key: 'tftpListen', flag: 'tftp-listen', kind: 'string', help: 'TFTP [ADDRESS]:PORT (default :69, on the --dhcp-interface addresses and loopback; 0.0.0.0 = every interface)' },
   { key: 'tftpMaxTransfers', flag: 'tftp-max-transfers', kind: 'int', help: 'concurrent TFTP transfers (default 256); past it a request goes unanswered and its client retries' },
-  { key: 'ipxeDir', flag: 'ipxe-dir', kind: 'string', help: 'directory of iPXE binaries (default /usr/lib/ipxe)' },
+  { key: 'ipxeDir', flag: 'ipxe-dir', kind: 'string', help: 'directory of iPXE binaries (default: ARTIFACTS_DIR/ipxe when `ironboot artifacts ipxe` built one, else /usr/lib/ipxe)' },
   { key: 'artifactsDir', flag: 'artifacts-dir', kind: 'string', help: 'kernel + initramfs directory (default DATA_DIR/artifacts)' },
   { key: 'templatesDir', flag: 'templates-dir', kind: 'string', help: 'iPXE templates (default: the shipped templates/ipxe)' },
   { key: 'buildArtifacts', flag: 'build-artifacts', kind: 'bool', help: 'build the kernel + initramfs at start when missing (default on)' },
@@ -226,7 +227,7 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     tftp: bool('tftp', true),
     tftpListen: parseHostPort('tftp-listen', str('tftpListen', ':69')!, 69),
     tftpMaxTransfers: int('tftpMaxTransfers', 256),
-    ipxeDir: str('ipxeDir', '/usr/lib/ipxe')!,
+    ipxeDir: (() => { const d = str('ipxeDir', null); return d ? resolve(d) : null; })(),
     artifactsDir: str('artifactsDir', null),
     templatesDir: str('templatesDir', null),
     buildArtifacts: bool('buildArtifacts', true),

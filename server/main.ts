@@ -13,9 +13,9 @@ import { Checkpointer } from './store/checkpointer.ts';
 import { Store } from './store/index.ts';
 import { WorkflowService } from './workflows/service.ts';
 import { loadAdminToken } from './http/auth.ts';
-import { buildApp, plainHttpHandler, type AppDeps } from './http/app.ts';
+import { buildApp, plainHttpHandler, PLAIN_HTTP_PATHS, IPXE_HTTPS_PLAIN_PATHS, type AppDeps } from './http/app.ts';
 import { createMetricsRegistry } from './metrics.ts';
-import { httpExtras, startNetworkServices, prepareArtifacts, agentUrlFor } from './services.ts';
+import { httpExtras, startNetworkServices, prepareArtifacts, agentUrlFor, selectIpxe } from './services.ts';
 import { ConfigError } from './config.ts';
 import { PowerService } from './power/service.ts';
 import { powerRoutes } from './http/routes/api/power.ts';
@@ -40,7 +40,8 @@ export interface Daemon {
   close(): Promise<void>;
 }
 
-export async function startDaemon(config: ServeConfig, log: Logger): Promise<Daemon> {
+export async function startDaemon(givenConfig: ServeConfig, log: Logger): Promise<Daemon> {
+  let config = givenConfig;
   const dirWarning = ensurePrivateDataDir(config.dataDir);
   if (dirWarning) log.warn({ dataDir: config.dataDir }, dirWarning);
   const store = Store.open(config.dataDir);
@@ -73,8 +74,10 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
     closers.push(() => power.stop());
 
     const artifactsDir = config.artifactsDir ?? join(config.dataDir, 'artifacts');
+    const ipxe = selectIpxe(config, artifactsDir, log);
+    config = { ...config, ipxeDir: ipxe.dir };
     const deps: AppDeps = {
-      store, workflows, log, registry, adminToken: token.token, artifactsDir, ipxeDir: config.ipxeDir, version: VERSION,
+      store, workflows, log, registry, adminToken: token.token, artifactsDir, ipxeDir: ipxe.dir, version: VERSION,
       agentEventLimits: { maxEvents: config.agentMaxEvents, maxBytes: config.agentMaxEventBytes }, sseMaxClients: config.sseMaxClients,
     };
     let httpsPort = config.httpsListen.port;
@@ -108,7 +111,8 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
       httpsAddress = bound(app.server, { host: httpsHosts[0], port: config.httpsListen.port });
       httpsPort = httpsAddress.port;
       closers.push(await listenAlsoOn(app.server, httpsHosts.slice(1), httpsAddress.port));
-      const plain = http.createServer(plainHttpHandler(app, (req) => agentUrl!(`http://${req.headers.host ?? httpHosts[0]}`)));
+      // with the verifying iPXE, boot scripts, kernel and initramfs go over HTTPS only; plain HTTP keeps the iPXE binaries
+      const plain = http.createServer(plainHttpHandler(app, (req) => agentUrl!(`http://${req.headers.host ?? httpHosts[0]}`), ipxe.https ? IPXE_HTTPS_PLAIN_PATHS : PLAIN_HTTP_PATHS));
       await new Promise<void>((resolve, reject) => {
         plain.once('error', reject);
         plain.listen(config.httpListen.port, httpHosts[0], () => { plain.off('error', reject); resolve(); });
@@ -127,10 +131,12 @@ export async function startDaemon(config: ServeConfig, log: Logger): Promise<Dae
       http: httpShown[0], httpAlso: httpShown.slice(1),
       ...(httpsAddress ? { https: shown(httpsHosts, httpsAddress.port)[0], httpsAlso: shown(httpsHosts, httpsAddress.port).slice(1), tlsCa: config.tls!.ca } : {}),
       dataDir: config.dataDir, version: VERSION, bootScriptAuth: config.bootScriptAuth,
-    }, httpsAddress ? 'ironboot serving HTTP (iPXE: boot scripts, kernel, initramfs) and HTTPS (agent, API, images)' : 'ironboot serving HTTP');
+    }, httpsAddress ? (ipxe.https ? 'ironboot serving HTTP (iPXE binaries) and HTTPS (iPXE: boot scripts, kernel, initramfs; agent, API, images)'
+      : 'ironboot serving HTTP (iPXE: boot scripts, kernel, initramfs) and HTTPS (agent, API, images)') : 'ironboot serving HTTP');
+    // iPXE's boot script base on the HTTPS side: --public-https-url, else the public URL's (or the interface's) host on the HTTPS port
 
     const net = await startNetworkServices({
-      store, log, registry, config, httpPort: httpAddress.port, artifactsDir, templates: extras.templates, workflows, agentUrl, provisioning,
+      store, log, registry, config, httpPort: httpAddress.port, artifactsDir, templates: extras.templates, workflows, agentUrl, provisioning, ipxeHttpsPort: ipxe.https ? httpsPort : null,
     });
     closers.push(() => net.close());
     const artifacts = prepareArtifacts(config, artifactsDir, log);

@@ -11,6 +11,9 @@ import type { Store } from './store/index.ts';
 import type { AppDeps, AppPlugin, ImageFiles } from './http/app.ts';
 import { startDhcpService } from './dhcp/index.ts';
 import { startDhcpThread } from './dhcp/thread.ts';
+import { agentUrlFor, httpUrlFor, ipxeHttpsUrlFor } from './public-urls.ts';
+
+export { agentUrlFor, httpUrlFor, ipxeHttpsUrlFor };
 import { startTftpService, type TftpVirtualFiles } from './tftp/index.ts';
 import { createImageService, type ImageService } from './images/index.ts';
 import { createBootDiskService, type BootDiskService } from './images/bootable.ts';
@@ -25,6 +28,7 @@ import metadataRoutes from './http/routes/metadata.ts';
 import { buildArtifacts, formatReport, CA_STAMP } from '../init/build/index.ts';
 import { createHash } from 'node:crypto';
 import { resolveListen } from './listen.ts';
+import { chooseIpxeDir, readIpxeManifest, ipxeTlsProblems, DEBIAN_IPXE_DIR, type IpxeManifest } from './boot/ipxe-dir.ts';
 
 export interface HttpExtras {
   plugins: AppPlugin[];
@@ -38,20 +42,6 @@ export interface HttpExtras {
 /** Who may receive a provisioning script: ironboot's own leases when its DHCP hands out addresses, else --boot-script-auth. */
 export function bootScriptPolicy(config: ServeConfig): BootScriptPolicy {
   return { mode: config.bootScriptAuth, dhcpLeases: config.dhcp && config.dhcpInterfaces.length > 0 && config.dhcpMode !== 'proxy' };
-}
-
-/**
- * ironboot.server= for the agent when HTTPS is on: --public-https-url, else the script's host on the HTTPS port
- * (`httpsPort()` is read per script: the port is known once HTTPS listens).
- */
-export function agentUrlFor(config: ServeConfig, httpsPort: () => number): ((scriptBase: string) => string) | null {
-  if (!config.tls) return null;
-  if (config.publicHttpsUrl) { const u = config.publicHttpsUrl; return () => u; }
-  return (base) => {
-    let host = config.httpListen.host;
-    try { host = new URL(base).hostname; } catch { /* a Host header that is no host: the listen address */ }
-    return `https://${host}:${httpsPort()}`;
-  };
 }
 
 export function httpExtras(deps: { store: Store; log: Logger; registry: Registry; config: ServeConfig; agentUrl?: ((scriptBase: string) => string) | null }): HttpExtras {
@@ -89,16 +79,44 @@ export function tftpBootScripts(serveBootScript: BootScriptServer, publicUrlFor:
 
 interface Closable { close(): Promise<void> }
 
+/**
+ * The iPXE binaries to serve (server/boot/ipxe-dir.ts) and whether iPXE goes to the HTTPS side: a built iPXE
+ * (ironboot-ipxe.json says HTTPS) and --tls-cert. Problems iPXE would have with the certificate are logged as errors
+ * at start; iPXE is not silently sent back to plain HTTP (the operator asked for a verified boot).
+ */
+export function selectIpxe(config: ServeConfig, artifactsDir: string, log: Logger): { dir: string; https: boolean; manifest: IpxeManifest | null } {
+  let chosen = chooseIpxeDir(config.ipxeDir, artifactsDir);
+  let read = readIpxeManifest(chosen.dir);
+  if (read.problem) {
+    log.warn({ ipxeDir: chosen.dir }, `iPXE build unusable: ${read.problem}${config.ipxeDir ? '' : `; serving ${DEBIAN_IPXE_DIR} instead (run ironboot artifacts ipxe --trust CA.pem again)`}`);
+    if (!config.ipxeDir) { chosen = { dir: DEBIAN_IPXE_DIR, why: 'the built iPXE is unusable' }; read = readIpxeManifest(chosen.dir); }
+  }
+  const m = read.manifest;
+  const https = !!(m?.https && config.tls);
+  if (m?.https && !config.tls) log.warn({ ipxeDir: chosen.dir }, 'the iPXE binaries have HTTPS, but the daemon has no --tls-cert/--tls-key: iPXE fetches over plain HTTP');
+  if (https) {
+    let pem = '';
+    try { pem = readFileSync(config.tls!.cert, 'utf8'); } catch { /* reported when HTTPS starts */ }
+    for (const problem of pem ? ipxeTlsProblems(m!, chosen.dir, pem) : []) log.error({ ipxeDir: chosen.dir, tlsCert: config.tls!.cert }, `iPXE will not boot: ${problem}`);
+  }
+  log.info({ ipxeDir: chosen.dir, why: chosen.why, https, ...(m ? { source: m.source.version, trust: m.trust.map((t) => t.subject) } : {}) },
+    https ? 'iPXE: HTTPS with the built-in CA (boot scripts, kernel, initramfs over HTTPS)' : 'iPXE: plain HTTP');
+  return { dir: chosen.dir, https, manifest: m };
+}
+
 /** http://ADDRESS:PORT for a local address (IPv6 in brackets). */
-export const httpUrlFor = (address: string, port: number): string => `http://${address.includes(':') ? `[${address}]` : address}:${port}`;
 
 export async function startNetworkServices(deps: {
   store: Store; log: Logger; registry: Registry; config: ServeConfig; httpPort: number; artifactsDir: string; templates: BootTemplates;
   workflows: WorkflowService; agentUrl?: ((scriptBase: string) => string) | null;
   /** Addresses of the --dhcp-interface interfaces (the default listen addresses, with loopback). */
   provisioning?: string[];
+  /** The served iPXE has HTTPS and the CA: the HTTPS base URL for an interface address (selectIpxe). */
+  /** The HTTPS port, when ironboot's own iPXE fetches over HTTPS (then DHCP and TFTP hand out https script URLs). */
+  ipxeHttpsPort?: number | null;
 }): Promise<Closable> {
   const { config, log } = deps;
+  const ipxeHttps = deps.ipxeHttpsPort != null ? ipxeHttpsUrlFor(config, deps.httpPort, deps.ipxeHttpsPort) : null;
   const started: Closable[] = [];
   const close = async () => { for (const c of started.reverse()) await c.close(); };
   try {
@@ -107,8 +125,8 @@ export async function startNetworkServices(deps: {
     } else if (config.dhcp) {
       // on a thread of its own (IRONBOOT_DHCP_THREAD=0: on the main thread), so nothing else delays a reply
       started.push(process.env.IRONBOOT_DHCP_THREAD === '0'
-        ? await startDhcpService({ store: deps.store, log, registry: deps.registry, config, httpPort: deps.httpPort })
-        : await startDhcpThread({ log, registry: deps.registry, config, httpPort: deps.httpPort }));
+        ? await startDhcpService({ store: deps.store, log, registry: deps.registry, config, httpPort: deps.httpPort, ipxeHttpsUrlFor: ipxeHttps })
+        : await startDhcpThread({ log, registry: deps.registry, config, httpPort: deps.httpPort, ipxeHttpsPort: deps.ipxeHttpsPort ?? null }));
     }
     if (config.tftp) {
       try {
@@ -117,7 +135,7 @@ export async function startNetworkServices(deps: {
           log, registry: deps.registry, config, artifactsDir: deps.artifactsDir, hosts,
           virtualFiles: tftpBootScripts(createBootScriptServer({
             store: deps.store, workflows: deps.workflows, log: log.child({ svc: 'tftp-boot' }), templates: deps.templates, policy: bootScriptPolicy(config),
-          }), (local) => config.publicUrl ?? httpUrlFor(local, deps.httpPort), deps.agentUrl),
+          }), (local) => ipxeHttps?.(local) ?? config.publicUrl ?? httpUrlFor(local, deps.httpPort), deps.agentUrl),
         });
         started.push(tftp);
         log.info({ tftp: tftp.addresses().map((a) => `${a.address.includes(':') ? `[${a.address}]` : a.address}:${a.port}`) }, 'ironboot serving TFTP');

@@ -20,7 +20,7 @@ export interface BootScriptPolicy {
 export interface BootScriptRequest {
   mac: string;
   sourceIp: string;
-  via: 'http' | 'tftp';
+  via: 'http' | 'https' | 'tftp';
   userAgent?: string | null;
   /** Where the script points iPXE (kernel, initramfs) and the agent (ironboot.server=). */
   urls: Pick<BootScriptOptions, 'publicUrl' | 'agentUrl'>;

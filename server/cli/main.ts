@@ -26,6 +26,7 @@ usage: ironboot COMMAND [ARGS]
   images                 container disks (build, list, show, rm)
   workflows              assign a container disk to a machine (create, list, show, cancel, retry, watch)
   artifacts build        build the kernel + initramfs machines boot
+  artifacts ipxe         build iPXE with HTTPS that trusts your CA (--trust CA.pem)
   lab                    a private QEMU provisioning lab (up, vm, console, status, stop, exec, down)
   version
 

@@ -9,8 +9,9 @@ import { prefixToMask, intToIp, sameSubnet } from '../ipv4.ts';
 import { decodeRelayAgentInfo } from './relay-agent.ts';
 import {
   type DhcpPacket, MessageType, Opt, IpxeOpt, PxeOpt, FLAG_BROADCAST, clientArches, userClasses, optIp, optString,
-  encodeSubOptions, ipBytes, ipListBytes, u32Bytes, replySkeleton, messageTypeName,
+  encodeSubOptions, decodeSubOptions, ipBytes, ipListBytes, u32Bytes, replySkeleton, messageTypeName,
 } from './packet.ts';
+import { IRONBOOT_IPXE_USER_CLASS } from '../boot/ipxe-dir.ts';
 
 // ---------------------------------------------------------------------------------------------------------
 // Client classification
@@ -24,6 +25,13 @@ export interface ClientKind {
   httpBoot: boolean;
   /** iPXE: option 77 "iPXE" (raw or RFC 3004) or option 175 present. */
   ipxe: boolean;
+  /** iPXE that announces the HTTPS feature (option 175 sub-option 0x14, DHCP_EB_FEATURE_HTTPS). */
+  ipxeHttps: boolean;
+  /**
+   * ironboot's own iPXE build (ironboot artifacts ipxe): its embedded script sets option 77 to "ironboot". Only this
+   * one trusts the operator's CA; a NIC's iPXE ROM may have HTTPS too, but trusts other roots.
+   */
+  ironbootIpxe: boolean;
   /** Option 93 first value, null when absent. */
   archCode: number | null;
   vendorClass: string | null;
@@ -35,7 +43,9 @@ export function classifyClient(p: DhcpPacket): ClientKind {
   return {
     pxe: vendorClass?.startsWith('PXEClient') ?? false,
     httpBoot: vendorClass?.startsWith('HTTPClient') ?? false,
-    ipxe: userClasses(p).includes('iPXE') || p.options.has(Opt.IPXE_ENCAP),
+    ipxe: userClasses(p).includes('iPXE') || userClasses(p).includes(IRONBOOT_IPXE_USER_CLASS) || p.options.has(Opt.IPXE_ENCAP),
+    ironbootIpxe: userClasses(p).includes(IRONBOOT_IPXE_USER_CLASS),
+    ipxeHttps: p.options.has(Opt.IPXE_ENCAP) && decodeSubOptions(p.options.get(Opt.IPXE_ENCAP)!).has(IpxeOpt.FEATURE_HTTPS),
     archCode: arches.length ? arches[0] : null,
     vendorClass,
   };
@@ -70,6 +80,11 @@ export interface BootContext {
   publicUrl: string;
   /** TFTP next-server (siaddr): the serving interface's address. */
   tftpServer: string;
+  /**
+   * The served iPXE binaries fetch over HTTPS and trust the daemon's CA (ironboot artifacts ipxe): ironboot's iPXE gets
+   * this HTTPS base for its boot script; any other iPXE (a NIC's own ROM) gets the TFTP binary to chain into instead.
+   */
+  ipxeHttpsUrl?: string | null;
 }
 
 export interface BootAnswer {
@@ -91,7 +106,16 @@ export type BootResult = { boot: BootAnswer } | { boot: null; why: string };
 export function chooseBoot(client: ClientKind, machine: Machine | null, ctx: BootContext): BootResult {
   if (!machine) return { boot: null, why: 'unknown MAC: no boot file' };
   if (!machine.allowPxe) return { boot: null, why: 'allow_pxe is off: address only, no boot file' };
-  if (client.ipxe) {
+  if (client.ironbootIpxe && ctx.ipxeHttpsUrl) {
+    return {
+      boot: {
+        file: `${ctx.ipxeHttpsUrl}/boot/${machine.mac}.ipxe`, siaddr: ctx.tftpServer, vendorClass: null,
+        pxeVendorOptions: false, ipxeNoProxyDhcp: true, why: `ironboot's iPXE (HTTPS, the operator's CA): boot script over HTTPS${client.ipxeHttps ? '' : ' (it did not announce HTTPS)'}`,
+      },
+    };
+  }
+  const chainToHttpsIpxe = client.ipxe && !!ctx.ipxeHttpsUrl && client.pxe;
+  if (client.ipxe && !chainToHttpsIpxe) {
     return {
       boot: {
         file: `${ctx.publicUrl}/boot/${machine.mac}.ipxe`, siaddr: ctx.tftpServer, vendorClass: null,
@@ -117,7 +141,7 @@ export function chooseBoot(client: ClientKind, machine: Machine | null, ctx: Boo
   return {
     boot: {
       file, siaddr: ctx.tftpServer, vendorClass: 'PXEClient', pxeVendorOptions: true, ipxeNoProxyDhcp: false,
-      why: `PXE ${firmware} (${archWhy}): ${file} over TFTP`,
+      why: chainToHttpsIpxe ? `iPXE that is not ironboot's (${client.ipxeHttps ? 'it has HTTPS, but not the operator\'s CA' : 'no HTTPS'}; ${archWhy}): ${file} over TFTP, ironboot's iPXE with HTTPS and the CA` : `PXE ${firmware} (${archWhy}): ${file} over TFTP`,
     },
   };
 }

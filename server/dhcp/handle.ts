@@ -41,6 +41,8 @@ export interface HandlerDeps {
   serverPort: number;
   /** Base URL of the HTTP side for an interface address (publicUrl, or http://ADDRESS:httpPort). */
   publicUrlFor: (interfaceAddress: string) => string;
+  /** With a served iPXE that has HTTPS and the CA: base URL of the HTTPS side for an interface address. */
+  ipxeHttpsUrlFor?: ((interfaceAddress: string) => string) | null;
   /** Relays whose requests are served (--dhcp-relay); null or empty: any. */
   allowedRelays?: { address: string; prefix: number }[] | null;
 }
@@ -117,7 +119,7 @@ export function createRequestHandler(deps: HandlerDeps): RequestHandler {
     try {
       decision = decide({
         mode: deps.mode, port: meta.port, request: req, mac, machine, binding: resolution.binding, bindingWhy: resolution.why,
-        serverId, boot: { publicUrl: deps.publicUrlFor(serverId), tftpServer: serverId },
+        serverId, boot: { publicUrl: deps.publicUrlFor(serverId), tftpServer: serverId, ipxeHttpsUrl: deps.ipxeHttpsUrlFor?.(serverId) ?? null },
         allowedRelays: deps.allowedRelays?.length ? deps.allowedRelays : null,
       });
       deps.leases.apply(mac, decision.lease, machine?.hostname ?? null);

@@ -21,7 +21,11 @@ export {
 export { decide, chooseBoot, classifyClient } from './decide.ts';
 export { DhcpLeases } from './leases.ts';
 
-export async function startDhcpService(deps: { store: Store; log: Logger; registry: Registry; config: ServeConfig; httpPort: number }): Promise<{ close(): Promise<void> }> {
+export async function startDhcpService(deps: {
+  store: Store; log: Logger; registry: Registry; config: ServeConfig; httpPort: number;
+  /** The served iPXE has HTTPS and the CA: the HTTPS base URL for its boot script (server/boot/ipxe-dir.ts). */
+  ipxeHttpsUrlFor?: ((interfaceAddress: string) => string) | null;
+}): Promise<{ close(): Promise<void> }> {
   const { config, store, registry, httpPort } = deps;
   const log = deps.log.child({ svc: 'dhcp' });
   if (!config.dhcpInterfaces.length) {
@@ -43,6 +47,7 @@ export async function startDhcpService(deps: { store: Store; log: Logger; regist
   const handler = createRequestHandler({
     store, leases, log, registry, mode: config.dhcpMode, serverPort: config.dhcpPort,
     publicUrlFor: (address) => config.publicUrl ?? `http://${address}:${httpPort}`,
+    ipxeHttpsUrlFor: deps.ipxeHttpsUrlFor ?? null,
     allowedRelays: config.dhcpRelays,
   });
   const specs: SocketSpec[] = ifaces.map((iface) => ({ iface, port: config.dhcpPort, kind: 'dhcp' as const }));

@@ -35,7 +35,7 @@ export const Opt = {
 } as const;
 
 /** Sub-options of the iPXE encapsulated option 175. */
-export const IpxeOpt = { BUS_ID: 177, NO_PXEDHCP: 176 } as const;
+export const IpxeOpt = { BUS_ID: 177, NO_PXEDHCP: 176, FEATURE_HTTPS: 0x14 } as const;
 /** Sub-options of the PXE vendor option 43. */
 export const PxeOpt = { DISCOVERY_CONTROL: 6, BOOT_SERVERS: 8, BOOT_MENU: 9, MENU_PROMPT: 10, BOOT_ITEM: 71 } as const;
 

@@ -10,9 +10,10 @@ import { Registry } from 'prom-client';
 import { Store } from '../store/index.ts';
 import type { ServeConfig } from '../config.ts';
 import { startDhcpService } from './index.ts';
+import { ipxeHttpsUrlFor } from '../public-urls.ts';
 import type { ToDhcpThread, FromDhcpThread } from './thread.ts';
 
-const { config, httpPort, logLevel, bindings } = workerData as { config: ServeConfig; httpPort: number; logLevel: string; bindings: Record<string, unknown> };
+const { config, httpPort, ipxeHttpsPort, logLevel, bindings } = workerData as { config: ServeConfig; httpPort: number; ipxeHttpsPort: number | null; logLevel: string; bindings: Record<string, unknown> };
 const post = (m: FromDhcpThread) => parentPort!.postMessage(m);
 const log = pino({ level: logLevel, name: 'ironboot' }, { write: (line: string) => post({ type: 'log', line }) }).child(bindings);
 const registry = new Registry();
@@ -33,7 +34,7 @@ parentPort!.on('message', (m: ToDhcpThread) => {
 
 try {
   store = Store.open(config.dataDir);
-  service = await startDhcpService({ store, log, registry, config, httpPort });
+  service = await startDhcpService({ store, log, registry, config, httpPort, ipxeHttpsUrlFor: ipxeHttpsPort != null ? ipxeHttpsUrlFor(config, httpPort, ipxeHttpsPort) : null });
   post({ type: 'ready' });
 } catch (err) {
   store?.close();

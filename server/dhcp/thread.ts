@@ -21,7 +21,7 @@ export type FromDhcpThread =
 
 const ENTRY = new URL('./thread-entry.mjs', import.meta.url);
 
-export async function startDhcpThread(deps: { config: ServeConfig; httpPort: number; log: Logger; registry: Registry }): Promise<{ close(): Promise<void> }> {
+export async function startDhcpThread(deps: { config: ServeConfig; httpPort: number; ipxeHttpsPort?: number | null; log: Logger; registry: Registry }): Promise<{ close(): Promise<void> }> {
   const { config, httpPort, log } = deps;
   // the daemon's own stream: the thread's lines join it whole, one write each
   const stream = (log as unknown as Record<symbol, { write(s: string): void }>)[pino.symbols.streamSym];
@@ -33,7 +33,7 @@ export async function startDhcpThread(deps: { config: ServeConfig; httpPort: num
 
   const spawn = (): Promise<void> => new Promise((resolve, reject) => {
     let started = false;
-    worker = new Worker(ENTRY, { workerData: { config, httpPort, logLevel: log.level, bindings: log.bindings() } });
+    worker = new Worker(ENTRY, { workerData: { config, httpPort, ipxeHttpsPort: deps.ipxeHttpsPort ?? null, logLevel: log.level, bindings: log.bindings() } });
     worker.on('message', (m: FromDhcpThread) => {
       if (m.type === 'log') stream.write(m.line);
       else if (m.type === 'ready') { started = true; resolve(); }

@@ -67,9 +67,15 @@ export interface AppDeps {
  */
 export const PLAIN_HTTP_PATHS = /^\/(boot|artifacts|ipxe|2009-04-04|latest)\/|^\/healthz(\?|$)/;
 
-export function plainHttpHandler(app: FastifyInstance, httpsUrl: (req: import('node:http').IncomingMessage) => string) {
+/**
+ * Plain HTTP when the served iPXE fetches over HTTPS and trusts the daemon's CA (ironboot artifacts ipxe): only the
+ * iPXE binaries (UEFI HTTP boot loads them before any TLS) and health; boot scripts, kernel and initramfs go over HTTPS.
+ */
+export const IPXE_HTTPS_PLAIN_PATHS = /^\/ipxe\/|^\/healthz(\?|$)/;
+
+export function plainHttpHandler(app: FastifyInstance, httpsUrl: (req: import('node:http').IncomingMessage) => string, paths: RegExp = PLAIN_HTTP_PATHS) {
   return (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): void => {
-    if (PLAIN_HTTP_PATHS.test(req.url ?? '/')) { app.routing(req, res); return; }
+    if (paths.test(req.url ?? '/')) { app.routing(req, res); return; }
     const body = JSON.stringify({ error: 'Forbidden', field: 'url', message: `this daemon serves ${(req.url ?? '/').split('?')[0]} over HTTPS only: ${httpsUrl(req)}` });
     res.writeHead(403, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) }).end(body);
   };

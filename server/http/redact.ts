@@ -19,11 +19,13 @@ export function redactUrl(url: string): string {
   return `${url.slice(0, q)}?${parts.join('&')}`;
 }
 
-/** fastify's request serializer with the URL redacted. */
+/** fastify's request serializer with the URL redacted; protocol and localPort say which listener took it (HTTP or HTTPS). */
 export function redactedRequest(req: FastifyRequest) {
   return {
     method: req.method,
     url: redactUrl(req.url),
+    protocol: req.protocol,
+    localPort: req.socket?.localPort,
     host: req.host,
     remoteAddress: req.ip,
     remotePort: req.socket?.remotePort,

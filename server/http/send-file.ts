@@ -83,6 +83,7 @@ export function sendFile(req: FastifyRequest, reply: FastifyReply, path: string,
       return reply;
     }
     owned = false;
+    // never on TLS (socketFd is null there): sendfile(2) would write the file's plain bytes under the TLS layer
     if (length >= SENDFILE_MIN && sendfileAvailable() && reply.raw.socket && socketFd(reply.raw.socket) !== null) return zeroCopy(reply, fd, start, length);
     return pump(reply, fd, start, length);
   } finally {

@@ -7,6 +7,7 @@ import type { Registry } from 'prom-client';
 import type { ServeConfig } from '../config.ts';
 import { ipxeRoot, type TftpVirtualFiles } from './files.ts';
 import { createTftpServer } from './server.ts';
+import { DEBIAN_IPXE_DIR } from '../boot/ipxe-dir.ts';
 
 export type { TftpVirtualFile, TftpVirtualFiles, TftpFileRequest } from './files.ts';
 
@@ -26,7 +27,7 @@ export async function startTftpService(deps: {
     host: config.tftpListen.host ?? '0.0.0.0',
     hosts: deps.hosts,
     port: config.tftpListen.port,
-    roots: [await ipxeRoot(config.ipxeDir), { dir: deps.artifactsDir }],
+    roots: [await ipxeRoot(config.ipxeDir ?? DEBIAN_IPXE_DIR), { dir: deps.artifactsDir }],
     virtualFiles: deps.virtualFiles,
     maxTransfers: config.tftpMaxTransfers,
   });

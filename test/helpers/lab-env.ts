@@ -164,22 +164,29 @@ export class LabEnv {
   readonly url: string;
   readonly dataDir: string;
 
+  /** With --tls-cert: the CA the API is verified against (the API is then on the HTTPS side, :8443). */
+  apiCa: string | null = null;
+
   private constructor(readonly ns: string, readonly address: string, readonly prefix: number, readonly dir: string, readonly artifactsDir: string) {
     this.socket = join(dir, 'fwd.sock');
     this.url = `http://${address}:8080`;
     this.dataDir = join(dir, 'data');
   }
 
-  /** Namespace + bridge + RA sender + forwarder + `ironboot serve`. `octet` picks 10.77.<octet>.0/24. */
-  static async start(opts: { octet: number; serveArgs?: string[]; nsPrefix?: string; net16?: string }): Promise<LabEnv> {
+  /**
+   * Namespace + bridge + RA sender + forwarder + `ironboot serve`. `octet` picks 10.77.<octet>.0/24 (`net`, or its
+   * alias `net16`: another /16 than 10.77; `nsPrefix` another namespace prefix than "ibl"); `apiCa`: the daemon runs
+   * with --tls-cert and the API is reached over HTTPS (:8443), verified against this CA.
+   */
+  static async start(opts: { octet: number; serveArgs?: string[]; net?: string; net16?: string; nsPrefix?: string; apiCa?: string }): Promise<LabEnv> {
     const artifactsDir = await ensureArtifacts();
     // one QEMU test at a time across the run's test files (test/helpers/qemu-lock.ts): held until destroy()
     const releaseQemu = await qemuLock();
-    // nsPrefix / net16: a helper's own namespace names and /16 (default ibl…, 10.77.<octet>.0/24)
     const ns = `${opts.nsPrefix ?? 'ibl'}${process.pid % 100000}${(labCounter++).toString(36)}`;
-    const address = `${opts.net16 ?? '10.77'}.${opts.octet}.1`;
+    const address = `${opts.net ?? opts.net16 ?? '10.77'}.${opts.octet}.1`;
     const dir = mkdtempSync(join(tmpdir(), `${ns}-`));
     const env = new LabEnv(ns, address, 24, dir, artifactsDir);
+    env.apiCa = opts.apiCa ?? null;
     env.releaseQemu = releaseQemu;
     try {
       createLabNetwork({ ns, bridge: 'br0', address, prefix: 24, taps: ['tap0', 'tap1', 'tap2'] });
@@ -246,7 +253,9 @@ export class LabEnv {
 
   /** The daemon's REST API (admin token). Throws with the reply on an unexpected status. */
   async api<T = any>(method: string, path: string, body?: unknown, expect: number[] = [200, 201]): Promise<T> {
-    const r = await this.request(`${this.address}:8080`, method, `/api/v1${path}`, body, { authorization: `Bearer ${this.token}` });
+    const r = this.apiCa
+      ? await this.request(`${this.address}:8443`, method, `/api/v1${path}`, body, { authorization: `Bearer ${this.token}`, 'x-forward-ca': this.apiCa })
+      : await this.request(`${this.address}:8080`, method, `/api/v1${path}`, body, { authorization: `Bearer ${this.token}` });
     if (!expect.includes(r.status)) throw new Error(`${method} /api/v1${path} → ${r.status}: ${r.text}`);
     return r.body as T;
   }

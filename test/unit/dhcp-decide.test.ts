@@ -203,3 +203,31 @@ test('relay allowlist: relays inside it are served, others ignored; direct clien
   assert.equal(decide(input({ type: T.DISCOVER }, { allowedRelays: allowed })).action, 'reply');
   assert.equal(decide(input({ type: T.DISCOVER, giaddr: '10.99.0.8' }, { allowedRelays: null })).action, 'reply');
 });
+
+// ---- ironboot's iPXE with HTTPS and the operator's CA (ironboot artifacts ipxe) --------------------------------
+const httpsBoot = { ...boot, ipxeHttpsUrl: 'https://10.81.0.1:8443' };
+
+test('boot, verifying iPXE served: ironboot\'s iPXE (option 77 "ironboot") gets the HTTPS script URL', () => {
+  const d = decide(input({ type: T.DISCOVER, vendorClass: 'PXEClient:Arch:00000:UNDI:002001', arch: 0, userClass: 'ironboot', ipxeEncap: true }, { boot: httpsBoot }));
+  assert.equal(d.action, 'reply');
+  if (d.action !== 'reply') return;
+  assert.equal(d.reply.file, `https://10.81.0.1:8443/boot/${MAC}.ipxe`);
+  assert.deepEqual([...decodeSubOptions(d.reply.options.get(Opt.IPXE_ENCAP)!).get(176)!], [1]);
+  assert.match(d.why, /ironboot's iPXE/);
+});
+
+test('boot, verifying iPXE served: a NIC\'s iPXE ROM (with HTTPS, but not ironboot\'s) chains undionly.kpxe / ipxe.efi over TFTP', () => {
+  // an iPXE that announces HTTPS (175 sub-option 0x14, as this captured DISCOVER does) but is not ironboot's: other roots
+  const rom = parseDhcpPacket(qemuBiosIpxeDiscover('525400811011'));
+  const c = classifyClient(rom);
+  assert.deepEqual({ ipxe: c.ipxe, ipxeHttps: c.ipxeHttps, ironbootIpxe: c.ironbootIpxe }, { ipxe: true, ipxeHttps: true, ironbootIpxe: false });
+  const r = chooseBoot(c, machine({ mac: '52:54:00:81:10:11' }), httpsBoot);
+  assert.equal(r.boot?.file, 'undionly.kpxe');
+  assert.equal(r.boot?.vendorClass, 'PXEClient');
+  assert.match(r.boot?.why ?? '', /not ironboot's \(it has HTTPS, but not the operator's CA/);
+  const uefi = chooseBoot(classifyClient(parseDhcpPacket(buildRequest({ mac: MAC, type: T.DISCOVER, vendorClass: 'PXEClient:Arch:00007:UNDI:003010', arch: 7, userClass: 'iPXE' }))), machine(), httpsBoot);
+  assert.equal(uefi.boot?.file, 'ipxe.efi');
+  // without a verifying iPXE, every iPXE keeps the plain-HTTP script as before
+  assert.equal(chooseBoot(c, machine({ mac: '52:54:00:81:10:11' }), boot).boot?.file, 'http://10.81.0.1:8080/boot/52:54:00:81:10:11.ipxe');
+  assert.equal(classifyClient(parseDhcpPacket(buildRequest({ mac: MAC, type: T.DISCOVER, userClass: 'iPXE' }))).ipxeHttps, false, 'no option 175: no HTTPS feature');
+});

@@ -34,9 +34,14 @@ function scriptsCounter(registry: Registry): Counter<'kind'> {
   });
 }
 
-function baseUrl(req: FastifyRequest, publicUrl: string | null | undefined): string {
-  if (publicUrl) return publicUrl.replace(/\/+$/, '');
-  return `${req.protocol}://${req.headers.host ?? req.hostname}`;
+/**
+ * The base of the script's URLs: the public URL, else the request's own. A script fetched over HTTPS (iPXE built with
+ * HTTPS and the CA) keeps iPXE on HTTPS: an http public URL is then mapped to the HTTPS side (agentUrl).
+ */
+function baseUrl(req: FastifyRequest, publicUrl: string | null | undefined, httpsSide?: ((base: string) => string) | null): string {
+  const base = publicUrl ? publicUrl.replace(/\/+$/, '') : `${req.protocol}://${req.headers.host ?? req.hostname}`;
+  if (req.protocol === 'https' && base.startsWith('http:') && httpsSide) return httpsSide(base);
+  return base;
 }
 
 const bootRoutes: FastifyPluginAsync<BootRouteOptions> = async (app, opts) => {
@@ -55,7 +60,7 @@ const bootRoutes: FastifyPluginAsync<BootRouteOptions> = async (app, opts) => {
   }, async (req, reply) => {
     const file = req.params.file;
     if (!file.endsWith('.ipxe')) return reply.code(404).send({ error: 'Not Found', message: `no boot file ${file}; scripts are /boot/<mac>.ipxe` });
-    const server = baseUrl(req, opts.publicUrl);
+    const server = baseUrl(req, opts.publicUrl, opts.agentUrl);
     reply.header('content-type', 'text/plain; charset=utf-8').header('cache-control', 'no-store');
     const stem = file.slice(0, -'.ipxe'.length);
     const mac = parseMac(stem);
@@ -67,7 +72,7 @@ const bootRoutes: FastifyPluginAsync<BootRouteOptions> = async (app, opts) => {
         + `chain --autofree ${server}/boot/\${mac}.ipxe\n`;
     }
     const out = serveBootScript({
-      mac, sourceIp: req.ip, via: 'http', userAgent: req.headers['user-agent'] ?? null,
+      mac, sourceIp: req.ip, via: req.protocol === 'https' ? 'https' : 'http', userAgent: req.headers['user-agent'] ?? null,
       urls: { publicUrl: server, agentUrl: opts.agentUrl?.(server) },
     });
     served.inc({ kind: out.auth && !out.auth.allow ? 'refused' : out.kind });
