@@ -3,8 +3,8 @@ export type PowerAction = 'on' | 'off' | 'cycle' | 'status' | 'pxe';
 export const POWER_ACTIONS: readonly PowerAction[] = ['on', 'off', 'cycle', 'status', 'pxe'];
 
 /**
- * Why an action failed. `auth` and `tls` need the operator (retrying a wrong password only locks accounts on
- * real BMCs); `timeout` and `unreachable` may pass and are retried with backoff; `protocol` and `command` mean the
+ * Why an action failed. `auth` is retried once only (more tries of a wrong password lock accounts on real BMCs),
+ * `tls` needs the operator; `timeout` and `unreachable` may pass and are retried with backoff; `protocol` and `command` mean the
  * BMC answered but refused or said something unusable.
  */
 export type PowerErrorKind = 'auth' | 'tls' | 'timeout' | 'unreachable' | 'protocol' | 'command';

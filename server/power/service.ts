@@ -3,7 +3,9 @@
  * machine event (store/machine-events.ts) and, when it is done for a workflow, also as an info event of that
  * workflow; the machine's power state is kept (power.state, checkedAt, error) and polled in the background.
  * Actions on one machine run one after the other; transient failures (timeout, unreachable) are retried with
- * exponential backoff, wrong credentials and certificates are not (they need the operator). Nothing blocks the
+ * exponential backoff (3 tries); a refused login is retried once after the backoff (a BMC whose session slots are
+ * full, or a password rotated meanwhile, may take it then), never more: repeated bad logins lock accounts on real
+ * BMCs. Certificates are not retried (they need the operator). Nothing blocks the
  * event loop: a dead BMC costs timers.
  *
  *   power.act(mac, 'cycle')                       REST / CLI / web page
@@ -136,7 +138,8 @@ export class PowerService {
         break;
       } catch (err) {
         const pe = err instanceof PowerError ? err : new PowerError('protocol', (err as Error).message);
-        if (pe.retryable && attempt < this.attempts && !this.stopped) {
+        const tries = pe.retryable ? this.attempts : pe.kind === 'auth' ? Math.min(2, this.attempts) : 1;
+        if (attempt < tries && !this.stopped) {
           const wait = this.backoffMs * 2 ** (attempt - 1);
           log.warn({ attempt, retryInMs: wait, reason: pe.message }, 'power action failed; retrying');
           await sleep(wait);

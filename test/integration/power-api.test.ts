@@ -142,14 +142,18 @@ test('machines power through the API and CLI against ipmi_sim; powerCycle workfl
   assert.ok(sim.machinePid() && sim.machinePid() !== firstPid, 'a new QEMU process after the cycle');
   await api('POST', `/workflows/${retried.body.id}/cancel`);
 
-  // wrong password: fails at once (no retry: that would lock accounts), 502 with the reason
+  // wrong password: retried once after the backoff (1 s), never more (more bad logins lock accounts), then 502
+  // with the reason
   const WRONG = '52:54:00:00:11:03';
   assert.equal((await api('POST', '/machines', { mac: WRONG, bmc: { url: `ipmi://127.0.0.1:${port}`, username: 'admin', password: 'wrong' } })).status, 201);
+  const wrongStarted = Date.now();
   const w = await api('POST', `/machines/${WRONG}/power/status`);
   assert.equal(w.status, 502);
   assert.equal(w.body.field, 'bmc');
-  assert.match(w.body.message, /wrong password for user "admin"/);
-  assert.doesNotMatch(w.body.message, /tries/);
+  assert.match(w.body.message, /wrong password for user "admin" \(after 2 tries\)/);
+  assert.ok(Date.now() - wrongStarted >= 1000, 'the second try came after the backoff');
+  const wrongEvents = (await api('GET', `/machines/${WRONG}/power`)).body.events;
+  assert.equal(wrongEvents.at(-1)?.payload?.attempts, 2, JSON.stringify(wrongEvents));
 
   // unreachable BMC: retried with backoff (1 s, 2 s), the daemon answering meanwhile; then 502 with the reason
   const DEAD = '52:54:00:00:11:04';
