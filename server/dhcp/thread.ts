@@ -21,7 +21,7 @@ export type FromDhcpThread =
 
 const ENTRY = new URL('./thread-entry.mjs', import.meta.url);
 
-export async function startDhcpThread(deps: { config: ServeConfig; httpPort: number; ipxeHttpsPort?: number | null; log: Logger; registry: Registry }): Promise<{ close(): Promise<void> }> {
+export async function startDhcpThread(deps: { config: ServeConfig; httpPort: number; ipxeHttpsPort?: number | null; log: Logger; registry: Registry }): Promise<{ close(): Promise<void>; thread(): Worker }> {
   const { config, httpPort, log } = deps;
   // the daemon's own stream: the thread's lines join it whole, one write each
   const stream = (log as unknown as Record<symbol, { write(s: string): void }>)[pino.symbols.streamSym];
@@ -64,6 +64,8 @@ export async function startDhcpThread(deps: { config: ServeConfig; httpPort: num
     worker.postMessage({ type: 'metrics', id } satisfies ToDhcpThread);
   }));
   return {
+    /** The thread serving now (a new one after a restart). */
+    thread: () => worker,
     close: async () => {
       closing = true;
       await new Promise<void>((resolve) => {

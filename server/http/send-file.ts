@@ -1,7 +1,7 @@
 /**
  * Serves one file from disk (container disks, boot artifacts, iPXE binaries): Content-Length, ETag, Last-Modified,
  * If-None-Match, single Range requests with If-Range (RFC 9110), and HEAD. The body: on a plain TCP socket, bodies
- * of 64 KiB and more go through sendfile(2) (sendfile-helper.ts: the native addon's thread) as nginx does; others
+ * of 64 KiB and more go through sendfile(2) (sendfile-helper.ts: the native addon's threads) as nginx does; others
  * (TLS, small, or without the addon) by reads of up to 1 MiB written straight to the socket with backpressure.
  */
 import { closeSync, fstatSync, openSync, read } from 'node:fs';
@@ -91,7 +91,7 @@ export function sendFile(req: FastifyRequest, reply: FastifyReply, path: string,
   }
 }
 
-/** Headers written by hand, the body by sendfile(2) on the addon's thread; the connection closes after the body. */
+/** Headers written by hand, the body by sendfile(2) on one of the addon's threads; the connection closes after the body. */
 function zeroCopy(reply: FastifyReply, fd: number, start: number, length: number): FastifyReply {
   reply.hijack();
   const socket = reply.raw.socket!;

@@ -1,7 +1,7 @@
 /**
  * Zero-copy response bodies: Node has no sendfile(2), so file bodies go through ironboot's native addon
- * (server/http/native/sendfile_loop.cc: one thread, one epoll set, sendfile(2) from the page cache to the socket
- * for every response at once), as nginx sends them — instead of read() + write() through JS buffers, which under
+ * (server/http/native/sendfile_loop.cc: a thread per core, at most 4, each with its own epoll set, sendfile(2)
+ * from the page cache to the socket for every response at once), as nginx sends them — instead of read() + write() through JS buffers, which under
  * a rack of machines costs most of the daemon's CPU and its event-loop lag. Plain TCP sockets only (a TLS socket
  * encrypts in user space) and only when the addon is built and IRONBOOT_SENDFILE is not 0; the caller falls
  * back to its own read/write loop otherwise.

@@ -16,8 +16,6 @@ export interface CheckpointReport { walBytes: number; busy: number; log: number;
 export class Checkpointer {
   private readonly worker: Worker;
   private stopped = false;
-  /** Checkpoints done by the worker so far. */
-  count = 0;
 
   constructor(private readonly db: Db, opts: { intervalMs?: number; walBytes?: number; log?: Logger; onCheckpoint?: (r: CheckpointReport) => void } = {}) {
     db.pragma('wal_autocheckpoint = 0');
@@ -25,7 +23,6 @@ export class Checkpointer {
     this.worker.unref();
     this.worker.on('message', (m: { type: string; message?: string } & CheckpointReport) => {
       if (m.type === 'checkpoint') {
-        this.count++;
         opts.log?.debug({ walBytes: m.walBytes, frames: m.log, checkpointed: m.checkpointed, busy: m.busy, ms: Math.round(m.ms) }, 'store: WAL checkpoint (worker thread)');
         opts.onCheckpoint?.(m);
       } else if (m.type === 'error') {

@@ -547,10 +547,16 @@ export class TftpServer {
     }
     const maxTotal = this.opts.maxTransfers ?? 256;
     const maxPerClient = this.opts.maxTransfersPerClient ?? 16;
-    const room = (this.perClient.get(peer.address) ?? 0) >= maxPerClient ||
-      this.evictUnanswered(this.opts.maxUnansweredTransfers ?? Math.max(1, Math.floor(maxTotal / 2)));
     const held = this.perClient.get(peer.address) ?? 0;
-    if ((this.slotsInUse >= maxTotal || !room) && held < maxPerClient) {
+    if (held >= maxPerClient) {
+      this.metrics.transfers.inc({ outcome: 'busy' });
+      const why = `${held} transfers to ${peer.address} already (limit ${maxPerClient})`;
+      this.log.warn({ client: endpoint, file: request.filename }, `tftp request refused: ${why}`);
+      this.replyError(via, peer, TFTP_ERROR.notDefined, `server busy: ${why}; try again later`);
+      return;
+    }
+    const room = this.evictUnanswered(this.opts.maxUnansweredTransfers ?? Math.max(1, Math.floor(maxTotal / 2)));
+    if (this.slotsInUse >= maxTotal || !room) {
       // Every slot is in use (a rack powering on at once), or the unanswered share is full of requests still
       // within their first round: no answer, so the client repeats its request after its timeout, as PXE ROMs and
       // iPXE do, and gets a slot once transfers end. An ERROR would end its boot: firmware does not retry after
@@ -564,13 +570,6 @@ export class TftpServer {
         this.busyDropped = 0;
         this.busyLoggedAt = t;
       }
-      return;
-    }
-    if (held >= maxPerClient) {
-      this.metrics.transfers.inc({ outcome: 'busy' });
-      const why = `${held} transfers to ${peer.address} already (limit ${maxPerClient})`;
-      this.log.warn({ client: endpoint, file: request.filename }, `tftp request refused: ${why}`);
-      this.replyError(via, peer, TFTP_ERROR.notDefined, `server busy: ${why}; try again later`);
       return;
     }
     // hold the slot from now on, so concurrent requests cannot overshoot the caps while files open

@@ -2,7 +2,8 @@
  * DHCP runs on a thread of its own inside `ironboot serve`: with the daemon's main thread held (no event-loop turn
  * for 6 s, as a long synchronous job would), a real udhcpc still gets its reserved address within its 3 tries, 1 s
  * apart; the main thread was still held when the lease came. On the main thread (IRONBOOT_DHCP_THREAD=0) the same
- * client gets nothing. The thread's counters are in /metrics, and a start failure is the daemon's start failure.
+ * client gets nothing. The thread's counters are in /metrics, a start failure is the daemon's start failure, and a
+ * thread that dies is started again.
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,7 +13,12 @@ import { fileURLToPath } from 'node:url';
 import { spawnSync } from 'node:child_process';
 import { Lab, netnsUnavailable, type Namespace } from '../helpers/netns.ts';
 import { runUdhcpc, setMac, tempDir, ensureNativeAddon } from '../helpers/dhcp-lab.ts';
+import pino from 'pino';
+import { Registry } from 'prom-client';
 import { Store } from '../../server/store/index.ts';
+import { loadServeConfig } from '../../server/config.ts';
+import { startDhcpThread } from '../../server/dhcp/thread.ts';
+import { metricsText } from '../../server/metrics.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const RUNNER = join(ROOT, 'test', 'helpers', 'daemon-block-runner.ts');
@@ -81,4 +87,26 @@ test('a DHCP start failure on its thread is the daemon\'s start failure, with th
     '--http-listen', '127.0.0.1:0', '--no-tftp', '--no-build-artifacts'], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, CI: '1' } });
   assert.notEqual(r.status, 0);
   assert.match(r.stdout + r.stderr, /--dhcp-interface nosuch9: no such interface/);
+});
+
+test('a DHCP thread that dies is started again, says so, and its counters come from the new one', { skip: netnsUnavailable(), timeout: 60_000 }, async (t) => {
+  ensureNativeAddon();
+  const dataDir = join(tempDir('dhcp-thread'), 'data');
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  // loopback only, on a port of its own: nothing leaves the host
+  const config = loadServeConfig(['--data-dir', dataDir, '--dhcp-interface', 'lo', '--dhcp-port', '16767', '--no-tftp'], {});
+  const lines: string[] = [];
+  const log = pino({ level: 'info' }, { write: (l: string) => { lines.push(l); } });
+  const registry = new Registry();
+  const dhcp = await startDhcpThread({ config, httpPort: 18080, log, registry });
+  t.after(() => dhcp.close());
+  const started = () => lines.filter((l) => /"msg":"dhcp: started"/.test(l)).length;
+  assert.equal(started(), 1);
+  const first = dhcp.thread();
+  await first.terminate();
+  for (let i = 0; i < 100 && (started() < 2 || dhcp.thread() === first); i++) await new Promise((r) => setTimeout(r, 100));
+  assert.ok(lines.some((l) => /the DHCP thread exited; starting it again/.test(l)), lines.join(''));
+  assert.equal(started(), 2, 'the new thread started the DHCP service');
+  assert.notEqual(dhcp.thread().threadId, first.threadId);
+  assert.match(await metricsText(registry), /^# TYPE ironboot_dhcp_requests_total counter$/m);
 });

@@ -1,5 +1,5 @@
 // ironboot's HTTP body sender for files on disk: sendfile(2) from the file to the client's TCP socket, for every
-// response at once, on one thread of its own.
+// response at once, on threads of its own.
 //
 // Why: Node has no sendfile. Its own path (read into a JS Buffer, write it to the socket) copies every byte twice
 // through user space and wakes the event loop per chunk; under a rack of machines fetching kernels, initramfs and
@@ -10,10 +10,12 @@
 // A few threads (one per core, at most 4), each with its own epoll set; responses go to them in turn. A response
 // whose socket is full waits for EPOLLOUT (edge-triggered) and its thread serves the others meanwhile. More than
 // one thread because on a local link much of the network stack's work (veth, bridge, the receiver's softirq) runs
-// on the sending thread's CPU: one thread alone capped a rack's transfers at one core (nginx runs a worker per core). The addon holds its own duplicates of the socket and file descriptors, so whatever
-// Node does with its own (close on a client reset, say) never races with a sendfile here; a closed client shows up
-// as EPIPE/ECONNRESET. A response that makes no progress for idleMs ends as "stalled". JS: send(...) → handle,
-// cancel(handle) when the socket closes; done(error | null, bytesSent) runs on the JS thread.
+// on the sending thread's CPU: one thread alone capped a rack's transfers at one core (nginx runs a worker per core).
+//
+// The addon holds its own duplicates of the socket and file descriptors, so whatever Node does with its own (close
+// on a client reset, say) never races with a sendfile here; a closed client shows up as EPIPE/ECONNRESET. A response
+// that makes no progress for idleMs ends as "stalled". JS: send(...) → id, cancel(id) when the socket closes;
+// done(error | null, bytesSent) runs on the JS thread.
 #include <node_api.h>
 
 #include <errno.h>
