@@ -184,10 +184,15 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
         fn();
       };
       worker.on('message', (m: WorkerMessage) => {
-        if (m.t === 'progress') ev.progress(m.p, m.force);
-        else if (m.t === 'layer') ev.layer(m.i, m.of, m.digest);
-        else if (m.t === 'done') settle(() => resolve(m.result));
-        else if (m.t === 'error') settle(() => reject(new ImageError(m.message, m.field)));
+        try {
+          if (m.t === 'progress') ev.progress(m.p, m.force);
+          else if (m.t === 'layer') ev.layer(m.i, m.of, m.digest);
+          else if (m.t === 'done') settle(() => resolve(m.result));
+          else if (m.t === 'error') settle(() => reject(new ImageError(m.message, m.field)));
+        } catch (err) {
+          // a handler that throws here would be an uncaught exception in the daemon: the build fails instead
+          settle(() => reject(new ImageError(`the build stopped: ${(err as Error).message}`)));
+        }
       });
       worker.on('error', (err) => settle(() => reject((err as NodeJS.ErrnoException).code === 'ERR_WORKER_OUT_OF_MEMORY'
         ? new ImageError(`the build ran out of memory (its limit is ${buildMemoryMb} MiB, IRONBOOT_IMAGE_BUILD_MEMORY): the image is too large or hostile`)
@@ -206,7 +211,13 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       const now = performance.now();
       if (force || now - lastSave > 500) {
         lastSave = now;
-        store.images.setState(id, 'building', { progress: progress as unknown as Record<string, unknown> });
+        try {
+          store.images.setState(id, 'building', { progress: progress as unknown as Record<string, unknown> });
+        } catch (err) {
+          // progress is for the operator to watch; a store that cannot take it (a full data disk) must not end the
+          // daemon, and the build itself says why it fails
+          log.warn({ image: id, reason: (err as Error).message }, 'image build progress not saved');
+        }
       }
     };
     try {
