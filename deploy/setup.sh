@@ -22,7 +22,7 @@ DEB_IPXE=(gcc binutils make perl liblzma-dev dpkg-dev xz-utils openssl)
 # The tests: real peers and the QEMU lab.
 DEB_TEST=(qemu-system-x86 qemu-utils ipxe-qemu ovmf udhcpc isc-dhcp-client isc-dhcp-relay tftp-hpa atftp curl
   dnsmasq-base docker-registry systemd iproute2 python3 nftables util-linux openssl libcap2-bin chromium
-  openipmi ipmitool fdisk mount strace umoci gdisk debootstrap)
+  openipmi ipmitool fdisk mount strace umoci gdisk debootstrap postgresql)
 # Benchmarks only (npm run bench).
 DEB_BENCH=(kea-admin nginx-light debootstrap tftpd-hpa)
 
