@@ -18,17 +18,21 @@ declare const document: { querySelector(selector: string): { textContent: string
 const PAUSED_MACHINE = ['qemu-system-x86_64', '-S', '-accel', 'tcg', '-nographic', '-m', '32', '-nic', 'none', '-monitor', 'none'];
 
 test('the web page shows a machine\'s power state and its buttons drive the BMC', { skip: (!existsSync(CHROMIUM) && 'chromium is not installed') || ipmiSimUnavailable(), timeout: 90_000 }, async (t) => {
-  const dir = tempDir(); t.after(dir.remove);
+  // teardown in this order (t.after hooks run in the order they are added): the daemon, the BMC and its machine
+  // (its chassis script and pid file live in dir), then dir
+  const dir = tempDir();
+  const cleanup: (() => unknown)[] = [];
+  t.after(async () => { for (const f of cleanup.reverse()) await f(); dir.remove(); });
   const port = await freePorts(2);
   mkdirSync(join(dir.path, 'bmc'));
   const sim = await IpmiSim.start({ dir: join(dir.path, 'bmc'), port, vmPort: port + 1, username: 'admin', password: 'ui-bmc', machine: PAUSED_MACHINE });
-  t.after(() => sim.stop());
+  cleanup.push(() => sim.stop());
   mkdirSync(join(dir.path, 'data'));
   const s = Store.open(join(dir.path, 'data'));
   s.machines.create({ mac: '52:54:00:12:34:57', hostname: 'node-p', bmc: { url: `ipmi://127.0.0.1:${port}`, username: 'admin', password: 'ui-bmc' } });
   s.close();
   const d = await spawnDaemon(join(dir.path, 'data'), ['--power-poll-interval', '0'], { IRONBOOT_TOKEN: 'ui-power-token' });
-  t.after(() => d.stop());
+  cleanup.push(() => d.stop());
 
   const browser = await chromium.launch({
     executablePath: CHROMIUM,

@@ -61,6 +61,9 @@ export class IpmiSim {
     writeFileSync(join(dir, 'chassis.sh'), `#!/bin/sh
 dir=${sh(dir)}
 shift; op=$1; shift
+# one chassis operation at a time: two power-ons at once (a retry while the first still runs) would both start a
+# machine, and the first would be lost to the pid file
+exec 9>"$dir/chassis.lock"; flock 9
 # alive and not a zombie (the machine is re-parented once this script exits; a zombie still answers kill -0)
 alive() { [ -r "/proc/$1/stat" ] && read -r _ _ st _ < "/proc/$1/stat" && [ "$st" != Z ]; }
 running() { [ -s "$dir/pid" ] && alive "$(cat "$dir/pid")"; }
@@ -69,7 +72,7 @@ start() {
   order=c; [ "$(cat "$dir/boot" 2>/dev/null)" = pxe ] && order=n
   echo default > "$dir/boot"   # a boot device set over IPMI holds for the next boot only
   echo "$(date +%s.%N) power on, boot order $order" >> "$dir/power.log"
-  setsid "$dir/machine.sh" "$order" >> "$dir/machine.console" 2>&1 < /dev/null &
+  setsid "$dir/machine.sh" "$order" >> "$dir/machine.console" 2>&1 < /dev/null 9>&- &   # (the lock is not the machine's)
   echo $! > "$dir/pid"
 }
 stop() {
@@ -154,16 +157,22 @@ set_working_mc 0x20
 
   output(): string { return this.out; }
 
-  /** Stops the machine (if on) and the simulator, by PID. */
+  /**
+   * Stops the simulator and the machine, by PID. The simulator goes first: while it runs, a power-on can arrive
+   * (the daemon's retries, its power poll) and start a new machine after ours was stopped. A chassis script it
+   * started may still be running (a power-on in flight): wait for those to end, then power off what is on.
+   */
   async stop(): Promise<void> {
-    const pre = this.o.exec ?? [];
-    const chassis = join(this.o.dir, 'chassis.sh');
-    spawnSync(pre[0] ?? chassis, [...pre.slice(1), ...(pre.length ? [chassis] : []), '0x20', 'set', 'power', '0'], { timeout: 10_000 });
     if (this.proc.exitCode === null && this.proc.pid) {
       const done = new Promise((r) => this.proc.once('exit', r));
       this.proc.kill('SIGTERM');
       await Promise.race([done, new Promise((r) => setTimeout(r, 3000))]);
       if (this.proc.exitCode === null) this.proc.kill('SIGKILL');
     }
+    const chassis = join(this.o.dir, 'chassis.sh');
+    const pattern = chassis.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    for (let i = 0; i < 100 && spawnSync('pgrep', ['-f', pattern]).status === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    const pre = this.o.exec ?? [];
+    spawnSync(pre[0] ?? chassis, [...pre.slice(1), ...(pre.length ? [chassis] : []), '0x20', 'set', 'power', '0'], { timeout: 10_000 });
   }
 }

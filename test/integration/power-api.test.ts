@@ -32,7 +32,11 @@ async function cli(env: NodeJS.ProcessEnv, ...args: string[]): Promise<{ code: n
 }
 
 test('machines power through the API and CLI against ipmi_sim; powerCycle workflows; faults', { skip: ipmiSimUnavailable(), timeout: 180_000 }, async (t) => {
-  const dir = tempDir(); t.after(dir.remove);
+  // teardown in this order (t.after hooks run in the order they are added): the daemon, the BMC and its machine
+  // (its chassis script and pid file live in dir), then dir
+  const dir = tempDir();
+  const cleanup: (() => unknown)[] = [];
+  t.after(async () => { for (const f of cleanup.reverse()) await f(); dir.remove(); });
   mkdirSync(join(dir.path, 'data'));
   const s = Store.open(join(dir.path, 'data'));
   s.images.insert(readyImage({ id: 'img1', name: 'web' }));
@@ -40,9 +44,9 @@ test('machines power through the API and CLI against ipmi_sim; powerCycle workfl
   const port = await freePorts(2);
   mkdirSync(join(dir.path, 'bmc'));
   const sim = await IpmiSim.start({ dir: join(dir.path, 'bmc'), port, vmPort: port + 1, username: 'admin', password: PASSWORD, machine: PAUSED_MACHINE });
-  t.after(() => sim.stop());
+  cleanup.push(() => sim.stop());
   const d = await spawnDaemon(join(dir.path, 'data'), ['--power-poll-interval', '1']);
-  t.after(() => d.stop());
+  cleanup.push(() => d.stop());
   const token = readFileSync(join(dir.path, 'data', 'admin-token'), 'utf8').trim();
   const env = { IRONBOOT_SERVER: d.url, IRONBOOT_TOKEN: token };
   const api = async (method: string, path: string, body?: unknown) => {
