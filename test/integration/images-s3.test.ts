@@ -1,0 +1,254 @@
+/**
+ * Images on an S3-compatible store (--images s3://BUCKET/PREFIX) against a real S3 server on 127.0.0.1 (s3rver,
+ * test/helpers/s3-server.ts): a build uploads the zstd form before the row is ready; a second image service with
+ * an empty cache, sharing the same store (the database) and bucket, serves both forms with bytes fetched from S3
+ * and verified (one fetch for concurrent requests); a tampered object is refused and never served; redirect mode
+ * answers 307 to a presigned URL that gives the right bytes; delete removes the objects; bad settings stop the
+ * daemon with the flag named.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { Writable } from 'node:stream';
+import Fastify, { type FastifyInstance } from 'fastify';
+import pino, { type Logger } from 'pino';
+import { Registry } from 'prom-client';
+import { createImageService, type ImageService } from '../../server/images/index.ts';
+import { s3ArtifactStore } from '../../server/images/s3-store.ts';
+import type { ImageStoreConfig } from '../../server/images/artifact-store.ts';
+import imageFilesRoutes from '../../server/http/routes/image-files.ts';
+import { errorHandler } from '../../server/http/errors.ts';
+import { ErrorReply } from '../../server/http/schemas.ts';
+import { loadServeConfig, ConfigError } from '../../server/config.ts';
+import type { Image } from '../../server/store/images.ts';
+import { buildImage, writeOciLayout, busyboxLayer } from '../helpers/images-oci.ts';
+import { startS3Server, S3_KEY, type TestS3 } from '../helpers/s3-server.ts';
+import { inProcessApp, spawnDaemon } from '../helpers/daemon.ts';
+import { freePorts } from '../helpers/ports.ts';
+
+const skip = spawnSync('debugfs', ['-V']).error || spawnSync('zstd', ['-V']).error ? 'debugfs or zstd missing' : false;
+const ADMIN = 'images-s3-admin-token';
+const PREFIX = 'site-a/disks';
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+let work: string;
+let s3: TestS3;
+let s3cfg: Extract<ImageStoreConfig, { kind: 's3' }>;
+let builder: Awaited<ReturnType<typeof inProcessApp>>;
+let svcA: ImageService;
+let img: Image;
+let builderLog: ReturnType<typeof capturingLog>;
+const savedEnv = { id: process.env.AWS_ACCESS_KEY_ID, secret: process.env.AWS_SECRET_ACCESS_KEY };
+
+/** A logger whose lines the test can read. */
+function capturingLog(): { log: Logger; lines: () => Record<string, unknown>[] } {
+  const out: string[] = [];
+  const stream = new Writable({ write(c, _e, cb) { out.push(c.toString()); cb(); } });
+  return { log: pino({ level: 'info' }, stream), lines: () => out.join('').split('\n').filter(Boolean).map((l) => JSON.parse(l)) };
+}
+
+/** Another daemon's image service: the same database and bucket, its own (empty) images directory, served over HTTP. */
+async function otherDaemon(opts: { redirect?: { seconds: number } } = {}) {
+  const dataDir = mkdtempSync(join(work, 'daemon-'));
+  const cap = capturingLog();
+  const svc = createImageService({ store: builder.store, log: cap.log, registry: new Registry(), dataDir, artifacts: s3ArtifactStore(s3cfg) });
+  const app: FastifyInstance = Fastify({ logger: false, forceCloseConnections: true });
+  app.setErrorHandler(errorHandler as never);
+  app.addSchema(ErrorReply);
+  await app.register(imageFilesRoutes, { store: builder.store, log: cap.log, registry: new Registry(), imageService: svc, adminToken: ADMIN, redirect: opts.redirect ?? null } as never);
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`;
+  return {
+    svc, app, base, dataDir, lines: cap.lines,
+    get: (path: string, init: RequestInit = {}) => fetch(base + path, { redirect: 'manual', ...init, headers: { authorization: `Bearer ${ADMIN}`, ...(init.headers ?? {}) } }),
+    close: () => app.close(),
+  };
+}
+
+before(async () => {
+  if (skip) return;
+  work = mkdtempSync(join(tmpdir(), 'ib-images-s3-'));
+  s3 = await startS3Server();
+  // the SDK's standard credential chain, as a daemon gets them
+  process.env.AWS_ACCESS_KEY_ID = S3_KEY.accessKeyId;
+  process.env.AWS_SECRET_ACCESS_KEY = S3_KEY.secretAccessKey;
+  const config = loadServeConfig(['--images', `s3://${s3.bucket}/${PREFIX}/`, '--s3-endpoint', s3.endpoint], {});
+  assert.equal(config.imageStore.kind, 's3');
+  s3cfg = config.imageStore as typeof s3cfg;
+  assert.deepEqual({ ...s3cfg }, { kind: 's3', bucket: s3.bucket, prefix: PREFIX, endpoint: s3.endpoint, region: 'us-east-1', pathStyle: true, redirect: false, redirectSeconds: 300 });
+  const dataDir = join(work, 'builder');
+  // the building daemon: the whole app (DELETE /api/v1/images goes through the API's own route) and its image service
+  builder = await inProcessApp({ dataDir, extra: { images: { removeFiles: (id) => svcA.removeFiles(id) } } });
+  builderLog = capturingLog();
+  svcA = createImageService({ store: builder.store, log: builderLog.log, registry: new Registry(), dataDir, artifacts: s3ArtifactStore(s3cfg) });
+});
+
+after(async () => {
+  if (skip) return;
+  await builder?.close();
+  await s3?.stop();
+  process.env.AWS_ACCESS_KEY_ID = savedEnv.id;
+  process.env.AWS_SECRET_ACCESS_KEY = savedEnv.secret;
+  if (savedEnv.id === undefined) delete process.env.AWS_ACCESS_KEY_ID;
+  if (savedEnv.secret === undefined) delete process.env.AWS_SECRET_ACCESS_KEY;
+  rmSync(work, { recursive: true, force: true });
+});
+
+test('a build uploads the zstd form (multipart) before the row is ready; the object hashes to the row', { skip }, async () => {
+  const layout = join(work, 'layout');
+  // 20 MiB that zstd cannot shrink: the zstd form is over one 16 MiB part, so the upload is multipart
+  const noise = Buffer.concat(Array.from({ length: 640 }, (_, i) => createHash('sha512').update(`noise ${i}`).digest()).map((b) => Buffer.concat(Array(512).fill(b).map((x, j) => createHash('sha512').update(x).update(String(j)).digest()))));
+  writeOciLayout(layout, buildImage({ layers: [busyboxLayer(), [{ path: 'etc/hostname', content: 's3\n' }, { path: 'noise.bin', content: noise }]], config: { Cmd: ['/bin/sh'] } }), 'v1');
+  const stages: string[] = [];
+  img = await svcA.build({ type: 'oci-layout', path: layout }, { name: 'bb-s3' }, (p) => { if (stages.at(-1) !== p.stage) stages.push(p.stage); });
+  assert.equal(img.state, 'ready');
+  assert.ok(stages.indexOf('uploading') > stages.indexOf('compressing') && stages.indexOf('uploading') < stages.indexOf('done'), stages.join(' → '));
+  assert.equal((img.progress as { bytesUploaded?: number }).bytesUploaded, img.compressedSize);
+  const objects = await s3.list();
+  assert.deepEqual(objects, [{ key: `${PREFIX}/${img.id}.ext4.zst`, size: img.compressedSize }], 'the zstd form only, under the prefix');
+  assert.equal(await s3.sha256(`${PREFIX}/${img.id}.ext4.zst`), img.compressedSha256);
+  const head = await s3.head(`${PREFIX}/${img.id}.ext4.zst`);
+  assert.equal(head.metadata.sha256, img.compressedSha256);
+  assert.ok(img.compressedSize! > 16 << 20, `${img.compressedSize} bytes`);
+  const key = `/${s3.bucket}/${PREFIX}/${img.id}.ext4.zst`;
+  const reqs = s3.requests();
+  assert.equal(reqs.filter((r) => r.startsWith(`POST ${key}?uploads`)).length, 1, reqs.join('\n'));
+  assert.equal(reqs.filter((r) => r.startsWith(`PUT ${key}?`) && /partNumber=\d/.test(r)).length, 2, 'two parts of at most 16 MiB');
+  const lines = builderLog.lines();
+  const msgs = lines.map((l) => l.msg);
+  assert.ok(msgs.indexOf('image uploaded') >= 0 && msgs.indexOf('image uploaded') < msgs.indexOf('image ready'), 'uploaded, then ready');
+  assert.ok(lines.some((l) => l.msg === 'image upload progress' && l.sent === img.compressedSize), 'upload progress logged');
+  // a second build of the same content on a daemon with an empty cache is the ready row, not a rebuild
+  const other = createImageService({ store: builder.store, log: pino({ level: 'silent' }), registry: new Registry(), dataDir: join(work, 'other-builder'), artifacts: s3ArtifactStore(s3cfg) });
+  const again = await other.start({ type: 'oci-layout', path: layout });
+  assert.equal(again.reused, true);
+  assert.equal(again.image.id, img.id);
+  assert.deepEqual(readdirSync(join(work, 'other-builder', 'images')), [], 'nothing built or fetched');
+});
+
+test('a daemon with an empty cache serves both forms from S3, verified, one fetch for concurrent requests', { skip }, async () => {
+  const b = await otherDaemon();
+  try {
+    assert.equal(existsSync(b.svc.filePath(img.id, 'zst')), false);
+    const answers = await Promise.all(Array.from({ length: 6 }, () => b.get(`/images/${img.id}.ext4.zst`)));
+    for (const r of answers) {
+      assert.equal(r.status, 200);
+      assert.equal(r.headers.get('etag'), `"${img.compressedSha256}"`);
+      assert.equal(sha(Buffer.from(await r.arrayBuffer())), img.compressedSha256);
+    }
+    const fetched = b.lines().filter((l) => l.msg === 'image artifact fetched from the store and verified');
+    assert.equal(fetched.length, 1, 'six requests, one download');
+    assert.equal(fetched[0].from, `s3://${s3.bucket}/${PREFIX}/${img.id}.ext4.zst`);
+    assert.equal(sha(readFileSync(b.svc.filePath(img.id, 'zst'))), img.compressedSha256, 'kept in the cache');
+    // the raw disk: decompressed here from the cached zstd form, checked against rawSha256, Range works on it
+    const raw = await b.get(`/images/${img.id}.ext4`);
+    assert.equal(raw.status, 200);
+    assert.equal(sha(Buffer.from(await raw.arrayBuffer())), img.rawSha256);
+    const part = await b.get(`/images/${img.id}.ext4`, { headers: { range: 'bytes=1024-2047' } });
+    assert.equal(part.status, 206);
+    assert.equal((await part.arrayBuffer()).byteLength, 1024);
+    assert.deepEqual(readdirSync(join(b.dataDir, 'images')).sort(), [`${img.id}.ext4`, `${img.id}.ext4.zst`], 'no temp files left');
+    // the token check still comes first
+    assert.equal((await fetch(`${b.base}/images/${img.id}.ext4.zst`)).status, 401);
+  } finally { await b.close(); }
+});
+
+test('a tampered object in S3 is refused, deleted and logged, never served; the good object serves again', { skip }, async () => {
+  const key = `${PREFIX}/${img.id}.ext4.zst`;
+  const good = await s3.get(key);
+  const bad = Buffer.from(good);
+  bad[bad.length >> 1] ^= 0xff; // same size, one byte changed
+  await s3.put(key, bad);
+  const b = await otherDaemon();
+  try {
+    for (const path of [`/images/${img.id}.ext4.zst`, `/images/${img.id}.ext4`]) {
+      const r = await b.get(path);
+      assert.equal(r.status, 502, path);
+      const body = await r.json() as { field: string; message: string };
+      assert.equal(body.field, 'image');
+      assert.match(body.message, new RegExp(`does not match image's sha256 \\(expected ${img.compressedSha256}`));
+      assert.match(body.message, /refused, not served/);
+    }
+    assert.deepEqual(readdirSync(join(b.dataDir, 'images')), [], 'the bad copy is gone, no temp file left');
+    const refused = b.lines().filter((l) => /image artifact refused/.test(String(l.msg)));
+    assert.equal(refused.length, 2);
+    assert.equal(refused[0].got, sha(bad));
+    await s3.put(key, good);
+    const r = await b.get(`/images/${img.id}.ext4.zst`);
+    assert.equal(r.status, 200);
+    assert.equal(sha(Buffer.from(await r.arrayBuffer())), img.compressedSha256);
+  } finally {
+    await s3.put(key, good);
+    await b.close();
+  }
+});
+
+test('--images-redirect: 307 to a presigned URL (after the token check) whose bytes hash right; raw still streamed', { skip }, async () => {
+  const b = await otherDaemon({ redirect: { seconds: 60 } });
+  try {
+    assert.equal((await fetch(`${b.base}/images/${img.id}.ext4.zst`, { redirect: 'manual' })).status, 401, 'no token, no URL');
+    const r = await b.get(`/images/${img.id}.ext4.zst`);
+    assert.equal(r.status, 307);
+    assert.equal(r.headers.get('cache-control'), 'no-store');
+    const url = new URL(r.headers.get('location')!);
+    assert.equal(url.origin, s3.endpoint);
+    assert.equal(url.pathname, `/${s3.bucket}/${PREFIX}/${img.id}.ext4.zst`);
+    assert.equal(url.searchParams.get('X-Amz-Expires'), '60');
+    assert.ok(url.searchParams.get('X-Amz-Signature'));
+    const obj = await fetch(url); // no ironboot token: the URL carries its own credentials
+    assert.equal(obj.status, 200);
+    assert.equal(sha(Buffer.from(await obj.arrayBuffer())), img.compressedSha256);
+    assert.deepEqual(readdirSync(join(b.dataDir, 'images')), [], 'nothing went through this daemon');
+    const raw = await b.get(`/images/${img.id}.ext4`);
+    assert.equal(raw.status, 200, 'the bucket holds no raw form: streamed from here');
+    assert.equal(sha(Buffer.from(await raw.arrayBuffer())), img.rawSha256);
+  } finally { await b.close(); }
+});
+
+test('DELETE /api/v1/images/{id} removes the S3 object and the cached files', { skip }, async () => {
+  assert.equal((await s3.list(PREFIX)).length, 1);
+  const r = await builder.app.inject({ method: 'DELETE', url: `/api/v1/images/${img.id}`, headers: builder.auth });
+  assert.equal(r.statusCode, 204, r.body);
+  assert.deepEqual(await s3.list(), [], 'the bucket is empty once the API answered');
+  assert.equal(existsSync(svcA.filePath(img.id, 'zst')), false);
+  assert.equal(existsSync(svcA.filePath(img.id, 'raw')), false);
+});
+
+test('bad --images settings name the flag: no bucket, not a URL, redirect without S3', () => {
+  const bad = (argv: string[], key: string, msg: RegExp) => {
+    assert.throws(() => loadServeConfig(argv, {}), (e: unknown) => e instanceof ConfigError && e.key === key && msg.test(e.message), argv.join(' '));
+  };
+  bad(['--images', 's3://'], 'images', /names no bucket/);
+  bad(['--images', 's3:///prefix'], 'images', /names no bucket/);
+  bad(['--images', 's3://Bad_Bucket/x'], 'images', /not an S3 bucket name/);
+  bad(['--images', '/srv/images'], 'images', /neither s3:\/\/BUCKET\/PREFIX nor local/);
+  bad(['--images', 's3://b-1/a/../b'], 'images', /"\.\."/);
+  bad(['--images', 's3://b-1', '--s3-endpoint', 'ftp://x'], 's3-endpoint', /not an http\(s\) URL/);
+  bad(['--images-redirect'], 'images-redirect', /needs --images s3:/);
+  bad(['--s3-endpoint', 'http://127.0.0.1:9000'], 's3-endpoint', /only used with --images s3:/);
+  bad(['--images', 's3://b-1', '--images-redirect-expiry', '0'], 'images-redirect-expiry', /between 1 and 604800/);
+  const c = loadServeConfig(['--images', 's3://b-1'], { AWS_ENDPOINT_URL: 'http://10.0.0.9:9000/', AWS_REGION: 'eu-west-3' }).imageStore;
+  assert.deepEqual(c, { kind: 's3', bucket: 'b-1', prefix: '', endpoint: 'http://10.0.0.9:9000', region: 'eu-west-3', pathStyle: true, redirect: false, redirectSeconds: 300 });
+  assert.equal((loadServeConfig(['--images', 's3://b-1', '--no-s3-path-style'], {}).imageStore as { pathStyle: boolean }).pathStyle, false);
+  assert.deepEqual(loadServeConfig([], {}).imageStore, { kind: 'local' });
+});
+
+test('ironboot serve with --images s3://: starts against the server; an unreachable endpoint, a missing bucket or a refused key stop it naming the flag', { skip }, async () => {
+  const data = mkdtempSync(join(work, 'serve-'));
+  const env = { AWS_ACCESS_KEY_ID: S3_KEY.accessKeyId, AWS_SECRET_ACCESS_KEY: S3_KEY.secretAccessKey };
+  const d = await spawnDaemon(data, ['--images', `s3://${s3.bucket}/${PREFIX}`, '--s3-endpoint', s3.endpoint], env);
+  try {
+    assert.match(d.output(), /S3 artifact store/);
+  } finally { await d.stop(); }
+  const closed = await freePorts(1);
+  const fails = async (args: string[], envOver: Record<string, string>, msg: RegExp) => {
+    await assert.rejects(spawnDaemon(data, args, { ...env, ...envOver }), (e: Error) => { assert.match(e.message, /daemon exited with [1-9]/); assert.match(e.message, msg); return true; });
+  };
+  await fails(['--images', `s3://${s3.bucket}`, '--s3-endpoint', `http://127.0.0.1:${closed}`], {}, /--s3-endpoint: .*cannot reach the S3 store at http:\/\/127\.0\.0\.1:\d+ \(ECONNREFUSED\)/);
+  await fails(['--images', 's3://no-such-bucket', '--s3-endpoint', s3.endpoint], {}, /--images: .*the bucket "no-such-bucket" does not exist/);
+  await fails(['--images', `s3://${s3.bucket}`, '--s3-endpoint', s3.endpoint], { AWS_ACCESS_KEY_ID: 'NOT-A-KEY' }, /--images: .*refused the credentials \(HTTP 403/);
+});
