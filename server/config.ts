@@ -180,7 +180,7 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     if (!Number.isInteger(n) || n < 0) throw new ConfigError(key, `"${v}" is not a non-negative integer`);
     return n;
   };
-  const bool = (key: SettingKey, def: boolean) => { const v = get(key); return v === undefined ? def : Boolean(v); };
+  const bool = (key: SettingKey, def: boolean) => { const v = get(key); return v === undefined || v === null ? def : Boolean(v); };
   const list = (key: keyof ServeConfig) => { const v = get(key); return v === undefined ? [] : Array.isArray(v) ? v.map(String) : [String(v)]; };
 
   const dhcpMode = str('dhcpMode', 'reservation') as DhcpMode;

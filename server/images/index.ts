@@ -360,6 +360,11 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
     filePath,
     removeFiles,
     async localFile(img, kind) {
+      // the local store is the directory itself: its files are the ones the build wrote, as before
+      if (artifacts.kind === 'local') {
+        if (!existsSync(filePath(img.id, kind))) throw new ArtifactFetchError(`${filePath(img.id, kind)} is missing`, 'missing');
+        return filePath(img.id, kind);
+      }
       const r = refs(img);
       return kind === 'zst' ? cache.ensure(r.zst) : cache.ensureRaw(r.raw, r.zst);
     },

@@ -20,6 +20,7 @@ import { Registry } from 'prom-client';
 import { createImageService, type ImageService } from '../../server/images/index.ts';
 import { s3ArtifactStore } from '../../server/images/s3-store.ts';
 import type { ImageStoreConfig } from '../../server/images/artifact-store.ts';
+import { createBootDiskService } from '../../server/images/bootable.ts';
 import imageFilesRoutes from '../../server/http/routes/image-files.ts';
 import { errorHandler } from '../../server/http/errors.ts';
 import { ErrorReply } from '../../server/http/schemas.ts';
@@ -155,6 +156,14 @@ test('a daemon with an empty cache serves both forms from S3, verified, one fetc
     // the token check still comes first
     assert.equal((await fetch(`${b.base}/images/${img.id}.ext4.zst`)).status, 401);
   } finally { await b.close(); }
+  // bootable disks are built by each daemon from the verified container disk: one with an empty cache fetches it
+  const c = await otherDaemon();
+  try {
+    const boot = createBootDiskService({ imagesDir: c.svc.imagesDir, ext4Path: (id) => c.svc.filePath(id, 'raw'), ensureExt4: (i) => c.svc.localFile(i, 'raw'), log: pino({ level: 'silent' }) });
+    const reason = await boot.check(img);
+    assert.match(reason ?? '', /cannot boot on its own/, 'the image was read (it has no kernel), not found missing');
+    assert.equal(sha(readFileSync(c.svc.filePath(img.id, 'raw'))), img.rawSha256);
+  } finally { await c.close(); }
 });
 
 test('a tampered object in S3 is refused, deleted and logged, never served; the good object serves again', { skip }, async () => {
