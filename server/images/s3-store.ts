@@ -27,7 +27,8 @@ export function s3ArtifactStore(cfg: S3Config): ArtifactStore {
     // every artifact is verified against its sha256 in the image row anyway
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
-    requestHandler: { connectionTimeout: 5_000, requestTimeout: 0 },
+    // a store that goes silent mid-download fails the fetch (and its waiters) instead of holding them forever
+    requestHandler: { connectionTimeout: 5_000, requestTimeout: 60_000 },
   });
   const location = `s3://${cfg.bucket}${cfg.prefix ? `/${cfg.prefix}` : ''}`;
   const key = (name: string) => (cfg.prefix ? `${cfg.prefix}/${name}` : name);
