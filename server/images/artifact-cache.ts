@@ -27,11 +27,11 @@ export interface ArtifactRef {
 
 /** A fetched copy that is not the artifact, or a store that could not give it; `status` is the HTTP answer to a machine. */
 export class ArtifactFetchError extends ImageError {
-  constructor(message: string, readonly reason: 'mismatch' | 'missing' | 'unreachable' | 'failed') {
+  constructor(message: string, readonly reason: 'mismatch' | 'missing' | 'unreachable' | 'no-space' | 'failed') {
     super(message, 'image');
     this.name = 'ArtifactFetchError';
   }
-  get status(): number { return this.reason === 'unreachable' ? 503 : this.reason === 'missing' ? 404 : 502; }
+  get status(): number { return this.reason === 'unreachable' || this.reason === 'no-space' ? 503 : this.reason === 'missing' ? 404 : 502; }
 }
 
 export interface ArtifactCache {
@@ -51,9 +51,21 @@ const sha256File = async (path: string): Promise<{ sha256: string; size: number 
 
 let tmpN = 0;
 
-export function createArtifactCache(deps: { dir: string; store: ArtifactStore; log: Logger }): ArtifactCache {
+export function createArtifactCache(deps: {
+  dir: string; store: ArtifactStore; log: Logger;
+  /** Throws when writing about `need` bytes here would eat into the data disk's reserve (limits.ts checkFreeSpace). */
+  checkSpace?: (need: number) => void;
+  /** Counts fetches from the store by result (ok, mismatch, missing, unreachable, no-space, failed). */
+  onFetch?: (result: string) => void;
+}): ArtifactCache {
   const { dir, store } = deps;
   const log = deps.log.child({ svc: 'image-cache' });
+  const space = (need: number | null | undefined, what: string) => {
+    try { deps.checkSpace?.(need ?? 0); } catch (err) {
+      log.error({ artifact: what, err: (err as Error).message }, 'image artifact not fetched: the data disk is full');
+      throw new ArtifactFetchError(`cannot cache ${what} here: ${(err as Error).message}`, 'no-space');
+    }
+  };
   const inflight = new Map<string, Promise<string>>();
   /** A temp dir named as the image builder's (.tmp-<id>-<pid>-<n>), so recover() removes what a crash left. */
   const tempDir = (name: string) => {
@@ -78,7 +90,19 @@ export function createArtifactCache(deps: { dir: string; store: ArtifactStore; l
   };
 
   async function fetch(ref: ArtifactRef): Promise<string> {
+    try {
+      const path = await download(ref);
+      deps.onFetch?.('ok');
+      return path;
+    } catch (err) {
+      deps.onFetch?.(err instanceof ArtifactFetchError ? err.reason : 'failed');
+      throw err;
+    }
+  }
+
+  async function download(ref: ArtifactRef): Promise<string> {
     if (store.kind === 'local') throw new ArtifactFetchError(`${join(dir, ref.name)} is missing`, 'missing');
+    space(ref.size, ref.name);
     const t0 = performance.now();
     const tmp = tempDir(ref.name);
     try {
@@ -114,6 +138,7 @@ export function createArtifactCache(deps: { dir: string; store: ArtifactStore; l
   async function decompress(raw: ArtifactRef, zst: ArtifactRef): Promise<string> {
     const zstPath = await cache.ensure(zst);
     if (store.kind === 'local') throw new ArtifactFetchError(`${join(dir, raw.name)} is missing`, 'missing');
+    space(zst.size, raw.name); // the raw disk is sparse: about the size of its data, which the zstd form bounds
     const tmp = tempDir(raw.name);
     try {
       const file = join(tmp, raw.name);

@@ -26,7 +26,7 @@ import { resolveSource, describeSource, type ImageSource, type ResolvedImage } f
 import { parseSize } from './disk.ts';
 import { buildDisk, asImageError, type BuildJob, type BuildResult, type BuildEvents } from './build.ts';
 import type { WorkerMessage } from './build-worker.ts';
-import { limitsFromEnv, type ImageLimits } from './limits.ts';
+import { checkFreeSpace, limitsFromEnv, type ImageLimits } from './limits.ts';
 import { parseReference } from './reference.ts';
 import { localArtifactStore, type ArtifactStore } from './artifact-store.ts';
 import { createArtifactCache, ArtifactFetchError, type ArtifactCache } from './artifact-cache.ts';
@@ -147,11 +147,16 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
   const imagesDir = join(deps.dataDir, 'images');
   mkdirSync(imagesDir, { recursive: true });
   const artifacts = deps.artifacts ?? localArtifactStore(imagesDir);
-  const cache = createArtifactCache({ dir: imagesDir, store: artifacts, log: deps.log });
   const inflight = new Map<string, Promise<Image>>();
   if (!nativeCodec()) log.warn(`image builds decompress and compress through igzip/zstd processes (slower): ${codecUnavailable()}`);
   const metric = <T>(name: string, make: () => T): T => (deps.registry.getSingleMetric(name) as T) ?? make();
   const builds = metric('ironboot_image_builds_total', () => new Counter({ name: 'ironboot_image_builds_total', help: 'Container disk builds by result', labelNames: ['result'], registers: [deps.registry] }));
+  const fetches = metric('ironboot_image_fetches_total', () => new Counter({ name: 'ironboot_image_fetches_total', help: 'Image artifacts fetched from the S3 artifact store into this daemon\'s cache, by result (ok, mismatch, missing, unreachable, no-space, failed)', labelNames: ['result'], registers: [deps.registry] }));
+  const cache = createArtifactCache({
+    dir: imagesDir, store: artifacts, log: deps.log,
+    checkSpace: (need) => checkFreeSpace(imagesDir, limits, need),
+    onFetch: (result) => fetches.inc({ result }),
+  });
   const buildSeconds = metric('ironboot_image_build_seconds', () => new Histogram({ name: 'ironboot_image_build_seconds', help: 'Container disk build time', buckets: [1, 2, 5, 10, 30, 60, 120, 300, 900], registers: [deps.registry] }));
 
   const filePath = (id: string, kind: FileKind) => {

@@ -25,6 +25,7 @@ import imageFilesRoutes from '../../server/http/routes/image-files.ts';
 import { errorHandler } from '../../server/http/errors.ts';
 import { ErrorReply } from '../../server/http/schemas.ts';
 import { loadServeConfig, ConfigError } from '../../server/config.ts';
+import { limitsFromEnv, type ImageLimits } from '../../server/images/limits.ts';
 import type { Image } from '../../server/store/images.ts';
 import { buildImage, writeOciLayout, busyboxLayer } from '../helpers/images-oci.ts';
 import { startS3Server, S3_KEY, type TestS3 } from '../helpers/s3-server.ts';
@@ -53,10 +54,12 @@ function capturingLog(): { log: Logger; lines: () => Record<string, unknown>[] }
 }
 
 /** Another daemon's image service: the same database and bucket, its own (empty) images directory, served over HTTP. */
-async function otherDaemon(opts: { redirect?: { seconds: number } } = {}) {
+async function otherDaemon(opts: { redirect?: { seconds: number }; limits?: Partial<ImageLimits> } = {}) {
   const dataDir = mkdtempSync(join(work, 'daemon-'));
   const cap = capturingLog();
-  const svc = createImageService({ store: builder.store, log: cap.log, registry: new Registry(), dataDir, artifacts: s3ArtifactStore(s3cfg) });
+  const registry = new Registry();
+  const svc = createImageService({ store: builder.store, log: cap.log, registry, dataDir, artifacts: s3ArtifactStore(s3cfg), limits: { ...limitsFromEnv({}), ...opts.limits } });
+  const fetches = async (result: string) => (await registry.getSingleMetric('ironboot_image_fetches_total')!.get()).values.find((v) => v.labels.result === result)?.value ?? 0;
   const app: FastifyInstance = Fastify({ logger: false, forceCloseConnections: true });
   app.setErrorHandler(errorHandler as never);
   app.addSchema(ErrorReply);
@@ -64,7 +67,7 @@ async function otherDaemon(opts: { redirect?: { seconds: number } } = {}) {
   await app.listen({ host: '127.0.0.1', port: 0 });
   const base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`;
   return {
-    svc, app, base, dataDir, lines: cap.lines,
+    svc, app, base, dataDir, lines: cap.lines, fetches,
     get: (path: string, init: RequestInit = {}) => fetch(base + path, { redirect: 'manual', ...init, headers: { authorization: `Bearer ${ADMIN}`, ...(init.headers ?? {}) } }),
     close: () => app.close(),
   };
@@ -143,6 +146,7 @@ test('a daemon with an empty cache serves both forms from S3, verified, one fetc
     }
     const fetched = b.lines().filter((l) => l.msg === 'image artifact fetched from the store and verified');
     assert.equal(fetched.length, 1, 'six requests, one download');
+    assert.equal(await b.fetches('ok'), 1);
     assert.equal(fetched[0].from, `s3://${s3.bucket}/${PREFIX}/${img.id}.ext4.zst`);
     assert.equal(sha(readFileSync(b.svc.filePath(img.id, 'zst'))), img.compressedSha256, 'kept in the cache');
     // the raw disk: decompressed here from the cached zstd form, checked against rawSha256, Range works on it
@@ -185,6 +189,7 @@ test('a tampered object in S3 is refused, deleted and logged, never served; the 
     assert.deepEqual(readdirSync(join(b.dataDir, 'images')), [], 'the bad copy is gone, no temp file left');
     const refused = b.lines().filter((l) => /image artifact refused/.test(String(l.msg)));
     assert.equal(refused.length, 2);
+    assert.equal(await b.fetches('mismatch'), 2);
     assert.equal(refused[0].got, sha(bad));
     await s3.put(key, good);
     const r = await b.get(`/images/${img.id}.ext4.zst`);
@@ -194,6 +199,17 @@ test('a tampered object in S3 is refused, deleted and logged, never served; the 
     await s3.put(key, good);
     await b.close();
   }
+});
+
+test('a fetch that would eat into the data disk\'s reserve is refused with 503, nothing written', { skip }, async () => {
+  const b = await otherDaemon({ limits: { freeReserveBytes: Number.MAX_SAFE_INTEGER } });
+  try {
+    const r = await b.get(`/images/${img.id}.ext4.zst`);
+    assert.equal(r.status, 503);
+    assert.match((await r.json() as { message: string }).message, /cannot cache .* disk full/);
+    assert.deepEqual(readdirSync(join(b.dataDir, 'images')), []);
+    assert.equal(await b.fetches('no-space'), 1);
+  } finally { await b.close(); }
 });
 
 test('--images-redirect: 307 to a presigned URL (after the token check) whose bytes hash right; raw still streamed', { skip }, async () => {
@@ -246,12 +262,46 @@ test('bad --images settings name the flag: no bucket, not a URL, redirect withou
   assert.deepEqual(loadServeConfig([], {}).imageStore, { kind: 'local' });
 });
 
-test('ironboot serve with --images s3://: starts against the server; an unreachable endpoint, a missing bucket or a refused key stop it naming the flag', { skip }, async () => {
+test('ironboot serve with --images s3://: builds, uploads, serves from the bucket, redirects and deletes; an unreachable endpoint, a missing bucket or a refused key stop it naming the flag', { skip }, async () => {
   const data = mkdtempSync(join(work, 'serve-'));
   const env = { AWS_ACCESS_KEY_ID: S3_KEY.accessKeyId, AWS_SECRET_ACCESS_KEY: S3_KEY.secretAccessKey };
-  const d = await spawnDaemon(data, ['--images', `s3://${s3.bucket}/${PREFIX}`, '--s3-endpoint', s3.endpoint], env);
+  const TOKEN = 'images-s3-serve-admin-token-0123456789abcdef';
+  const serveArgs = ['--images', `s3://${s3.bucket}/serve`, '--s3-endpoint', s3.endpoint];
+  const auth = { authorization: `Bearer ${TOKEN}` };
+  const layout = join(work, 'layout-serve');
+  writeOciLayout(layout, buildImage({ layers: [busyboxLayer(), [{ path: 'etc/motd', content: 'served\n' }]] }), 'v1');
+  let d = await spawnDaemon(data, serveArgs, { ...env, IRONBOOT_TOKEN: TOKEN });
+  let built: Image;
   try {
     assert.match(d.output(), /S3 artifact store/);
+    // built through the composition root: POST /api/v1/images, uploaded, then ready
+    let r = await fetch(`${d.url}/api/v1/images`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'served', source: { type: 'oci-layout', path: layout } }) });
+    assert.equal(r.status, 202, await r.clone().text());
+    built = await r.json() as Image;
+    for (let i = 0; i < 300 && built.state === 'building'; i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      built = await (await fetch(`${d.url}/api/v1/images/${built.id}`, { headers: auth })).json() as Image;
+    }
+    assert.equal(built.state, 'ready', built.error ?? '');
+    assert.deepEqual((await s3.list('serve/')).map((o) => o.key), [`serve/${built.id}.ext4.zst`]);
+    assert.equal(await s3.sha256(`serve/${built.id}.ext4.zst`), built.compressedSha256);
+    // the local cache emptied: the next GET is fetched from the bucket and verified
+    for (const f of readdirSync(join(data, 'images'))) rmSync(join(data, 'images', f), { recursive: true, force: true });
+    r = await fetch(`${d.url}/images/${built.id}.ext4.zst`, { headers: auth });
+    assert.equal(r.status, 200);
+    assert.equal(sha(Buffer.from(await r.arrayBuffer())), built.compressedSha256);
+    assert.match(await (await fetch(`${d.url}/metrics`)).text(), /ironboot_image_fetches_total\{result="ok"\} 1/);
+  } finally { await d.stop(); }
+  d = await spawnDaemon(data, [...serveArgs, '--images-redirect', '--images-redirect-expiry', '30'], { ...env, IRONBOOT_TOKEN: TOKEN });
+  try {
+    const r = await fetch(`${d.url}/images/${built.id}.ext4.zst`, { headers: auth, redirect: 'manual' });
+    assert.equal(r.status, 307);
+    const url = new URL(r.headers.get('location')!);
+    assert.equal(url.searchParams.get('X-Amz-Expires'), '30');
+    assert.equal(sha(Buffer.from(await (await fetch(url)).arrayBuffer())), built.compressedSha256);
+    const del = await fetch(`${d.url}/api/v1/images/${built.id}`, { method: 'DELETE', headers: auth });
+    assert.equal(del.status, 204);
+    assert.deepEqual(await s3.list('serve/'), []);
   } finally { await d.stop(); }
   const closed = await freePorts(1);
   const fails = async (args: string[], envOver: Record<string, string>, msg: RegExp) => {
