@@ -1,5 +1,5 @@
 /**
- * Each daemon's local copy of the artifact store (DATA_DIR/images): a file missing here is fetched from the store
+ * Each daemon's local copy of the S3 artifact store (DATA_DIR/images): a file missing here is fetched from the store
  * into a temp dir, hashed while it is written, compared with the sha256 that the image row records, and only then
  * renamed into place, so the serving fast path (sendfile from the local file) only ever sees verified bytes.
  * Concurrent requests for the same file wait for one fetch (single flight). A copy whose hash differs is deleted,
@@ -14,7 +14,7 @@ import { createReadStream, createWriteStream, existsSync, mkdirSync, renameSync,
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
-import { ArtifactStoreError, type ArtifactStore } from './artifact-store.ts';
+import type { ArtifactStore, ArtifactStoreError } from './artifact-store.ts';
 import { ImageError } from './errors.ts';
 
 /** A file the cache can produce, and what its bytes must hash to. */
@@ -86,7 +86,7 @@ export function createArtifactCache(deps: {
   const refuse = (ref: ArtifactRef, got: { sha256: string; size: number }, from: string): never => {
     log.error({ artifact: ref.name, from, expected: ref.sha256, got: got.sha256, size: got.size, expectedSize: ref.size ?? null },
       'image artifact refused: its sha256 does not match the image row; the copy was deleted and is not served');
-    throw new ArtifactFetchError(`${from} does not match image's sha256 (expected ${ref.sha256}, got ${got.sha256}, ${got.size} bytes): refused, not served; rebuild or re-upload the image`, 'mismatch');
+    throw new ArtifactFetchError(`${from} does not match the image's sha256 (expected ${ref.sha256}, got ${got.sha256}, ${got.size} bytes): refused, not served; rebuild or re-upload the image`, 'mismatch');
   };
 
   async function fetch(ref: ArtifactRef): Promise<string> {
@@ -101,7 +101,6 @@ export function createArtifactCache(deps: {
   }
 
   async function download(ref: ArtifactRef): Promise<string> {
-    if (store.kind === 'local') throw new ArtifactFetchError(`${join(dir, ref.name)} is missing`, 'missing');
     space(ref.size, ref.name);
     const t0 = performance.now();
     const tmp = tempDir(ref.name);
@@ -137,7 +136,6 @@ export function createArtifactCache(deps: {
 
   async function decompress(raw: ArtifactRef, zst: ArtifactRef): Promise<string> {
     const zstPath = await cache.ensure(zst);
-    if (store.kind === 'local') throw new ArtifactFetchError(`${join(dir, raw.name)} is missing`, 'missing');
     space(zst.size, raw.name); // the raw disk is sparse: about the size of its data, which the zstd form bounds
     const tmp = tempDir(raw.name);
     try {
@@ -168,4 +166,3 @@ export function createArtifactCache(deps: {
   return cache;
 }
 
-export { ArtifactStoreError };

@@ -1,15 +1,13 @@
 /**
- * Where finished image artifacts live (the `--images` setting). Two kinds:
+ * Where finished image artifacts live (the `--images` setting):
  *
- *  - local (the default): DATA_DIR/images itself is the store; nothing is copied anywhere.
- *  - s3 (`--images s3://BUCKET/PREFIX`): an S3-compatible bucket shared by every daemon of the site (one per rack);
- *    DATA_DIR/images is each daemon's cache of it (server/images/artifact-cache.ts).
+ *  - local (the default): DATA_DIR/images is all there is, as it always was; the image service needs no store.
+ *  - s3 (`--images s3://BUCKET/PREFIX`): an S3-compatible bucket shared by every daemon of the site (one per rack),
+ *    an ArtifactStore (s3-store.ts); DATA_DIR/images is each daemon's cache of it (artifact-cache.ts).
  *
  * A store moves bytes only; whether they are the right bytes is decided against the image row's sha256 by the
  * cache, never by the store.
  */
-import { createReadStream, existsSync, renameSync, unlinkSync } from 'node:fs';
-import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 
 /** The --images setting, parsed (server/config.ts). */
@@ -47,8 +45,8 @@ export interface UploadOptions {
 }
 
 export interface ArtifactStore {
-  readonly kind: 'local' | 's3';
-  /** For logs and errors: the images directory, or s3://bucket/prefix. */
+  readonly kind: 's3';
+  /** For logs and errors: s3://bucket/prefix. */
   readonly location: string;
   /** At start: the store exists and answers; rejects with ArtifactStoreError naming the setting. */
   check(): Promise<void>;
@@ -58,36 +56,10 @@ export interface ArtifactStore {
   open(name: string): Promise<{ body: Readable; size: number | null }>;
   /** Removes the objects; names that are not there are not an error. */
   remove(names: string[]): Promise<void>;
-  /** A GET URL valid for `seconds`, or null when the store has no URLs of its own (local). */
-  presign(name: string, seconds: number): Promise<string | null>;
+  /** A GET URL of `name` valid for `seconds`, signed with the store's credentials. */
+  presign(name: string, seconds: number): Promise<string>;
   /** Where `name` is, for logs (s3://bucket/prefix/name). */
   describe(name: string): string;
-}
-
-/** The images directory as the store: uploads are renames into it (a no-op for files already there). */
-export function localArtifactStore(dir: string): ArtifactStore {
-  const path = (name: string) => join(dir, name);
-  return {
-    kind: 'local',
-    location: dir,
-    async check() {
-      if (!existsSync(dir)) throw new ArtifactStoreError(`the images directory ${dir} does not exist`, 'data-dir');
-    },
-    async upload(name, file) {
-      if (file !== path(name)) renameSync(file, path(name));
-    },
-    async open(name) {
-      if (!existsSync(path(name))) throw new ArtifactStoreError(`${path(name)} is missing`, null, 'not-found');
-      return { body: createReadStream(path(name)), size: null };
-    },
-    async remove(names) {
-      for (const n of names) {
-        try { unlinkSync(path(n)); } catch (err) { if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err; }
-      }
-    },
-    async presign() { return null; },
-    describe: path,
-  };
 }
 
 const BUCKET = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;

@@ -28,8 +28,8 @@ import { buildDisk, asImageError, type BuildJob, type BuildResult, type BuildEve
 import type { WorkerMessage } from './build-worker.ts';
 import { checkFreeSpace, limitsFromEnv, type ImageLimits } from './limits.ts';
 import { parseReference } from './reference.ts';
-import { localArtifactStore, type ArtifactStore } from './artifact-store.ts';
-import { createArtifactCache, ArtifactFetchError, type ArtifactCache } from './artifact-cache.ts';
+import type { ArtifactStore } from './artifact-store.ts';
+import { createArtifactCache, ArtifactFetchError } from './artifact-cache.ts';
 
 export { ImageError, ArtifactFetchError, type ImageSource };
 
@@ -67,9 +67,8 @@ export type FileKind = 'raw' | 'zst';
 
 export interface ImageService extends ImageFiles {
   readonly imagesDir: string;
-  /** Where finished artifacts live: the images directory itself, or an S3 bucket that it caches. */
-  readonly artifactStore: ArtifactStore;
-  readonly cache: ArtifactCache;
+  /** The S3 bucket that the images directory caches (--images s3://…), or null: the images directory is all there is. */
+  readonly artifactStore: ArtifactStore | null;
   /**
    * The local path of a ready image's file, fetched from the artifact store and verified against the row's
    * sha256 first when this daemon has no copy; rejects with ArtifactFetchError (its `status` is the HTTP answer).
@@ -137,7 +136,14 @@ function startSpare(memoryMb: number): void {
   spare = s;
 }
 
-export function createImageService(deps: { store: Store; log: Logger; registry: Registry; dataDir: string; limits?: ImageLimits; artifacts?: ArtifactStore }): ImageService {
+/** 10 minutes: progress is saved at every stage and every 0.5 s of streaming, upload included. */
+const STALE_BUILD_MS = 10 * 60_000;
+
+export function createImageService(deps: {
+  store: Store; log: Logger; registry: Registry; dataDir: string; limits?: ImageLimits; artifacts?: ArtifactStore;
+  /** Who builds here, recorded on a building row (default: the host name); daemons sharing a store differ in it. */
+  builderId?: string;
+}): ImageService {
   const { store } = deps;
   /** What a build accepts from an image (IRONBOOT_IMAGE_… settings) and the worker thread's heap limit. */
   const limits = deps.limits ?? limitsFromEnv();
@@ -146,13 +152,13 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
   const log = deps.log.child({ svc: 'images' });
   const imagesDir = join(deps.dataDir, 'images');
   mkdirSync(imagesDir, { recursive: true });
-  const artifacts = deps.artifacts ?? localArtifactStore(imagesDir);
+  const artifacts = deps.artifacts ?? null;
   const inflight = new Map<string, Promise<Image>>();
   if (!nativeCodec()) log.warn(`image builds decompress and compress through igzip/zstd processes (slower): ${codecUnavailable()}`);
   const metric = <T>(name: string, make: () => T): T => (deps.registry.getSingleMetric(name) as T) ?? make();
   const builds = metric('ironboot_image_builds_total', () => new Counter({ name: 'ironboot_image_builds_total', help: 'Container disk builds by result', labelNames: ['result'], registers: [deps.registry] }));
   const fetches = metric('ironboot_image_fetches_total', () => new Counter({ name: 'ironboot_image_fetches_total', help: 'Image artifacts fetched from the S3 artifact store into this daemon\'s cache, by result (ok, mismatch, missing, unreachable, no-space, failed)', labelNames: ['result'], registers: [deps.registry] }));
-  const cache = createArtifactCache({
+  const cache = artifacts && createArtifactCache({
     dir: imagesDir, store: artifacts, log: deps.log,
     checkSpace: (need) => checkFreeSpace(imagesDir, limits, need),
     onFetch: (result) => fetches.inc({ result }),
@@ -164,9 +170,23 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
     return join(imagesDir, `${id}.ext4${kind === 'zst' ? '.zst' : ''}`);
   };
 
+  const builderId = deps.builderId ?? hostname();
+  /** A build row whose builder has not saved progress for this long is taken as abandoned. */
+  const stale = (img: Image) => Date.now() - Date.parse(img.updatedAt) > STALE_BUILD_MS;
+  /** The row another daemon is building, until it is ready (resolves), failed, deleted or abandoned (rejects). */
+  const waitForOther = async (id: string, host: string): Promise<Image> => {
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 500));
+      const cur = store.images.get(id);
+      if (!cur) throw new ImageError(`image ${id} was deleted while ${host} was building it`);
+      if (cur.state === 'ready') return cur;
+      if (cur.state === 'failed') throw new ImageError(cur.error ?? `the build on ${host} failed`);
+      if (cur.state !== 'building' || stale(cur)) throw new ImageError(`the build of image ${id} on ${host} stopped reporting progress; build it again`);
+    }
+  };
   const fileName = (id: string, kind: FileKind) => `${id}.ext4${kind === 'zst' ? '.zst' : ''}`;
   /** The files are here, or (S3) in the bucket: a ready row was marked ready only after its upload. */
-  const filesExist = (id: string) => artifacts.kind === 's3' || (existsSync(filePath(id, 'raw')) && existsSync(filePath(id, 'zst')));
+  const filesExist = (id: string) => artifacts !== null || (existsSync(filePath(id, 'raw')) && existsSync(filePath(id, 'zst')));
   const refs = (img: Image) => {
     if (!img.compressedSha256 || !img.rawSha256) throw new ArtifactFetchError(`image ${img.id} has no sha256 recorded; rebuild it`, 'failed');
     return {
@@ -187,6 +207,12 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
     const existing = store.images.get(id);
     if (running && existing) return { image: existing, done: running, reused: true };
     if (existing?.state === 'ready' && filesExist(id)) return { image: existing, done: Promise.resolve(existing), reused: true };
+    // another daemon of the shared store is building it (and still reporting): wait for its row, build it once
+    const other = existing?.state === 'building' && artifacts ? (existing.progress as { host?: string }).host : undefined;
+    if (other && other !== builderId && !stale(existing!)) {
+      log.info({ image: id, builder: other }, 'image is being built by another daemon: waiting for it');
+      return { image: existing!, done: waitForOther(id, other), reused: true };
+    }
     let name = opts.name ?? existing?.name ?? defaultName(resolved, source);
     const holder = store.images.getByName(name);
     if (holder && holder.id !== id) {
@@ -194,7 +220,7 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       name = `${name}-${id.slice(0, 8)}`;
     }
     const progress: BuildProgress = { stage: 'pulling', layersTotal: resolved.layers.length, layersDone: 0, bytesPulled: 0,
-      bytesToPull: resolved.layers.reduce((a, l) => a + Math.max(0, l.size), 0), bytesFlattened: 0, entries: 0, pid: process.pid, host: hostname() };
+      bytesToPull: resolved.layers.reduce((a, l) => a + Math.max(0, l.size), 0), bytesFlattened: 0, entries: 0, pid: process.pid, host: builderId };
     const row = {
       id, name, source: resolved.source, digest: resolved.digest, state: 'building' as const, format: 'ext4',
       config: resolved.config.run, progress: progress as unknown as Record<string, unknown>,
@@ -272,9 +298,9 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       progress.seconds = seconds;
       renameSync(zstTmp, filePath(id, 'zst'));
       renameSync(rawTmp, filePath(id, 'raw'));
-      if (artifacts.kind === 's3') {
+      if (artifacts) {
         const t = performance.now();
-        await upload(id, digests.compressedSha256, progress, report);
+        await upload(artifacts, id, digests.compressedSha256, progress, report);
         seconds.upload = (performance.now() - t) / 1000;
       }
       progress.stage = 'done';
@@ -298,7 +324,7 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       return img;
     } catch (err) {
       const e = asImageError(err, imagesDir);
-      if (artifacts.kind === 's3') for (const kind of ['raw', 'zst'] as const) rmSync(filePath(id, kind), { force: true }); // a failed row has no cache
+      if (artifacts) for (const kind of ['raw', 'zst'] as const) rmSync(filePath(id, kind), { force: true }); // a failed row has no cache
       progress.stage = 'failed';
       delete progress.pid;
       delete progress.host;
@@ -316,7 +342,7 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
   }
 
   /** The zstd form to the S3 store (multipart), progress in the row and the log; a failure fails the build. */
-  async function upload(id: string, sha256: string, progress: BuildProgress, report: (force?: boolean) => void): Promise<void> {
+  async function upload(artifacts: ArtifactStore, id: string, sha256: string, progress: BuildProgress, report: (force?: boolean) => void): Promise<void> {
     const name = fileName(id, 'zst');
     progress.stage = 'uploading';
     progress.bytesUploaded = 0;
@@ -348,7 +374,7 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ err, image: id }, 'could not remove image file');
       }
     }
-    if (artifacts.kind === 's3') {
+    if (artifacts) {
       try {
         await artifacts.remove([fileName(id, 'zst')]);
         log.info({ image: id, from: artifacts.describe(fileName(id, 'zst')) }, 'image objects removed from the artifact store');
@@ -361,12 +387,11 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
   return {
     imagesDir,
     artifactStore: artifacts,
-    cache,
     filePath,
     removeFiles,
     async localFile(img, kind) {
-      // the local store is the directory itself: its files are the ones the build wrote, as before
-      if (artifacts.kind === 'local') {
+      // without a bucket the directory's files are the ones the build wrote, as before
+      if (!cache) {
         if (!existsSync(filePath(img.id, kind))) throw new ArtifactFetchError(`${filePath(img.id, kind)} is missing`, 'missing');
         return filePath(img.id, kind);
       }
@@ -392,7 +417,7 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
         if (img.state !== 'building') continue;
         const { pid, host } = img.progress as { pid?: number; host?: string };
         // a build of another daemon sharing the store: only that host can tell whether it still runs
-        if (host && host !== hostname()) continue;
+        if (host && host !== builderId) continue;
         if (pid && pidAlive(Number(pid)) && Number(pid) !== process.pid) continue;
         store.images.setState(img.id, 'failed', { error: 'interrupted: the build stopped before it finished (server restart?)' });
         log.warn({ image: img.id }, 'interrupted image build marked failed');

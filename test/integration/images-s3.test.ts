@@ -134,6 +134,35 @@ test('a build uploads the zstd form (multipart) before the row is ready; the obj
   assert.deepEqual(readdirSync(join(work, 'other-builder', 'images')), [], 'nothing built or fetched');
 });
 
+test('two daemons asked for the same image at once: the second waits for the first one\'s build, one upload', { skip }, async () => {
+  const layout = join(work, 'layout-twice');
+  writeOciLayout(layout, buildImage({ layers: [busyboxLayer(), [{ path: 'etc/twice', content: '2\n' }]] }), 'v1');
+  const silent = pino({ level: 'silent' });
+  const rackA = createImageService({ store: builder.store, log: silent, registry: new Registry(), dataDir: join(work, 'rack-a'), artifacts: s3ArtifactStore(s3cfg), builderId: 'rack-a' });
+  const rackB = createImageService({ store: builder.store, log: silent, registry: new Registry(), dataDir: join(work, 'rack-b'), artifacts: s3ArtifactStore(s3cfg), builderId: 'rack-b' });
+  const a = await rackA.start({ type: 'oci-layout', path: layout });
+  assert.equal(a.reused, false);
+  assert.equal((a.image.progress as { host?: string }).host, 'rack-a');
+  const b = await rackB.start({ type: 'oci-layout', path: layout });
+  assert.equal(b.reused, true, 'rack-b does not build it again');
+  assert.equal(b.image.state, 'building');
+  const [ia, ib] = await Promise.all([a.done, b.done]);
+  assert.equal(ib.state, 'ready');
+  assert.deepEqual(ib, ia, 'rack-b resolves with the row rack-a made ready');
+  const key = `/${s3.bucket}/${PREFIX}/${ia.id}.ext4.zst`;
+  assert.equal(s3.requests().filter((r) => r.startsWith(`PUT ${key}`)).length, 1, 'uploaded once');
+  assert.deepEqual(readdirSync(join(work, 'rack-b', 'images')), [], 'rack-b built nothing');
+  // a building row whose builder stopped reporting long ago is built here instead
+  builder.store.db.prepare("UPDATE images SET state = 'building', progress = ?, updated_at = ? WHERE id = ?").run(JSON.stringify({ stage: 'pulling', host: 'rack-a', pid: 1 }), new Date(Date.now() - 11 * 60_000).toISOString(), ia.id);
+  const again = await rackB.start({ type: 'oci-layout', path: layout });
+  assert.equal(again.reused, false);
+  assert.equal((await again.done).state, 'ready');
+  builder.store.images.delete(ia.id);
+  await rackA.removeFiles(ia.id);
+  await rackB.removeFiles(ia.id);
+  assert.deepEqual((await s3.list()).map((o) => o.key), [`${PREFIX}/${img.id}.ext4.zst`]);
+});
+
 test('a daemon with an empty cache serves both forms from S3, verified, one fetch for concurrent requests', { skip }, async () => {
   const b = await otherDaemon();
   try {
@@ -183,7 +212,7 @@ test('a tampered object in S3 is refused, deleted and logged, never served; the 
       assert.equal(r.status, 502, path);
       const body = await r.json() as { field: string; message: string };
       assert.equal(body.field, 'image');
-      assert.match(body.message, new RegExp(`does not match image's sha256 \\(expected ${img.compressedSha256}`));
+      assert.match(body.message, new RegExp(`does not match the image's sha256 \\(expected ${img.compressedSha256}`));
       assert.match(body.message, /refused, not served/);
     }
     assert.deepEqual(readdirSync(join(b.dataDir, 'images')), [], 'the bad copy is gone, no temp file left');

@@ -52,7 +52,8 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
   const { store, workflows, log, adminToken } = opts;
   const bytesSent = imageBytesCounter(opts.registry);
   const redirects = imageRedirectsCounter(opts.registry);
-  const redirect = opts.redirect && svc.artifactStore?.kind === 's3' ? opts.redirect : null;
+  const bucket = svc.artifactStore ?? null;
+  const redirect = opts.redirect && bucket ? opts.redirect : null;
   const handler = async (req: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply) => {
     const m = FILE.exec(req.params.file);
     if (!m) return reply.code(404).send({ error: 'Not Found', message: 'expected /images/<id>.ext4 or /images/<id>.ext4.zst' });
@@ -66,13 +67,11 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
     const img = store.images.get(m[1]);
     if (!img || img.state !== 'ready') return reply.code(404).send({ error: 'Not Found', message: img ? `image ${img.id} is ${img.state}` : `no image ${m[1]}` });
     const kind = m[2] ? 'zst' : 'raw';
-    if (redirect && kind === 'zst') {
-      const url = await svc.artifactStore.presign(`${img.id}.ext4.zst`, redirect.seconds);
-      if (url) {
-        redirects.inc({ kind });
-        // the URL carries its own short-lived credentials: no cache may keep it
-        return reply.code(307).header('location', url).header('cache-control', 'no-store').header('etag', `"${img.compressedSha256}"`).send();
-      }
+    if (redirect && bucket && kind === 'zst') {
+      const url = await bucket.presign(`${img.id}.ext4.zst`, redirect.seconds);
+      redirects.inc({ kind });
+      // the URL carries its own short-lived credentials: no cache may keep it
+      return reply.code(307).header('location', url).header('cache-control', 'no-store').header('etag', `"${img.compressedSha256}"`).send();
     }
     let path: string;
     try {
