@@ -328,6 +328,7 @@ test('ironboot serve with --images s3://: builds, uploads, serves from the bucke
     const url = new URL(r.headers.get('location')!);
     assert.equal(url.searchParams.get('X-Amz-Expires'), '30');
     assert.equal(sha(Buffer.from(await (await fetch(url)).arrayBuffer())), built.compressedSha256);
+    assert.match(await (await fetch(`${d.url}/metrics`)).text(), /ironboot_image_redirects_total\{kind="zst"\} 1/);
     const del = await fetch(`${d.url}/api/v1/images/${built.id}`, { method: 'DELETE', headers: auth });
     assert.equal(del.status, 204);
     assert.deepEqual(await s3.list('serve/'), []);

@@ -68,7 +68,13 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
     if (!img || img.state !== 'ready') return reply.code(404).send({ error: 'Not Found', message: img ? `image ${img.id} is ${img.state}` : `no image ${m[1]}` });
     const kind = m[2] ? 'zst' : 'raw';
     if (redirect && bucket && kind === 'zst') {
-      const url = await bucket.presign(`${img.id}.ext4.zst`, redirect.seconds);
+      let url: string;
+      try {
+        url = await bucket.presign(`${img.id}.ext4.zst`, redirect.seconds);
+      } catch (err) {
+        log.error({ image: img.id, err: (err as Error).message }, 'image redirect refused: no presigned URL');
+        return reply.code(503).send({ error: 'Service Unavailable', field: 'image', message: `cannot presign ${bucket.describe(`${img.id}.ext4.zst`)}: ${(err as Error).message}` });
+      }
       redirects.inc({ kind });
       // the URL carries its own short-lived credentials: no cache may keep it
       return reply.code(307).header('location', url).header('cache-control', 'no-store').header('etag', `"${img.compressedSha256}"`).send();
