@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { BOOT_SCRIPT_AUTH_MODES, type BootScriptAuth } from './boot/script-auth.ts';
+import { parseImagesLocation, type ImageStoreConfig } from './images/artifact-store.ts';
 
 export type DhcpMode = 'reservation' | 'proxy' | 'full';
 
@@ -51,6 +52,8 @@ export interface ServeConfig {
   agentMaxEventBytes: number;
   /** Most concurrent live event stream (SSE) clients. */
   sseMaxClients: number;
+  /** Where built images live (--images): DATA_DIR/images, or an S3 bucket that DATA_DIR/images caches. */
+  imageStore: ImageStoreConfig;
 }
 
 export class ConfigError extends Error {
@@ -61,7 +64,8 @@ export class ConfigError extends Error {
 }
 
 /** Keys of the config file: the ServeConfig fields, and the TLS files that ServeConfig.tls groups. */
-type SettingKey = keyof ServeConfig | 'tlsCert' | 'tlsKey' | 'tlsCa';
+type SettingKey = keyof ServeConfig | 'tlsCert' | 'tlsKey' | 'tlsCa'
+  | 'images' | 's3Endpoint' | 's3PathStyle' | 'imagesRedirect' | 'imagesRedirectSeconds';
 
 interface Spec {
   key: SettingKey;
@@ -103,6 +107,11 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 'agentMaxEvents', flag: 'agent-max-events', kind: 'int', help: 'per workflow: most log/progress/info events stored (default 50000)' },
   { key: 'agentMaxEventBytes', flag: 'agent-max-event-bytes', kind: 'int', help: 'per workflow: most bytes of agent output stored (default 67108864)' },
   { key: 'sseMaxClients', flag: 'sse-max-clients', kind: 'int', help: 'most concurrent live event stream clients (default 64)' },
+  { key: 'images', flag: 'images', kind: 'string', help: 'where built images live: local (default: DATA_DIR/images) | s3://BUCKET/PREFIX (shared by every daemon; DATA_DIR/images caches it; region AWS_REGION, default us-east-1; credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)' },
+  { key: 's3Endpoint', flag: 's3-endpoint', kind: 'string', help: 'S3-compatible server URL for --images s3:// (default AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS)' },
+  { key: 's3PathStyle', flag: 's3-path-style', kind: 'bool', help: 'path-style S3 URLs (http://host/bucket/key), as most S3-compatible servers need (default on with an endpoint, off for AWS)' },
+  { key: 'imagesRedirect', flag: 'images-redirect', kind: 'bool', help: 'with --images s3://: answer GET /images/<id>.ext4.zst (after the token check) with a 307 to a presigned S3 URL instead of streaming it' },
+  { key: 'imagesRedirectSeconds', flag: 'images-redirect-expiry', kind: 'int', help: 'seconds a presigned image URL stays valid (default 300)' },
 ];
 
 export const envName = (flag: string): string => 'IRONBOOT_' + flag.toUpperCase().replaceAll('-', '_');
@@ -164,14 +173,14 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
   };
   const get = (key: SettingKey) => raw(SERVE_SETTINGS.find((s) => s.key === key)!);
   const str = (key: SettingKey, def: string | null) => { const v = get(key); return v === undefined || v === null ? def : String(v); };
-  const int = (key: keyof ServeConfig, def: number) => {
+  const int = (key: SettingKey, def: number) => {
     const v = get(key);
     if (v === undefined || v === null) return def;
     const n = Number(v);
     if (!Number.isInteger(n) || n < 0) throw new ConfigError(key, `"${v}" is not a non-negative integer`);
     return n;
   };
-  const bool = (key: keyof ServeConfig, def: boolean) => { const v = get(key); return v === undefined ? def : Boolean(v); };
+  const bool = (key: SettingKey, def: boolean) => { const v = get(key); return v === undefined || v === null ? def : Boolean(v); };
   const list = (key: keyof ServeConfig) => { const v = get(key); return v === undefined ? [] : Array.isArray(v) ? v.map(String) : [String(v)]; };
 
   const dhcpMode = str('dhcpMode', 'reservation') as DhcpMode;
@@ -205,7 +214,28 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
   const publicHttpsUrl = str('publicHttpsUrl', null);
   if (publicHttpsUrl && !/^https:\/\/[^/]+/.test(publicHttpsUrl)) throw new ConfigError('public-https-url', `"${publicHttpsUrl}" is not an https URL`);
 
+  let location: ReturnType<typeof parseImagesLocation>;
+  try { location = parseImagesLocation(str('images', null)); } catch (err) { throw new ConfigError('images', (err as Error).message); }
+  const s3EndpointSetting = str('s3Endpoint', null);
+  const s3Endpoint = s3EndpointSetting ?? (env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || null);
+  const redirectOn = bool('imagesRedirect', false);
+  let imageStore: ImageStoreConfig = { kind: 'local' };
+  if (location.kind === 's3') {
+    const endpointKey = s3EndpointSetting ? 's3-endpoint' : env.AWS_ENDPOINT_URL_S3 ? 'AWS_ENDPOINT_URL_S3' : 'AWS_ENDPOINT_URL';
+    if (s3Endpoint && !/^https?:\/\/[^/]+/.test(s3Endpoint)) throw new ConfigError(endpointKey, `"${s3Endpoint}" is not an http(s) URL`);
+    const redirectSeconds = int('imagesRedirectSeconds', 300);
+    if (redirectSeconds < 1 || redirectSeconds > 604800) throw new ConfigError('images-redirect-expiry', `${redirectSeconds} is not between 1 and 604800 seconds (S3's limit for presigned URLs)`);
+    imageStore = {
+      ...location, endpoint: s3Endpoint ? s3Endpoint.replace(/\/+$/, '') : null, region: env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1',
+      pathStyle: bool('s3PathStyle', !!s3Endpoint), redirect: redirectOn, redirectSeconds,
+    };
+  } else {
+    if (redirectOn) throw new ConfigError('images-redirect', 'redirects go to presigned S3 URLs: it needs --images s3://BUCKET/PREFIX');
+    if (s3EndpointSetting) throw new ConfigError('s3-endpoint', 'only used with --images s3://BUCKET/PREFIX');
+  }
+
   return {
+    imageStore,
     bootScriptAuth,
     tls: tlsCert && tlsKey ? { cert: resolve(tlsCert), key: resolve(tlsKey), ca: tlsCa ? resolve(tlsCa) : null } : null,
     httpsListen: parseHostPort('https-listen', str('httpsListen', ':8443')!, 8443),

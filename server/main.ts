@@ -17,6 +17,7 @@ import { buildApp, plainHttpHandler, PLAIN_HTTP_PATHS, IPXE_HTTPS_PLAIN_PATHS, t
 import { createMetricsRegistry } from './metrics.ts';
 import { httpExtras, startNetworkServices, prepareArtifacts, agentUrlFor, selectIpxe } from './services.ts';
 import { ConfigError } from './config.ts';
+import type { ArtifactStore, ArtifactStoreError } from './images/artifact-store.ts';
 import { PowerService } from './power/service.ts';
 import { powerRoutes } from './http/routes/api/power.ts';
 import { listenAlsoOn, provisioningAddresses, resolveListen } from './listen.ts';
@@ -82,7 +83,8 @@ export async function startDaemon(givenConfig: ServeConfig, log: Logger): Promis
     };
     let httpsPort = config.httpsListen.port;
     const agentUrl = agentUrlFor(config, () => httpsPort);
-    const extras = httpExtras({ store, log, registry, config, agentUrl });
+    const imageStore = await openArtifactStore(config, log);
+    const extras = httpExtras({ store, log, registry, config, agentUrl, artifacts: imageStore });
     deps.plugins = [...extras.plugins, { plugin: powerRoutes(power) as never, api: true }];
     deps.images = extras.images;
     workflows.bootDisks = extras.bootDisks;
@@ -146,6 +148,25 @@ export async function startDaemon(givenConfig: ServeConfig, log: Logger): Promis
     await close();
     throw err;
   }
+}
+
+/**
+ * The --images store: undefined for the local directory (the image service's default); an S3 bucket is checked
+ * now (HeadBucket), so a wrong bucket, endpoint or credentials stop the start with the setting to fix.
+ */
+async function openArtifactStore(config: ServeConfig, log: Logger): Promise<ArtifactStore | undefined> {
+  const cfg = config.imageStore;
+  if (cfg.kind !== 's3') return undefined;
+  const { s3ArtifactStore } = await import('./images/s3-store.ts'); // the AWS SDK only for daemons that use it
+  const store = s3ArtifactStore(cfg);
+  try {
+    await store.check();
+  } catch (err) {
+    const e = err as ArtifactStoreError;
+    throw new ConfigError(e.setting ? `--${e.setting}` : '--images', e.message);
+  }
+  log.info({ images: store.location, endpoint: cfg.endpoint ?? 'AWS', region: cfg.region, pathStyle: cfg.pathStyle, redirect: cfg.redirect }, 'images: S3 artifact store (DATA_DIR/images is its cache)');
+  return store;
 }
 
 /** Runs the daemon until SIGINT/SIGTERM, then shuts down gracefully. */

@@ -16,6 +16,7 @@ import { agentUrlFor, httpUrlFor, ipxeHttpsUrlFor } from './public-urls.ts';
 export { agentUrlFor, httpUrlFor, ipxeHttpsUrlFor };
 import { startTftpService, type TftpVirtualFiles } from './tftp/index.ts';
 import { createImageService, type ImageService } from './images/index.ts';
+import type { ArtifactStore } from './images/artifact-store.ts';
 import { createBootDiskService, type BootDiskService } from './images/bootable.ts';
 import { loadBootTemplates, type BootTemplates } from './boot/ipxe.ts';
 import { createBootScriptServer, type BootScriptPolicy, type BootScriptServer } from './boot/serve.ts';
@@ -44,16 +45,20 @@ export function bootScriptPolicy(config: ServeConfig): BootScriptPolicy {
   return { mode: config.bootScriptAuth, dhcpLeases: config.dhcp && config.dhcpInterfaces.length > 0 && config.dhcpMode !== 'proxy' };
 }
 
-export function httpExtras(deps: { store: Store; log: Logger; registry: Registry; config: ServeConfig; agentUrl?: ((scriptBase: string) => string) | null }): HttpExtras {
+export function httpExtras(deps: { store: Store; log: Logger; registry: Registry; config: ServeConfig; agentUrl?: ((scriptBase: string) => string) | null; artifacts?: ArtifactStore }): HttpExtras {
   const templates = loadBootTemplates(deps.config.templatesDir ?? undefined);
-  const imageService = createImageService({ store: deps.store, log: deps.log, registry: deps.registry, dataDir: deps.config.dataDir });
+  const imageService = createImageService({ store: deps.store, log: deps.log, registry: deps.registry, dataDir: deps.config.dataDir, artifacts: deps.artifacts });
   imageService.recover(); // builds a previous daemon left half-way: temp files removed, rows marked failed
-  const bootDisks = createBootDiskService({ imagesDir: imageService.imagesDir, ext4Path: (id) => imageService.filePath(id, 'raw'), log: deps.log });
+  const bootDisks = createBootDiskService({
+    imagesDir: imageService.imagesDir, ext4Path: (id) => imageService.filePath(id, 'raw'), ensureExt4: (img) => imageService.localFile(img, 'raw'), log: deps.log,
+  });
   // deleting an image removes its bootable disk too
-  const images: ImageFiles = { removeFiles: (id) => { imageService.removeFiles(id); bootDisks.removeFiles(id); } };
+  const images: ImageFiles = { removeFiles: async (id) => { bootDisks.removeFiles(id); await imageService.removeFiles(id); } };
+  const store = deps.config.imageStore;
+  const redirect = store.kind === 's3' && store.redirect ? { seconds: store.redirectSeconds } : null;
   const plugins: AppPlugin[] = [
     { plugin: bootPlugin(templates, deps.config.publicUrl, undefined, { policy: bootScriptPolicy(deps.config), agentUrl: deps.agentUrl ?? null }) },
-    { plugin: async (app, d: AppDeps) => imageFilesRoutes(app, { ...d, imageService, bootDisks }) },
+    { plugin: async (app, d: AppDeps) => imageFilesRoutes(app, { ...d, imageService, bootDisks, redirect }) },
     { plugin: async (app, d: AppDeps) => metadataRoutes(app, d) },
     { plugin: async (app, d: AppDeps) => imageBuildsRoutes(app, { ...d, imageService }), api: true },
   ];

@@ -34,7 +34,8 @@ import uiRoutes from './routes/ui.ts';
 
 /** What the container-disk side offers the HTTP app (server/images/). */
 export interface ImageFiles {
-  removeFiles(id: string): void;
+  /** May finish later (an S3 artifact store deletes its objects): the API answers once it has. */
+  removeFiles(id: string): void | Promise<void>;
 }
 
 export interface AppDeps {

@@ -354,8 +354,12 @@ export async function buildBootDisk(o: { imageId: string; imageName: string; ext
 
 let tmpN = 0;
 
-/** The bootable disks, kept beside the container disks in `imagesDir`. `ext4Path(id)` is the image's container disk. */
-export function createBootDiskService(deps: { imagesDir: string; ext4Path: (id: string) => string; log: Logger }): BootDiskService {
+/**
+ * The bootable disks, kept beside the container disks in `imagesDir`. `ext4Path(id)` is the image's container disk;
+ * `ensureExt4(img)` puts it there first when it can (with an S3 artifact store: fetched and verified), so each daemon
+ * builds the bootable disk from the verified container disk of the shared store.
+ */
+export function createBootDiskService(deps: { imagesDir: string; ext4Path: (id: string) => string; ensureExt4?: (img: Image) => Promise<string>; log: Logger }): BootDiskService {
   const log = deps.log.child({ svc: 'bootdisk' });
   const inflight = new Map<string, Promise<BootDisk>>();
   const checked = new Map<string, string | null>();
@@ -376,7 +380,8 @@ export function createBootDiskService(deps: { imagesDir: string; ext4Path: (id: 
     mkdirSync(tmp, { recursive: true });
     try {
       log.info({ image: img.id, name: img.name }, 'bootable disk build started');
-      const built = await buildBootDisk({ imageId: img.id, imageName: img.name, ext4: deps.ext4Path(img.id), rawSize: img.rawSize ?? 0, dir: tmp });
+      const ext4 = deps.ensureExt4 ? await deps.ensureExt4(img) : deps.ext4Path(img.id);
+      const built = await buildBootDisk({ imageId: img.id, imageName: img.name, ext4, rawSize: img.rawSize ?? 0, dir: tmp });
       const zst = join(tmp, 'disk.img.zst');
       const h = await hashAndCompress(built.file, zst);
       const { file, ...rest } = built;
@@ -400,7 +405,10 @@ export function createBootDiskService(deps: { imagesDir: string; ext4Path: (id: 
     async check(img) {
       if (img.format !== 'ext4') return `image ${img.name} is ${img.format}; a bootable disk needs an ext4 container disk`;
       if (checked.has(img.id)) return checked.get(img.id)!;
-      const ext4 = deps.ext4Path(img.id);
+      let ext4 = deps.ext4Path(img.id);
+      if (!existsSync(ext4) && deps.ensureExt4) {
+        try { ext4 = await deps.ensureExt4(img); } catch (err) { return `image ${img.name}'s container disk is not available: ${(err as Error).message}`; }
+      }
       if (!existsSync(ext4)) return `image ${img.name}'s container disk ${ext4} is missing`;
       const r = pickBootFiles(await listBoot(ext4));
       const reason = r.ok ? null : `image ${img.name} cannot boot on its own: ${r.reason}`;

@@ -4,9 +4,14 @@
  *
  * A build works in DATA_DIR/images/.tmp-<id>-<pid>-<n>/ and renames its two files into place at the end, then
  * marks the row ready in one transaction: a failed or interrupted build leaves no file and no ready row.
+ *
+ * With an S3 artifact store (--images s3://…, artifact-store.ts) the zstd form is uploaded before the row is
+ * marked ready, so a ready row means every daemon can fetch it; DATA_DIR/images is then each daemon's verified
+ * cache of the bucket (artifact-cache.ts), and the row is the same whichever daemon built it.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, unlinkSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { SHARE_ENV, Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
@@ -21,10 +26,12 @@ import { resolveSource, describeSource, type ImageSource, type ResolvedImage } f
 import { parseSize } from './disk.ts';
 import { buildDisk, asImageError, type BuildJob, type BuildResult, type BuildEvents } from './build.ts';
 import type { WorkerMessage } from './build-worker.ts';
-import { limitsFromEnv, type ImageLimits } from './limits.ts';
+import { checkFreeSpace, limitsFromEnv, type ImageLimits } from './limits.ts';
 import { parseReference } from './reference.ts';
+import type { ArtifactStore } from './artifact-store.ts';
+import { createArtifactCache, ArtifactFetchError } from './artifact-cache.ts';
 
-export { ImageError, type ImageSource };
+export { ImageError, ArtifactFetchError, type ImageSource };
 
 export interface BuildOptions {
   name?: string;
@@ -35,7 +42,7 @@ export interface BuildOptions {
 }
 
 export interface BuildProgress {
-  stage: 'resolving' | 'pulling' | 'filesystem' | 'compressing' | 'done' | 'failed';
+  stage: 'resolving' | 'pulling' | 'filesystem' | 'compressing' | 'uploading' | 'done' | 'failed';
   layersTotal: number;
   layersDone: number;
   bytesPulled: number;
@@ -46,8 +53,12 @@ export interface BuildProgress {
   diskBytes?: number;
   /** Bytes of the raw disk written and fed to zstd so far (file data while the layers stream, then the metadata). */
   bytesCompressed?: number;
+  /** Bytes of the zstd form uploaded to the S3 artifact store so far. */
+  bytesUploaded?: number;
   seconds?: Record<string, number>;
   pid?: number;
+  /** The builder's host: with a store shared by several daemons, only this host can tell whether `pid` is alive. */
+  host?: string;
 }
 
 export type ProgressFn = (p: BuildProgress) => void;
@@ -56,6 +67,15 @@ export type FileKind = 'raw' | 'zst';
 
 export interface ImageService extends ImageFiles {
   readonly imagesDir: string;
+  /** The S3 bucket that the images directory caches (--images s3://…), or null: the images directory is all there is. */
+  readonly artifactStore: ArtifactStore | null;
+  /**
+   * The local path of a ready image's file, fetched from the artifact store and verified against the row's
+   * sha256 first when this daemon has no copy; rejects with ArtifactFetchError (its `status` is the HTTP answer).
+   */
+  localFile(img: Image, kind: FileKind): Promise<string>;
+  /** Removes the image's files here and its objects in the artifact store. */
+  removeFiles(id: string): Promise<void>;
   /** Resolves the source, then builds (or reuses) the disk. Resolves with the ready row; rejects with ImageError. */
   build(source: ImageSource, opts?: BuildOptions, onProgress?: ProgressFn): Promise<Image>;
   /** Resolves the source and records a building row, then builds in the background (API). */
@@ -116,7 +136,14 @@ function startSpare(memoryMb: number): void {
   spare = s;
 }
 
-export function createImageService(deps: { store: Store; log: Logger; registry: Registry; dataDir: string; limits?: ImageLimits }): ImageService {
+/** 10 minutes: progress is saved at every stage and every 0.5 s of streaming, upload included. */
+const STALE_BUILD_MS = 10 * 60_000;
+
+export function createImageService(deps: {
+  store: Store; log: Logger; registry: Registry; dataDir: string; limits?: ImageLimits; artifacts?: ArtifactStore;
+  /** Who builds here, recorded on a building row (default: the host name); daemons sharing a store differ in it. */
+  builderId?: string;
+}): ImageService {
   const { store } = deps;
   /** What a build accepts from an image (IRONBOOT_IMAGE_… settings) and the worker thread's heap limit. */
   const limits = deps.limits ?? limitsFromEnv();
@@ -125,10 +152,17 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
   const log = deps.log.child({ svc: 'images' });
   const imagesDir = join(deps.dataDir, 'images');
   mkdirSync(imagesDir, { recursive: true });
+  const artifacts = deps.artifacts ?? null;
   const inflight = new Map<string, Promise<Image>>();
   if (!nativeCodec()) log.warn(`image builds decompress and compress through igzip/zstd processes (slower): ${codecUnavailable()}`);
   const metric = <T>(name: string, make: () => T): T => (deps.registry.getSingleMetric(name) as T) ?? make();
   const builds = metric('ironboot_image_builds_total', () => new Counter({ name: 'ironboot_image_builds_total', help: 'Container disk builds by result', labelNames: ['result'], registers: [deps.registry] }));
+  const fetches = metric('ironboot_image_fetches_total', () => new Counter({ name: 'ironboot_image_fetches_total', help: 'Image artifacts fetched from the S3 artifact store into this daemon\'s cache, by result (ok, mismatch, missing, unreachable, no-space, failed)', labelNames: ['result'], registers: [deps.registry] }));
+  const cache = artifacts && createArtifactCache({
+    dir: imagesDir, store: artifacts, log: deps.log,
+    checkSpace: (need) => checkFreeSpace(imagesDir, limits, need),
+    onFetch: (result) => fetches.inc({ result }),
+  });
   const buildSeconds = metric('ironboot_image_build_seconds', () => new Histogram({ name: 'ironboot_image_build_seconds', help: 'Container disk build time', buckets: [1, 2, 5, 10, 30, 60, 120, 300, 900], registers: [deps.registry] }));
 
   const filePath = (id: string, kind: FileKind) => {
@@ -136,7 +170,30 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
     return join(imagesDir, `${id}.ext4${kind === 'zst' ? '.zst' : ''}`);
   };
 
-  const filesExist = (id: string) => existsSync(filePath(id, 'raw')) && existsSync(filePath(id, 'zst'));
+  const builderId = deps.builderId ?? hostname();
+  /** A build row whose builder has not saved progress for this long is taken as abandoned. */
+  const stale = (img: Image) => Date.now() - Date.parse(img.updatedAt) > STALE_BUILD_MS;
+  /** The row another daemon is building, until it is ready (resolves), failed, deleted or abandoned (rejects). */
+  const waitForOther = async (id: string, host: string): Promise<Image> => {
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 500));
+      const cur = store.images.get(id);
+      if (!cur) throw new ImageError(`image ${id} was deleted while ${host} was building it`);
+      if (cur.state === 'ready') return cur;
+      if (cur.state === 'failed') throw new ImageError(cur.error ?? `the build on ${host} failed`);
+      if (cur.state !== 'building' || stale(cur)) throw new ImageError(`the build of image ${id} on ${host} stopped reporting progress; build it again`);
+    }
+  };
+  const fileName = (id: string, kind: FileKind) => `${id}.ext4${kind === 'zst' ? '.zst' : ''}`;
+  /** The files are here, or (S3) in the bucket: a ready row was marked ready only after its upload. */
+  const filesExist = (id: string) => artifacts !== null || (existsSync(filePath(id, 'raw')) && existsSync(filePath(id, 'zst')));
+  const refs = (img: Image) => {
+    if (!img.compressedSha256 || !img.rawSha256) throw new ArtifactFetchError(`image ${img.id} has no sha256 recorded; rebuild it`, 'failed');
+    return {
+      zst: { name: fileName(img.id, 'zst'), sha256: img.compressedSha256, size: img.compressedSize },
+      raw: { name: fileName(img.id, 'raw'), sha256: img.rawSha256, size: img.rawSize },
+    };
+  };
 
   async function prepare(source: ImageSource, opts: BuildOptions, onProgress?: ProgressFn) {
     const sizeBytes = opts.size !== undefined ? parseSize(opts.size) : undefined;
@@ -150,6 +207,12 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
     const existing = store.images.get(id);
     if (running && existing) return { image: existing, done: running, reused: true };
     if (existing?.state === 'ready' && filesExist(id)) return { image: existing, done: Promise.resolve(existing), reused: true };
+    // another daemon of the shared store is building it (and still reporting): wait for its row, build it once
+    const other = existing?.state === 'building' && artifacts ? (existing.progress as { host?: string }).host : undefined;
+    if (other && other !== builderId && !stale(existing!)) {
+      log.info({ image: id, builder: other }, 'image is being built by another daemon: waiting for it');
+      return { image: existing!, done: waitForOther(id, other), reused: true };
+    }
     let name = opts.name ?? existing?.name ?? defaultName(resolved, source);
     const holder = store.images.getByName(name);
     if (holder && holder.id !== id) {
@@ -157,7 +220,7 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       name = `${name}-${id.slice(0, 8)}`;
     }
     const progress: BuildProgress = { stage: 'pulling', layersTotal: resolved.layers.length, layersDone: 0, bytesPulled: 0,
-      bytesToPull: resolved.layers.reduce((a, l) => a + Math.max(0, l.size), 0), bytesFlattened: 0, entries: 0, pid: process.pid };
+      bytesToPull: resolved.layers.reduce((a, l) => a + Math.max(0, l.size), 0), bytesFlattened: 0, entries: 0, pid: process.pid, host: builderId };
     const row = {
       id, name, source: resolved.source, digest: resolved.digest, state: 'building' as const, format: 'ext4',
       config: resolved.config.run, progress: progress as unknown as Record<string, unknown>,
@@ -232,11 +295,17 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       if (result.skipped.length) log.warn({ image: id, skipped: result.skipped.slice(0, 20) }, 'image entries skipped');
       const { digests, seconds } = result;
       if (result.progress !== progress) Object.assign(progress, result.progress);
-      progress.stage = 'done';
       progress.seconds = seconds;
-      delete progress.pid;
       renameSync(zstTmp, filePath(id, 'zst'));
       renameSync(rawTmp, filePath(id, 'raw'));
+      if (artifacts) {
+        const t = performance.now();
+        await upload(artifacts, id, digests.compressedSha256, progress, report);
+        seconds.upload = (performance.now() - t) / 1000;
+      }
+      progress.stage = 'done';
+      delete progress.pid;
+      delete progress.host;
       const img = store.tx(() => {
         const cur = store.images.get(id);
         if (!cur) return undefined;
@@ -245,7 +314,7 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
         });
       });
       if (!img) {
-        removeFiles(id);
+        await removeFiles(id);
         throw new ImageError(`image ${id} was deleted while it was being built`);
       }
       onProgress?.(progress);
@@ -255,8 +324,10 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       return img;
     } catch (err) {
       const e = asImageError(err, imagesDir);
+      if (artifacts) for (const kind of ['raw', 'zst'] as const) rmSync(filePath(id, kind), { force: true }); // a failed row has no cache
       progress.stage = 'failed';
       delete progress.pid;
+      delete progress.host;
       try {
         store.images.setState(id, 'failed', { error: e.message, progress: progress as unknown as Record<string, unknown> });
       } catch (dbErr) {
@@ -270,18 +341,63 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
     }
   }
 
-  function removeFiles(id: string): void {
+  /** The zstd form to the S3 store (multipart), progress in the row and the log; a failure fails the build. */
+  async function upload(artifacts: ArtifactStore, id: string, sha256: string, progress: BuildProgress, report: (force?: boolean) => void): Promise<void> {
+    const name = fileName(id, 'zst');
+    progress.stage = 'uploading';
+    progress.bytesUploaded = 0;
+    report(true);
+    let lastLog = 0;
+    log.info({ image: id, to: artifacts.describe(name) }, 'image upload started');
+    try {
+      await artifacts.upload(name, filePath(id, 'zst'), {
+        contentType: 'application/zstd', sha256,
+        onProgress: (sent, total) => {
+          progress.bytesUploaded = sent;
+          report();
+          const now = performance.now();
+          if (now - lastLog > 2000 || sent === total) {
+            lastLog = now;
+            log.info({ image: id, to: artifacts.describe(name), sent, total }, 'image upload progress');
+          }
+        },
+      });
+    } catch (err) {
+      throw new ImageError(`the build finished but its upload to the artifact store failed: ${(err as Error).message}`, 'images');
+    }
+    log.info({ image: id, to: artifacts.describe(name), bytes: progress.bytesUploaded }, 'image uploaded');
+  }
+
+  async function removeFiles(id: string): Promise<void> {
     for (const kind of ['raw', 'zst'] as const) {
       try { unlinkSync(filePath(id, kind)); } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ err, image: id }, 'could not remove image file');
+      }
+    }
+    if (artifacts) {
+      try {
+        await artifacts.remove([fileName(id, 'zst')]);
+        log.info({ image: id, from: artifacts.describe(fileName(id, 'zst')) }, 'image objects removed from the artifact store');
+      } catch (err) {
+        log.error({ image: id, err: (err as Error).message }, 'could not remove the image from the artifact store: the object stays there');
       }
     }
   }
 
   return {
     imagesDir,
+    artifactStore: artifacts,
     filePath,
     removeFiles,
+    async localFile(img, kind) {
+      // without a bucket the directory's files are the ones the build wrote, as before
+      if (!cache) {
+        if (!existsSync(filePath(img.id, kind))) throw new ArtifactFetchError(`${filePath(img.id, kind)} is missing`, 'missing');
+        return filePath(img.id, kind);
+      }
+      const r = refs(img);
+      return kind === 'zst' ? cache.ensure(r.zst) : cache.ensureRaw(r.raw, r.zst);
+    },
     start: (source, opts = {}, onProgress) => prepare(source, opts, onProgress),
     async build(source, opts = {}, onProgress) {
       const { done } = await prepare(source, opts, onProgress);
@@ -299,8 +415,10 @@ export function createImageService(deps: { store: Store; log: Logger; registry: 
       }
       for (const img of store.images.list()) {
         if (img.state !== 'building') continue;
-        const pid = Number((img.progress as { pid?: number }).pid);
-        if (pid && pidAlive(pid) && pid !== process.pid) continue;
+        const { pid, host } = img.progress as { pid?: number; host?: string };
+        // a build of another daemon sharing the store: only that host can tell whether it still runs
+        if (host && host !== builderId) continue;
+        if (pid && pidAlive(Number(pid)) && Number(pid) !== process.pid) continue;
         store.images.setState(img.id, 'failed', { error: 'interrupted: the build stopped before it finished (server restart?)' });
         log.warn({ image: img.id }, 'interrupted image build marked failed');
       }

@@ -5,23 +5,41 @@
  * Each request presents a bearer token: the session token of a workflow that uses this image (from the address
  * its hello came from, while the workflow is not finished), or the admin token. 401 without or with a wrong
  * token, 403 for a workflow of another image or from another address, 409 once the workflow is final.
+ *
+ * With an S3 artifact store (--images s3://…) a daemon that has no copy of the file fetches it from the bucket into
+ * its cache and checks it against the image row's sha256 before the first byte goes out (server/images/
+ * artifact-cache.ts): a copy that does not match is refused (502) and never served. With --images-redirect the
+ * zstd form is answered, after the same token check, by a 307 to a presigned URL of the object (the raw form,
+ * which the bucket does not hold, is still streamed from here).
  */
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import { Counter, type Registry } from 'prom-client';
 import type { AppDeps } from '../app.ts';
-import type { ImageService } from '../../images/index.ts';
+import { ArtifactFetchError, type ImageService } from '../../images/index.ts';
 import { sendFile } from '../send-file.ts';
 import { bearer, tokenMatches } from '../auth.ts';
 import { authorizeSession } from './agent.ts';
 import type { BootDiskService } from '../../images/bootable.ts';
 
-export type ImageFilesOptions = AppDeps & { imageService?: ImageService; bootDisks?: BootDiskService | null };
+export type ImageFilesOptions = AppDeps & {
+  imageService?: ImageService;
+  bootDisks?: BootDiskService | null;
+  /** Answer GET of the zstd form with a redirect to the S3 object, valid for `seconds` (S3 artifact store only). */
+  redirect?: { seconds: number } | null;
+};
 
 /** Body bytes of container disks answered 200/206 to GET (a resumed download counts its remaining range only). */
 function imageBytesCounter(registry: Registry): Counter<'kind'> {
   const name = 'ironboot_image_bytes_sent_total';
   return (registry.getSingleMetric(name) as Counter<'kind'> | undefined) ?? new Counter({
     name, help: 'Container disk body bytes sent to machines (GET answered 200/206), by file kind (zst, raw)', labelNames: ['kind'], registers: [registry],
+  });
+}
+
+function imageRedirectsCounter(registry: Registry): Counter<'kind'> {
+  const name = 'ironboot_image_redirects_total';
+  return (registry.getSingleMetric(name) as Counter<'kind'> | undefined) ?? new Counter({
+    name, help: 'Container disk GETs answered by a redirect to a presigned S3 URL (--images-redirect)', labelNames: ['kind'], registers: [registry],
   });
 }
 
@@ -33,6 +51,9 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
   if (!svc || typeof svc.filePath !== 'function') throw new Error('image-files: no imageService given');
   const { store, workflows, log, adminToken } = opts;
   const bytesSent = imageBytesCounter(opts.registry);
+  const redirects = imageRedirectsCounter(opts.registry);
+  const bucket = svc.artifactStore ?? null;
+  const redirect = opts.redirect && bucket ? opts.redirect : null;
   const handler = async (req: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply) => {
     const m = FILE.exec(req.params.file);
     if (!m) return reply.code(404).send({ error: 'Not Found', message: 'expected /images/<id>.ext4 or /images/<id>.ext4.zst' });
@@ -46,7 +67,26 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
     const img = store.images.get(m[1]);
     if (!img || img.state !== 'ready') return reply.code(404).send({ error: 'Not Found', message: img ? `image ${img.id} is ${img.state}` : `no image ${m[1]}` });
     const kind = m[2] ? 'zst' : 'raw';
-    const out = sendFile(req, reply, svc.filePath(img.id, kind), {
+    if (redirect && bucket && kind === 'zst') {
+      let url: string;
+      try {
+        url = await bucket.presign(`${img.id}.ext4.zst`, redirect.seconds);
+      } catch (err) {
+        log.error({ image: img.id, err: (err as Error).message }, 'image redirect refused: no presigned URL');
+        return reply.code(503).send({ error: 'Service Unavailable', field: 'image', message: `cannot presign ${bucket.describe(`${img.id}.ext4.zst`)}: ${(err as Error).message}` });
+      }
+      redirects.inc({ kind });
+      // the URL carries its own short-lived credentials: no cache may keep it
+      return reply.code(307).header('location', url).header('cache-control', 'no-store').header('etag', `"${img.compressedSha256}"`).send();
+    }
+    let path: string;
+    try {
+      path = await svc.localFile(img, kind);
+    } catch (err) {
+      if (!(err instanceof ArtifactFetchError)) throw err;
+      return reply.code(err.status).send({ error: err.status === 503 ? 'Service Unavailable' : err.status === 404 ? 'Not Found' : 'Bad Gateway', field: 'image', message: err.message });
+    }
+    const out = sendFile(req, reply, path, {
       cacheControl: 'public, max-age=31536000, immutable',
       etag: (kind === 'zst' ? img.compressedSha256 : img.rawSha256) ?? undefined,
       contentType: kind === 'zst' ? 'application/zstd' : 'application/octet-stream',

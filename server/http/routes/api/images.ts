@@ -30,7 +30,7 @@ const imagesRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, lo
         store.images.delete(found.id);
         return found;
       });
-      images?.removeFiles(img.id);
+      await images?.removeFiles(img.id);
       log.info({ image: img.id, name: img.name }, 'image deleted');
       return reply.code(204).send(null);
     });
