@@ -1,9 +1,13 @@
 /**
  * Start-up checks that keep the daemon's secrets private: the data directory (database, admin token, images)
  * is created 0700 and a wider existing one is reported; an operator-chosen admin token that is short or has
- * little variety is reported as weak (pure checks apart from the one mkdir/stat).
+ * little variety is reported as weak (pure checks apart from the one mkdir/stat); and the daemon's identity among
+ * daemons sharing a store.
  */
-import { mkdirSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
 
 /** Creates the data directory 0700 when missing; returns a warning when it exists with access for others. */
 export function ensurePrivateDataDir(dir: string): string | null {
@@ -29,4 +33,28 @@ export function weakTokenReason(token: string): string | null {
   const bits = Math.round(h * token.length);
   if (bits < MIN_TOKEN_BITS) return `it has about ${bits} bits of entropy (${counts.size} distinct characters; want at least ${MIN_TOKEN_BITS} bits)`;
   return null;
+}
+
+/**
+ * This daemon's name among the daemons sharing one store: `<hostname>-<8 hex>`, made once and kept in
+ * DATA_DIR/daemon-id, so it survives restarts (a restarted daemon recognises its own interrupted image builds) and
+ * differs between two daemons on one host (each has its own data directory).
+ */
+export function daemonIdentity(dataDir: string): string {
+  const file = join(dataDir, 'daemon-id');
+  try {
+    const id = readFileSync(file, 'utf8').trim();
+    if (/^[\w.-]{1,200}$/.test(id)) return id;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const id = `${hostname().replace(/[^\w.-]/g, '_').slice(0, 180)}-${randomBytes(4).toString('hex')}`;
+  mkdirSync(dataDir, { recursive: true });
+  try {
+    writeFileSync(file, `${id}\n`, { mode: 0o644, flag: 'wx' }); // exclusive: of two processes starting at once, one names it
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return readFileSync(file, 'utf8').trim();
+    throw err;
+  }
+  return id;
 }

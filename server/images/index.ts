@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, unlinkSync } from 'node:fs';
-import { hostname } from 'node:os';
+import { daemonIdentity } from '../data-dir.ts';
 import { join } from 'node:path';
 import { SHARE_ENV, Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
@@ -57,7 +57,7 @@ export interface BuildProgress {
   bytesUploaded?: number;
   seconds?: Record<string, number>;
   pid?: number;
-  /** The builder's host: with a store shared by several daemons, only this host can tell whether `pid` is alive. */
+  /** The builder daemon (server/data-dir.ts daemonIdentity): with a store shared by several daemons, only that daemon can tell whether `pid` is alive. */
   host?: string;
 }
 
@@ -170,7 +170,7 @@ export function createImageService(deps: {
     return join(imagesDir, `${id}.ext4${kind === 'zst' ? '.zst' : ''}`);
   };
 
-  const builderId = deps.builderId ?? hostname();
+  const builderId = deps.builderId ?? daemonIdentity(deps.dataDir);
   /** A build row whose builder has not saved progress for this long is taken as abandoned. */
   const stale = (img: Image) => Date.now() - Date.parse(img.updatedAt) > STALE_BUILD_MS;
   /** The row another daemon is building, until it is ready (resolves), failed, deleted or abandoned (rejects). */
