@@ -157,6 +157,12 @@ export async function startDaemon(givenConfig: ServeConfig, log: Logger): Promis
 async function openArtifactStore(config: ServeConfig, log: Logger): Promise<ArtifactStore | undefined> {
   const cfg = config.imageStore;
   if (cfg.kind !== 's3') return undefined;
+  // The SDK warns on every start that its releases after January 2027 need Node 22. ironboot runs on Node 20 with
+  // the SDK versions its package-lock pins (tested there); the warning is said once, in the log, as one line.
+  if (process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED === undefined && Number(process.versions.node.split('.')[0]) < 22) {
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
+    log.info({ node: process.versions.node }, 'images: the AWS SDK versions in package-lock run on this Node; SDK releases after January 2027 need Node 22');
+  }
   const { s3ArtifactStore } = await import('./images/s3-store.ts'); // the AWS SDK only for daemons that use it
   const store = s3ArtifactStore(cfg);
   try {
