@@ -12,7 +12,7 @@
  * PostgreSQL is not optional: a missing server fails the PostgreSQL tests with the reason (deploy/setup.sh --test
  * installs it), it does not skip them.
  */
-import { after, before, type TestContext } from 'node:test';
+import { after, before, describe, type TestContext } from 'node:test';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -89,4 +89,9 @@ export function storeBackends(): StoreBackend[] {
     { name: 'sqlite', open: opener(() => null) },
     { name: 'postgres', open: opener(() => createTestDatabase()) },
   ];
+}
+
+/** `body` once per backend, inside a describe named `${title} (${backend})`. */
+export function describeStores(title: string, body: (backend: StoreBackend) => void): void {
+  for (const b of storeBackends()) describe(`${title} (${b.name})`, () => body(b));
 }
