@@ -104,6 +104,8 @@ export class PgSyncDatabase implements SqlDatabase {
   private readonly translated = new Map<string, TranslatedSql>();
   private nextId = 1;
   private depth = 0;
+  /** The outermost transaction has begun here but not yet on the server: its BEGIN goes with the next statement. */
+  private beginPending = false;
   private closed = false;
 
   /** Connects before it returns; throws PgError when PostgreSQL cannot be reached. */
@@ -145,7 +147,7 @@ export class PgSyncDatabase implements SqlDatabase {
     return (...args: ArgumentTypes<F>): ReturnType<F> => {
       const level = this.depth;
       const sp = `ironboot_sp${level}`;
-      if (level === 0) this.control('BEGIN', 'begin'); else this.control(`SAVEPOINT ${sp}`);
+      if (level === 0) this.beginPending = true; else this.control(`SAVEPOINT ${sp}`);
       this.depth++;
       let result: ReturnType<F>;
       try {
@@ -153,13 +155,16 @@ export class PgSyncDatabase implements SqlDatabase {
       } catch (err) {
         this.depth = level;
         try {
-          if (level === 0) this.control('ROLLBACK', 'rollback');
+          if (level === 0 && this.beginPending) this.beginPending = false; // nothing reached the server
+          else if (level === 0) this.control('ROLLBACK', 'rollback');
           else { this.control(`ROLLBACK TO SAVEPOINT ${sp}`); this.control(`RELEASE SAVEPOINT ${sp}`); }
         } catch { /* the connection is gone or the transaction aborted: the outer level's ROLLBACK ends it */ }
         throw err;
       }
       this.depth = level;
-      if (level === 0) this.control('COMMIT', 'commit'); else this.control(`RELEASE SAVEPOINT ${sp}`);
+      if (level === 0 && this.beginPending) this.beginPending = false; // a transaction without statements
+      else if (level === 0) this.control('COMMIT', 'commit');
+      else this.control(`RELEASE SAVEPOINT ${sp}`);
       return result;
     };
   }
@@ -188,6 +193,7 @@ export class PgSyncDatabase implements SqlDatabase {
 
   private call(req: PgRequest, what: string, timeoutMs = this.timeoutMs): { rows: unknown[]; changes: number } {
     if (this.closed) throw new Error(`the store ${this.name} is closed`);
+    if (this.beginPending && (req.op === 'query' || req.op === 'exec')) { req.begin = true; this.beginPending = false; }
     this.port.postMessage(req);
     const deadline = Date.now() + timeoutMs;
     for (;;) {
