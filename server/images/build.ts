@@ -118,6 +118,8 @@ async function* countBytes(src: AsyncIterable<Buffer>, onBytes: (n: number) => v
 export function asImageError(err: unknown, dir: string): ImageError {
   const code = (err as NodeJS.ErrnoException).code;
   if (err instanceof DiskFullError) return err;
+  // PostgreSQL's disk_full (53100): the database server's disk, not this daemon's
+  if (code === '53100') return new ImageError(`disk full: the PostgreSQL store has no space left (${(err as Error).message}); free space on the database server`);
   if (code === 'ENOSPC' || code === 'SQLITE_FULL' || /no space left/i.test((err as Error).message ?? '')) {
     const p = (err as NodeJS.ErrnoException).path;
     const where = p && !p.startsWith(dir) ? p : dir;
