@@ -94,7 +94,7 @@ test('two daemons on one PostgreSQL and one S3 bucket: an image built once, one 
     const env = await LabEnv.start({
       octet, nsPrefix: n === 1 ? 'ibfa' : 'ibfb', qemuLockHeld: true,
       beforeServe: (e) => { endpoint = core.link(e, n); },
-      serveArgs: ['--store', pg.url, '--images', `s3://${BUCKET}/images`, '--s3-endpoint', `http://10.99.${n}.1:${S3_PORT}`, '--s3-path-style'],
+      serveArgs: ['--store', pg.url, '--images', `s3://${BUCKET}/images`, '--s3-endpoint', `http://10.99.${n}.1:${S3_PORT}`],
       serveEnv: S3_ENV,
     });
     assert.ok(endpoint);
