@@ -178,10 +178,18 @@ export class LabEnv {
    * alias `net16`: another /16 than 10.77; `nsPrefix` another namespace prefix than "ibl"); `apiCa`: the daemon runs
    * with --tls-cert and the API is reached over HTTPS (:8443), verified against this CA.
    */
-  static async start(opts: { octet: number; serveArgs?: string[]; net?: string; net16?: string; nsPrefix?: string; apiCa?: string }): Promise<LabEnv> {
+  static async start(opts: {
+    octet: number; serveArgs?: string[]; net?: string; net16?: string; nsPrefix?: string; apiCa?: string;
+    /** The caller holds the QEMU lock for several labs at once (one test, several daemons): do not take it. */
+    qemuLockHeld?: boolean;
+    /** Runs after the namespace exists and before `ironboot serve` starts (links to other namespaces, say). */
+    beforeServe?: (env: LabEnv) => Promise<void> | void;
+    /** More environment for `ironboot serve`. */
+    serveEnv?: NodeJS.ProcessEnv;
+  }): Promise<LabEnv> {
     const artifactsDir = await ensureArtifacts();
     // one QEMU test at a time across the run's test files (test/helpers/qemu-lock.ts): held until destroy()
-    const releaseQemu = await qemuLock();
+    const releaseQemu = opts.qemuLockHeld ? null : await qemuLock();
     const ns = `${opts.nsPrefix ?? 'ibl'}${process.pid % 100000}${(labCounter++).toString(36)}`;
     const address = `${opts.net ?? opts.net16 ?? '10.77'}.${opts.octet}.1`;
     const dir = mkdtempSync(join(tmpdir(), `${ns}-`));
@@ -192,10 +200,11 @@ export class LabEnv {
       createLabNetwork({ ns, bridge: 'br0', address, prefix: 24, taps: ['tap0', 'tap1', 'tap2'] });
       env.spawn('python3', [RA_SENDER, 'br0']);
       const fwd = env.spawn(process.execPath, ['--import', 'tsx', FORWARDER, env.socket], { cwd: ROOT });
+      await opts.beforeServe?.(env);
       const serve = env.spawn(process.execPath, [CLI, 'serve', '--data-dir', env.dataDir, '--dhcp-interface', 'br0',
         '--http-listen', `${address}:8080`, '--tftp-listen', `${address}:69`, '--public-url', env.url,
         '--artifacts-dir', artifactsDir, '--no-build-artifacts', '--log-level', 'debug', ...(opts.serveArgs ?? [])],
-        { env: { ...process.env, IRONBOOT_TOKEN: env.token, CI: '1' } });
+        { env: { ...process.env, IRONBOOT_TOKEN: env.token, CI: '1', ...(opts.serveEnv ?? {}) } });
       const capture = (d: Buffer) => { env.daemonOut += d.toString(); };
       serve.stdout!.on('data', capture);
       serve.stderr!.on('data', capture);
