@@ -105,6 +105,17 @@ test('two daemons on one PostgreSQL and one S3 bucket: an image built once, one 
   const b = await rack(2, 32);
   t.after(() => b.destroy());
 
+  // a failure shows both daemons' last words
+  const tails = () => [a, b].map((e) => `--- daemon ${e.ns} (tail) ---\n${e.daemonLog().split('\n').slice(-25).join('\n')}`).join('\n');
+  try {
+    await fleet(a, b, core);
+  } catch (err) {
+    (err as Error).message += `\n${tails()}`;
+    throw err;
+  }
+});
+
+async function fleet(a: LabEnv, b: LabEnv, core: Core): Promise<void> {
   // built once, by A; the row is in the shared store and the artifacts in the bucket
   const image = await buildHttpdDisk(a);
   const seenByB = await b.api('GET', `/images/${image.name}`);
@@ -154,4 +165,4 @@ test('two daemons on one PostgreSQL and one S3 bucket: an image built once, one 
   // and each daemon sees the other's workflow in the shared store
   assert.equal((await b.workflow(m1.wfId)).state, 'running');
   assert.equal((await a.workflow(m2.wfId)).state, 'running');
-});
+}
