@@ -129,6 +129,33 @@ function parseHostPort(key: string, v: string, defPort: number): { host: string 
   return { host, port };
 }
 
+/**
+ * Where images live (--images and the S3 settings): the serve config and `ironboot images build` both read it.
+ * Throws a ConfigError naming the setting.
+ */
+export function resolveImageStore(o: {
+  images: string | null; s3Endpoint: string | null; s3PathStyle?: boolean | null; redirect?: boolean; redirectSeconds?: number;
+}, env: NodeJS.ProcessEnv = process.env): ImageStoreConfig {
+  let location: ReturnType<typeof parseImagesLocation>;
+  try { location = parseImagesLocation(o.images); } catch (err) { throw new ConfigError('images', (err as Error).message); }
+  const s3EndpointSetting = o.s3Endpoint;
+  const s3Endpoint = s3EndpointSetting ?? (env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || null);
+  const redirectOn = o.redirect ?? false;
+  if (location.kind !== 's3') {
+    if (redirectOn) throw new ConfigError('images-redirect', 'redirects go to presigned S3 URLs: it needs --images s3://BUCKET/PREFIX');
+    if (s3EndpointSetting) throw new ConfigError('s3-endpoint', 'only used with --images s3://BUCKET/PREFIX');
+    return { kind: 'local' };
+  }
+  const endpointKey = s3EndpointSetting ? 's3-endpoint' : env.AWS_ENDPOINT_URL_S3 ? 'AWS_ENDPOINT_URL_S3' : 'AWS_ENDPOINT_URL';
+  if (s3Endpoint && !/^https?:\/\/[^/]+/.test(s3Endpoint)) throw new ConfigError(endpointKey, `"${s3Endpoint}" is not an http(s) URL`);
+  const redirectSeconds = o.redirectSeconds ?? 300;
+  if (redirectSeconds < 1 || redirectSeconds > 604800) throw new ConfigError('images-redirect-expiry', `${redirectSeconds} is not between 1 and 604800 seconds (S3's limit for presigned URLs)`);
+  return {
+    ...location, endpoint: s3Endpoint ? s3Endpoint.replace(/\/+$/, '') : null, region: env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1',
+    pathStyle: o.s3PathStyle ?? !!s3Endpoint, redirect: redirectOn, redirectSeconds,
+  };
+}
+
 /** Parses argv (after the subcommand), the environment and the config file into a ServeConfig. */
 export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ServeConfig {
   const flags = new Map<string, unknown>();
@@ -217,25 +244,10 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
   const publicHttpsUrl = str('publicHttpsUrl', null);
   if (publicHttpsUrl && !/^https:\/\/[^/]+/.test(publicHttpsUrl)) throw new ConfigError('public-https-url', `"${publicHttpsUrl}" is not an https URL`);
 
-  let location: ReturnType<typeof parseImagesLocation>;
-  try { location = parseImagesLocation(str('images', null)); } catch (err) { throw new ConfigError('images', (err as Error).message); }
-  const s3EndpointSetting = str('s3Endpoint', null);
-  const s3Endpoint = s3EndpointSetting ?? (env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || null);
-  const redirectOn = bool('imagesRedirect', false);
-  let imageStore: ImageStoreConfig = { kind: 'local' };
-  if (location.kind === 's3') {
-    const endpointKey = s3EndpointSetting ? 's3-endpoint' : env.AWS_ENDPOINT_URL_S3 ? 'AWS_ENDPOINT_URL_S3' : 'AWS_ENDPOINT_URL';
-    if (s3Endpoint && !/^https?:\/\/[^/]+/.test(s3Endpoint)) throw new ConfigError(endpointKey, `"${s3Endpoint}" is not an http(s) URL`);
-    const redirectSeconds = int('imagesRedirectSeconds', 300);
-    if (redirectSeconds < 1 || redirectSeconds > 604800) throw new ConfigError('images-redirect-expiry', `${redirectSeconds} is not between 1 and 604800 seconds (S3's limit for presigned URLs)`);
-    imageStore = {
-      ...location, endpoint: s3Endpoint ? s3Endpoint.replace(/\/+$/, '') : null, region: env.AWS_REGION || env.AWS_DEFAULT_REGION || 'us-east-1',
-      pathStyle: bool('s3PathStyle', !!s3Endpoint), redirect: redirectOn, redirectSeconds,
-    };
-  } else {
-    if (redirectOn) throw new ConfigError('images-redirect', 'redirects go to presigned S3 URLs: it needs --images s3://BUCKET/PREFIX');
-    if (s3EndpointSetting) throw new ConfigError('s3-endpoint', 'only used with --images s3://BUCKET/PREFIX');
-  }
+  const imageStore = resolveImageStore({
+    images: str('images', null), s3Endpoint: str('s3Endpoint', null), s3PathStyle: get('s3PathStyle') == null ? null : bool('s3PathStyle', false),
+    redirect: bool('imagesRedirect', false), redirectSeconds: int('imagesRedirectSeconds', 300),
+  }, env);
 
   const store = str('store', null);
   if (store !== null && store !== '' && store !== 'sqlite') {
