@@ -51,6 +51,21 @@ export class WorkflowService {
   }
 
   /**
+   * The outermost transaction of a change. On SQLite it is BEGIN IMMEDIATE: it takes the write lock before its first
+   * read, so a read-then-write of this daemon never works on a snapshot another daemon (another process on the same
+   * file) has overtaken; a deferred one would fail with SQLITE_BUSY_SNAPSHOT instead of seeing the other's change.
+   * PostgreSQL (READ COMMITTED) relies on the compare-and-set in setState instead.
+   */
+  private tx<T>(fn: () => T): T {
+    const db = this.store.db as Partial<Store['db']> | undefined;
+    if (db?.inTransaction === false && typeof db.transaction === 'function') {
+      const t = db.transaction(fn) as { immediate?: () => T };
+      if (typeof t.immediate === 'function') return t.immediate();
+    }
+    return this.store.tx(fn);
+  }
+
+  /**
    * The checks of a new workflow that read the image (mode install: a kernel and an initrd in its /boot), then
    * create(). The API calls this; a refusal names the field and writes nothing.
    */
@@ -80,12 +95,12 @@ export class WorkflowService {
    * live events go out only after the commit, so a refused batch shows nothing on the stream either.
    */
   batch<T>(fn: () => T): T {
-    if (this.deferred) return this.store.tx(fn);
+    if (this.deferred) return this.tx(fn);
     const after: (() => void)[] = [];
     this.deferred = after;
     let result: T;
     try {
-      result = this.store.tx(fn);
+      result = this.tx(fn);
     } finally {
       this.deferred = null;
     }
@@ -97,7 +112,7 @@ export class WorkflowService {
     const { store } = this;
     let created: Workflow;
     let first: WorkflowEvent;
-    store.tx(() => {
+    this.tx(() => {
       const machine = store.machines.getByMac(input.mac);
       if (!machine) throw new WorkflowError(404, 'machine', `no machine with MAC ${input.mac}`);
       const image = store.images.find(input.image);
@@ -141,23 +156,30 @@ export class WorkflowService {
 
   /**
    * Moves a workflow to `to` if the state machine allows it. Returns the updated workflow, or throws a
-   * 409 WorkflowError naming the current state.
+   * 409 WorkflowError naming the current state. The change is a compare-and-set on the state it read: when another
+   * daemon changed the workflow in between, this one is refused (409 with the state the other set) and records
+   * nothing, so of two racing changes exactly one wins and leaves one event.
    */
   transition(id: string, to: WorkflowState, detail: { message?: string; reason?: string; exitCode?: number; payload?: Record<string, unknown> } = {}): Workflow {
     let ev: WorkflowEvent;
     let wf: Workflow;
-    this.store.tx(() => {
+    this.tx(() => {
       const cur = this.store.workflows.get(id);
       if (!cur) throw new WorkflowError(404, 'id', `no workflow ${id}`);
       if (!canTransition(cur.state, to)) {
         throw new WorkflowError(409, 'state', `workflow ${id} is ${cur.state}; it cannot become ${to}`);
       }
-      this.store.workflows.setState(id, to, {
+      const changed = this.store.workflows.setState(id, to, {
         reason: detail.reason !== undefined ? detail.reason : (isFinal(to) ? undefined : null),
         exitCode: detail.exitCode,
         final: isFinal(to),
         started: to === 'booting' || to === 'agent-online',
+        expected: cur.state,
       });
+      if (!changed) {
+        const now = this.store.workflows.get(id);
+        throw new WorkflowError(409, 'state', `workflow ${id} is ${now?.state ?? 'gone'} (changed meanwhile, from ${cur.state}); it was not made ${to}`);
+      }
       ev = this.store.events.append({
         workflowId: id, kind: 'state', state: to, message: detail.message ?? detail.reason ?? null,
         payload: { from: cur.state, ...(detail.exitCode !== undefined ? { exitCode: detail.exitCode } : {}), ...(detail.payload ?? {}) },
