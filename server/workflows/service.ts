@@ -33,9 +33,14 @@ export interface CreateWorkflowInput {
   targetSize?: number;
 }
 
+/** Told of every event inside the transaction that appends it (server/workflows/fleet-events.ts on PostgreSQL). */
+export interface EventAnnouncer { announce(ev: WorkflowEvent): void }
+
 /**
  * Where a workflow changes state. Every change is one transaction (the row and its event), is logged at info
- * with the MAC, and is published on `events` ('event', WorkflowEvent) for the live stream.
+ * with the MAC, and is published on `events` ('event', WorkflowEvent) for the live stream. Events other daemons
+ * on the same PostgreSQL committed arrive on `events` as 'remote' (fleet-events.ts): views show them, nothing here
+ * acts on them.
  */
 export class WorkflowService {
   readonly events = new EventEmitter();
@@ -45,6 +50,9 @@ export class WorkflowService {
 
   /** Bootable disks for mode install (server/images/bootable.ts); set by the composition root. */
   bootDisks: BootDiskService | null = null;
+
+  /** Several daemons on one PostgreSQL: announces each event to the others (set by the composition root). */
+  announcer: EventAnnouncer | null = null;
 
   constructor(private store: Store, private log: Logger) {
     this.events.setMaxListeners(0);
@@ -148,6 +156,7 @@ export class WorkflowService {
         wipe: input.wipe ?? false, targetSerial: input.targetSerial ?? null, targetSize: input.targetSize ?? null,
       });
       first = store.events.append({ workflowId: created.id, kind: 'state', state: 'pending', message: `created for image ${image.name}` });
+      this.announcer?.announce(first);
     });
     this.log.info({ mac: input.mac, workflow: created!.id, state: 'pending' }, 'workflow created');
     this.events.emit('event', first!);
@@ -184,6 +193,7 @@ export class WorkflowService {
         workflowId: id, kind: 'state', state: to, message: detail.message ?? detail.reason ?? null,
         payload: { from: cur.state, ...(detail.exitCode !== undefined ? { exitCode: detail.exitCode } : {}), ...(detail.payload ?? {}) },
       });
+      this.announcer?.announce(ev);
       wf = this.store.workflows.get(id)!;
     });
     this.publish(() => {
@@ -205,7 +215,8 @@ export class WorkflowService {
 
   /** Appends a non-state event (progress, log lines, info). */
   record(e: EventInput): WorkflowEvent {
-    const ev = this.store.events.append(e);
+    const append = () => { const ev = this.store.events.append(e); this.announcer?.announce(ev); return ev; };
+    const ev = this.announcer ? this.tx(append) : append(); // the event and its announcement in one transaction
     this.publish(() => this.events.emit('event', ev));
     return ev;
   }
