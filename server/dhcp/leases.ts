@@ -62,6 +62,11 @@ export class Claim {
  * stamped its rows earlier but committed later, and clocks of daemons that differ by up to this much.
  */
 export const FOREIGN_ROW_WINDOW_MS = 5000;
+/**
+ * How often (ms) the mirror reads what other daemons changed: the read costs the rows of that window, and a pick
+ * that misses a change only costs a lost claim (decided again), never a wrong reply.
+ */
+export const FOREIGN_SYNC_EVERY_MS = 100;
 
 interface PoolEntry { mac: string | null; state: 'offered' | 'bound' | 'released' | 'declined'; expiresAt: number; hostname: string | null }
 
@@ -173,8 +178,9 @@ export class DhcpLeases {
   private readonly pendingAddresses = new Set<string>();
   /** This daemon's mark on the rows it writes (dhcp_leases.writer). */
   readonly writer: string;
-  /** Newest updated_at seen on a row of another daemon. */
+  /** Newest updated_at seen on a row of another daemon, and when the mirror last looked. */
   private foreignSeen = 0;
+  private foreignSyncAt = -Infinity;
   /** Claims other daemons won against this one (for tests and /metrics). */
   claimsLost = 0;
   private readonly maxDeclines: number;
@@ -288,8 +294,14 @@ export class DhcpLeases {
     this.poolGeneration++; // the full-pool shortcut is re-checked against what others did
   }
 
-  /** Takes in the rows other daemons changed since the newest one seen (less the window for late commits and clocks). */
+  /**
+   * Takes in the rows other daemons changed since the newest one seen (less the window for late commits and
+   * clocks), at most every FOREIGN_SYNC_EVERY_MS.
+   */
   private syncForeign(): void {
+    const t = this.now();
+    if (t - this.foreignSyncAt < FOREIGN_SYNC_EVERY_MS && t >= this.foreignSyncAt) return;
+    this.foreignSyncAt = t;
     for (const row of this.repo.changedSince(this.foreignSeen - FOREIGN_ROW_WINDOW_MS, this.writer)) {
       if (row.updatedAt > this.foreignSeen) this.foreignSeen = row.updatedAt;
       if (!this.pendingAddresses.has(row.address)) this.absorb(row);
