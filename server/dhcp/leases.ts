@@ -269,6 +269,7 @@ export class DhcpLeases {
     }
     this.claimsLost += lost.length;
     if (refused.length) this.resync(refused);
+    if (lost.length) this.foreignSyncAt = -Infinity; // the requests decided again see all the others did
     return lost;
   }
 
