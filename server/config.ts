@@ -11,6 +11,8 @@ export type DhcpMode = 'reservation' | 'proxy' | 'full';
 
 export interface ServeConfig {
   dataDir: string;
+  /** null: embedded SQLite in the data directory; else a postgres:// or postgresql:// URL. */
+  store: string | null;
   /** host null: the provisioning interfaces' addresses (--dhcp-interface) and loopback (server/listen.ts). */
   httpListen: { host: string | null; port: number };
   publicUrl: string | null;
@@ -72,6 +74,7 @@ interface Spec {
 
 export const SERVE_SETTINGS: Spec[] = [
   { key: 'dataDir', flag: 'data-dir', kind: 'string', help: 'data directory: database, token, images, artifacts (default ./var)' },
+  { key: 'store', flag: 'store', kind: 'string', help: 'database: postgres://USER[:PASSWORD]@HOST[:PORT]/DB or postgresql://USER@/DB?host=/socket/dir (default: embedded SQLite in the data directory)' },
   { key: 'httpListen', flag: 'http-listen', kind: 'string', help: 'HTTP [ADDRESS]:PORT (default :8080, on the --dhcp-interface addresses and loopback; 0.0.0.0 = every interface)' },
   { key: 'publicUrl', flag: 'public-url', kind: 'string', help: 'how machines reach the HTTP side (default: from the serving interface)' },
   { key: 'dhcp', flag: 'dhcp', kind: 'bool', help: 'serve DHCP (--no-dhcp to turn off)' },
@@ -205,7 +208,15 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
   const publicHttpsUrl = str('publicHttpsUrl', null);
   if (publicHttpsUrl && !/^https:\/\/[^/]+/.test(publicHttpsUrl)) throw new ConfigError('public-https-url', `"${publicHttpsUrl}" is not an https URL`);
 
+  const store = str('store', null);
+  if (store !== null && store !== '' && store !== 'sqlite') {
+    let ok = /^postgres(?:ql)?:\/\//.test(store);
+    if (ok) { try { new URL(store); } catch { ok = false; } }
+    if (!ok) throw new ConfigError('store', `"${store.replace(/:[^:@/]*@/, ':***@')}" is not a postgres://… or postgresql://… URL (leave it out for SQLite in the data directory)`);
+  }
+
   return {
+    store: store && store !== 'sqlite' ? store : null,
     bootScriptAuth,
     tls: tlsCert && tlsKey ? { cert: resolve(tlsCert), key: resolve(tlsKey), ca: tlsCa ? resolve(tlsCa) : null } : null,
     httpsListen: parseHostPort('https-listen', str('httpsListen', ':8443')!, 8443),

@@ -44,10 +44,11 @@ export async function startDaemon(givenConfig: ServeConfig, log: Logger): Promis
   let config = givenConfig;
   const dirWarning = ensurePrivateDataDir(config.dataDir);
   if (dirWarning) log.warn({ dataDir: config.dataDir }, dirWarning);
-  const store = Store.open(config.dataDir);
-  // WAL checkpoints (and their fsyncs) on a thread of their own, never inside a commit on this one
-  const checkpointer = new Checkpointer(store.db, { log: log.child({ component: 'store' }) });
-  const closers: (() => Promise<void> | void)[] = [() => store.close(), () => checkpointer.stop()];
+  const store = Store.open(config.dataDir, { url: config.store });
+  if (config.store) log.info({ store: store.db.name }, 'store: PostgreSQL');
+  // SQLite: WAL checkpoints (and their fsyncs) on a thread of their own, never inside a commit on this one
+  const checkpointer = store.sqlite ? new Checkpointer(store.sqlite, { log: log.child({ component: 'store' }) }) : null;
+  const closers: (() => Promise<void> | void)[] = [() => store.close(), () => checkpointer?.stop()];
   const close = async () => {
     for (const c of closers.reverse()) {
       try { await c(); } catch (err) { log.warn({ err }, 'error during shutdown'); }

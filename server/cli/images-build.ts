@@ -18,7 +18,8 @@ export const IMAGES_BUILD_HELP = `ironboot images build REF [--name N] [--platfo
 ironboot images build [TAG] --oci-layout PATH        an OCI image layout (directory or tar)
 ironboot images build [REPO:TAG] --docker-archive PATH   a \`docker save\` tar
 
-  Builds locally into --data-dir (IRONBOOT_DATA_DIR, default ./var); with --server URL the daemon builds it
+  Builds locally into --data-dir (IRONBOOT_DATA_DIR, default ./var), recorded in the daemon's store (--store URL or
+  IRONBOOT_STORE when the daemon runs on PostgreSQL; default the data directory's SQLite); with --server URL the daemon builds it
   (paths are then on the server). Registry credentials: IRONBOOT_REGISTRY_USERNAME/IRONBOOT_REGISTRY_PASSWORD
   or a Docker config.json ($DOCKER_CONFIG, ~/.docker/config.json); the environment ones need
   IRONBOOT_REGISTRY_HOST (the one registry they are for). Passwords go over plain HTTP only with
@@ -106,7 +107,8 @@ export async function imagesBuildCommand(argv: string[], out: Out): Promise<void
   }
 
   const dataDir = resolve(String(f['data-dir'] ?? process.env.IRONBOOT_DATA_DIR ?? './var'));
-  const store = Store.open(dataDir);
+  const storeUrl = String(f.store ?? process.env.IRONBOOT_STORE ?? '') || null;
+  const store = Store.open(dataDir, { url: storeUrl });
   try {
     const svc = createImageService({ store, log: pino({ level: 'error' }, pino.destination(2)), registry: new Registry(), dataDir });
     svc.recover();

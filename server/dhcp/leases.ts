@@ -79,13 +79,12 @@ export function guessPoolPrefix(start: string, end: string): number {
 
 /**
  * store.machines.getByMac on the hot path: answers from memory while the database is unchanged. Checked per
- * packet: total_changes() (any write through this connection; ~0.1 µs) and data_version (commits through other
- * connections: the daemon's main thread, whose API writes machines while DHCP runs on its own thread, or a CLI on
- * the same file; ~4 µs), so a machine added through the API is answered from its very next packet.
+ * packet: store.changeMarker() (SQLite: total_changes(), any write through this connection, ~0.1 µs, and
+ * data_version, commits through other connections: the daemon's main thread, whose API writes machines while DHCP
+ * runs on its own thread, or a CLI on the same file, ~4 µs; PostgreSQL: the machines change counter, one round
+ * trip), so a machine added through the API is answered from its very next packet.
  */
 export class MachineLookup {
-  private readonly changesStmt;
-  private readonly dataVersionStmt;
   private readonly cache = new Map<string, Machine | null>();
   private readonly reservedCache = new Map<string, string | null>();
   private readonly reservedStmt;
@@ -94,18 +93,15 @@ export class MachineLookup {
   private changes = -1;
   private dataVersion = -1;
   constructor(private store: Store) {
-    this.changesStmt = store.db.prepare('SELECT total_changes()').pluck();
-    this.dataVersionStmt = store.db.prepare('PRAGMA data_version').pluck();
     this.reservedStmt = store.db.prepare('SELECT mac FROM machines WHERE ipv4_address = ?').pluck();
   }
 
   /** Call right after a write of our own (lease rows): it does not invalidate the machine cache. */
-  ownWrite(): void { this.changes = this.changesStmt.get() as number; }
+  ownWrite(): void { this.changes = this.store.ownChanges(); }
 
   private refresh(): void {
-    const changes = this.changesStmt.get() as number;
+    const { own: changes, others: v } = this.store.changeMarker();
     if (changes !== this.changes) { this.clear(); this.changes = changes; }
-    const v = this.dataVersionStmt.get() as number;
     if (v !== this.dataVersion) { this.clear(); this.dataVersion = v; }
   }
 

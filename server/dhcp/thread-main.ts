@@ -33,7 +33,7 @@ parentPort!.on('message', (m: ToDhcpThread) => {
 });
 
 try {
-  store = Store.open(config.dataDir);
+  store = Store.open(config.dataDir, { url: config.store }); // the same backend as the main thread, its own connection
   service = await startDhcpService({ store, log, registry, config, httpPort, ipxeHttpsUrlFor: ipxeHttpsPort != null ? ipxeHttpsUrlFor(config, httpPort, ipxeHttpsPort) : null });
   post({ type: 'ready' });
 } catch (err) {

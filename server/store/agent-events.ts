@@ -22,7 +22,7 @@ export class AgentEventRepository {
   }
 
   remember(workflowId: string, id: string): void {
-    this.db.prepare('INSERT OR IGNORE INTO agent_event_ids (workflow_id, event_id) VALUES (?, ?)').run(workflowId, id);
+    this.db.prepare('INSERT INTO agent_event_ids (workflow_id, event_id) VALUES (?, ?) ON CONFLICT DO NOTHING').run(workflowId, id);
   }
 
   usage(workflowId: string): AgentEventUsage {

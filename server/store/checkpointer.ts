@@ -7,7 +7,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
-import type { Db } from './db.ts';
+import type { SqliteDatabase } from './sql.ts';
 
 const WORKER = new URL('./checkpoint-worker.mjs', import.meta.url);
 
@@ -17,7 +17,7 @@ export class Checkpointer {
   private readonly worker: Worker;
   private stopped = false;
 
-  constructor(private readonly db: Db, opts: { intervalMs?: number; walBytes?: number; log?: Logger; onCheckpoint?: (r: CheckpointReport) => void } = {}) {
+  constructor(private readonly db: SqliteDatabase, opts: { intervalMs?: number; walBytes?: number; log?: Logger; onCheckpoint?: (r: CheckpointReport) => void } = {}) {
     db.pragma('wal_autocheckpoint = 0');
     this.worker = new Worker(WORKER, { workerData: { path: db.name, intervalMs: opts.intervalMs ?? 1000, walBytes: opts.walBytes ?? 4 << 20 } });
     this.worker.unref();

@@ -47,10 +47,10 @@ export class EventRepository {
       workflowId: e.workflowId, seq, at: new Date().toISOString(), kind: e.kind, state: e.state ?? null, message: e.message ?? null,
       bytesDone: e.bytesDone ?? null, bytesTotal: e.bytesTotal ?? null, payload: e.payload ?? {},
     };
-    const info = this.db.prepare(`INSERT INTO events (workflow_id, seq, at, kind, state, message, bytes_done, bytes_total, payload)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(ev.workflowId, seq, ev.at, ev.kind, ev.state, ev.message, ev.bytesDone,
-      ev.bytesTotal, JSON.stringify(ev.payload));
-    return { id: Number(info.lastInsertRowid), ...ev };
+    const { id } = this.db.prepare(`INSERT INTO events (workflow_id, seq, at, kind, state, message, bytes_done, bytes_total, payload)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`).get(ev.workflowId, seq, ev.at, ev.kind, ev.state, ev.message, ev.bytesDone,
+      ev.bytesTotal, JSON.stringify(ev.payload)) as { id: number };
+    return { id, ...ev };
   }
 
   list(workflowId: string, opts: { afterSeq?: number; limit?: number } = {}): WorkflowEvent[] {

@@ -37,6 +37,7 @@ export interface ImageInput {
   progress?: Record<string, unknown>;
 }
 
+/** Column `user` is quoted in SQL: a reserved word in PostgreSQL. */
 interface Row {
   id: string; name: string; source: string | null; digest: string | null; state: string; error: string | null;
   format: string; raw_size: number | null; raw_sha256: string | null; compressed_size: number | null;
@@ -91,7 +92,7 @@ export class ImageRepository {
   insert(input: ImageInput): Image {
     const now = new Date().toISOString();
     this.db.prepare(`INSERT INTO images (id, name, source, digest, state, error, format, raw_size, raw_sha256,
-      compressed_size, compressed_sha256, entrypoint, cmd, env, working_dir, user, progress, created_at, updated_at)
+      compressed_size, compressed_sha256, entrypoint, cmd, env, working_dir, "user", progress, created_at, updated_at)
       VALUES (@id, @name, @source, @digest, @state, @error, @format, @raw_size, @raw_sha256, @compressed_size,
       @compressed_sha256, @entrypoint, @cmd, @env, @working_dir, @user, @progress, @now, @now)`).run({ ...toParams(input), now });
     return this.get(input.id)!;
@@ -102,7 +103,7 @@ export class ImageRepository {
     this.db.prepare(`UPDATE images SET name=@name, source=@source, digest=@digest, state=@state, error=@error,
       format=@format, raw_size=@raw_size, raw_sha256=@raw_sha256, compressed_size=@compressed_size,
       compressed_sha256=@compressed_sha256, entrypoint=@entrypoint, cmd=@cmd, env=@env, working_dir=@working_dir,
-      user=@user, progress=@progress, updated_at=@now WHERE id=@id`).run({ ...toParams(input), now: new Date().toISOString() });
+      "user"=@user, progress=@progress, updated_at=@now WHERE id=@id`).run({ ...toParams(input), now: new Date().toISOString() });
     return this.get(input.id)!;
   }
 

@@ -1,4 +1,5 @@
 import type { Db } from './db.ts';
+import { sqliteOf, type SqliteDatabase } from './sql.ts';
 
 /** offered: an OFFER's hold on the address (migrations/009_fleet.sql); an offered row past expires_at is free. */
 export type LeaseState = 'offered' | 'bound' | 'released' | 'declined';
@@ -40,6 +41,8 @@ const fromRow = (r: Row): PoolLease => ({
  * full mode). Lease commits (putDurably) run with synchronous=FULL: the WAL is synced before the commit returns,
  * so an ACKed lease survives a power loss (under WAL with NORMAL, as openDb sets for everything else, the last
  * commits before a power loss can be lost, and a client would then hold an address the pool hands out again).
+ * On PostgreSQL a commit is durable when it returns as long as the server runs with synchronous_commit=on (its
+ * default); there is nothing to switch per commit.
  */
 export class LeaseRepository {
   private readonly upsertStmt;
@@ -48,6 +51,7 @@ export class LeaseRepository {
   private readonly byMacStmt;
   private readonly byAddressStmt;
   private readonly syncLevel: number;
+  private readonly sqlite: SqliteDatabase | null;
   private readonly claimStmt;
   private readonly giveBackStmt;
   private readonly releaseStmt;
@@ -56,6 +60,7 @@ export class LeaseRepository {
   private readonly changedStmt;
 
   constructor(private db: Db) {
+    this.sqlite = sqliteOf(db);
     this.upsertStmt = db.prepare(`INSERT INTO dhcp_leases (address, mac, state, expires_at, hostname, updated_at, writer)
       VALUES (@address, @mac, @state, @expiresAt, @hostname, @updatedAt, @writer)
       ON CONFLICT(address) DO UPDATE SET mac=excluded.mac, state=excluded.state, expires_at=excluded.expires_at,
@@ -88,18 +93,20 @@ export class LeaseRepository {
     this.allStmt = db.prepare('SELECT * FROM dhcp_leases ORDER BY address');
     this.byMacStmt = db.prepare('SELECT * FROM dhcp_leases WHERE mac = ? ORDER BY updated_at DESC');
     this.byAddressStmt = db.prepare('SELECT * FROM dhcp_leases WHERE address = ?');
-    this.syncLevel = Number(db.pragma('synchronous', { simple: true })); // 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
+    this.syncLevel = this.sqlite ? Number(this.sqlite.pragma('synchronous', { simple: true })) : 2; // 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
   }
 
   /** Writes lease changes in one transaction that is on disk when this returns (synchronous=FULL for it). */
   putDurably(leases: PoolLease[]): void {
     if (!leases.length) return;
+    const sqlite = this.sqlite;
+    if (!sqlite) { if (leases.length === 1) this.put(leases[0]); else this.putMany(leases); return; }
     // db.pragma() each time, not a prepared statement: SQLite applies PRAGMA synchronous when it compiles it
-    this.db.pragma(`synchronous = ${Math.max(2, this.syncLevel)}`);
+    sqlite.pragma(`synchronous = ${Math.max(2, this.syncLevel)}`);
     try {
       if (leases.length === 1) this.put(leases[0]); else this.putMany(leases);
     } finally {
-      this.db.pragma(`synchronous = ${this.syncLevel}`);
+      sqlite.pragma(`synchronous = ${this.syncLevel}`);
     }
   }
 
@@ -110,9 +117,10 @@ export class LeaseRepository {
   commit(writes: LeaseWrite[], writer: string, durable: boolean): boolean[] {
     if (!writes.length) return [];
     const run = () => this.db.transaction(() => writes.map((w) => this.runWrite(w, writer)))();
-    if (!durable) return run();
-    this.db.pragma(`synchronous = ${Math.max(2, this.syncLevel)}`);
-    try { return run(); } finally { this.db.pragma(`synchronous = ${this.syncLevel}`); }
+    const sqlite = this.sqlite;
+    if (!durable || !sqlite) return run(); // PostgreSQL: durable at commit (synchronous_commit=on, see above)
+    sqlite.pragma(`synchronous = ${Math.max(2, this.syncLevel)}`);
+    try { return run(); } finally { sqlite.pragma(`synchronous = ${this.syncLevel}`); }
   }
 
   private runWrite(w: LeaseWrite, writer: string): boolean {

@@ -31,9 +31,9 @@ export class MachineEventRepository {
 
   append(e: MachineEventInput): MachineEvent {
     const at = new Date().toISOString();
-    const info = this.db.prepare(`INSERT INTO machine_events (machine_id, at, kind, action, outcome, message, workflow_id, payload)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?)`).run(e.machineId, at, e.kind, e.action, e.outcome, e.message, e.workflowId, JSON.stringify(e.payload ?? {}));
-    return { ...e, id: Number(info.lastInsertRowid), at, payload: e.payload ?? {} };
+    const { id } = this.db.prepare(`INSERT INTO machine_events (machine_id, at, kind, action, outcome, message, workflow_id, payload)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`).get(e.machineId, at, e.kind, e.action, e.outcome, e.message, e.workflowId, JSON.stringify(e.payload ?? {})) as { id: number };
+    return { ...e, id, at, payload: e.payload ?? {} };
   }
 
   /** The newest `limit` events of a machine, oldest first. */

@@ -1,5 +1,5 @@
 import type { Db } from './db.ts';
-import type { Statement } from 'better-sqlite3';
+import { isUniqueViolation, type SqlStatement } from './sql.ts';
 
 export interface Ipv4Reservation {
   address: string;
@@ -125,11 +125,11 @@ export class DuplicateError extends Error {
 
 /** The machines table: one row per MAC address. */
 export class MachineRepository {
-  private statements = new Map<string, Statement<unknown[]>>();
+  private statements = new Map<string, SqlStatement>();
   constructor(private db: Db) {}
 
   /** Statements are prepared once: DHCP looks machines up on every packet. */
-  private q(sql: string): Statement<unknown[]> {
+  private q(sql: string): SqlStatement {
     let st = this.statements.get(sql);
     if (!st) { st = this.db.prepare(sql); this.statements.set(sql, st); }
     return st;
@@ -168,12 +168,23 @@ export class MachineRepository {
         throw new DuplicateError('ipv4.address', `address ${input.ipv4.address} is already reserved for another machine`);
       }
       const p = toParams(input);
-      const info = this.q(`INSERT INTO machines (mac, hostname, ipv4_address, ipv4_prefix, ipv4_gateway, ipv4_dns,
+      let row: { id: number };
+      try {
+        row = this.q(`INSERT INTO machines (mac, hostname, ipv4_address, ipv4_prefix, ipv4_gateway, ipv4_dns,
         lease_seconds, domain, arch, efi_binary, allow_pxe, labels, ssh_keys, bmc_url, bmc_username, bmc_password, bmc_tls_insecure, bmc_ca,
         created_at, updated_at)
         VALUES (@mac, @hostname, @ipv4_address, @ipv4_prefix, @ipv4_gateway, @ipv4_dns, @lease_seconds, @domain, @arch,
-        @efi_binary, @allow_pxe, @labels, @ssh_keys, @bmc_url, @bmc_username, @bmc_password, @bmc_tls_insecure, @bmc_ca, @now, @now)`).run({ ...p, now });
-      return this.getById(Number(info.lastInsertRowid))!;
+        @efi_binary, @allow_pxe, @labels, @ssh_keys, @bmc_url, @bmc_username, @bmc_password, @bmc_tls_insecure, @bmc_ca, @now, @now) RETURNING id`).get({ ...p, now }) as { id: number };
+      } catch (err) {
+        // checked above; another connection (a second daemon on one PostgreSQL) can still win the race to the index
+        if (isUniqueViolation(err)) {
+          const byIp = /ipv4/.test((err as Error).message) || (err as { constraint?: string }).constraint === 'machines_ipv4';
+          throw byIp ? new DuplicateError('ipv4.address', `address ${input.ipv4?.address} is already reserved for another machine`)
+            : new DuplicateError('mac', `a machine with MAC ${input.mac} already exists`);
+        }
+        throw err;
+      }
+      return this.getById(row.id)!;
     })();
   }
 

@@ -1,4 +1,5 @@
 import type { Db } from './db.ts';
+import { dialectOf } from './sql.ts';
 import type { WorkflowState } from '../workflows/states.ts';
 
 export type AfterAction = 'shell' | 'reboot' | 'poweroff' | 'wait';
@@ -82,7 +83,15 @@ const ACTIVE = "w.state NOT IN ('succeeded','failed','timed-out','cancelled')";
 
 /** The workflows table. State changes go through WorkflowService, which also records events. */
 export class WorkflowRepository {
-  constructor(private db: Db) {}
+  private readonly latestSql: string;
+
+  constructor(private db: Db) {
+    // two workflows of a machine created in the same millisecond (a retry right after a cancel): SQLite orders them
+    // by rowid; PostgreSQL tables have none, so by their first event (appended in the creating transaction)
+    this.latestSql = dialectOf(db) === 'postgres'
+      ? `${SELECT} WHERE w.machine_id = ? ORDER BY w.created_at DESC, (SELECT MIN(e.id) FROM events e WHERE e.workflow_id = w.id) DESC NULLS LAST, w.id DESC LIMIT 1`
+      : `${SELECT} WHERE w.machine_id = ? ORDER BY w.created_at DESC, w.rowid DESC LIMIT 1`;
+  }
 
   get(id: string): Workflow | undefined {
     const r = this.db.prepare(`${SELECT} WHERE w.id = ?`).get(id) as Row | undefined;
@@ -105,8 +114,7 @@ export class WorkflowRepository {
 
   /** The most recent workflow of a machine, active or not. */
   latestForMachine(machineId: number): Workflow | undefined {
-    const r = this.db.prepare(`${SELECT} WHERE w.machine_id = ? ORDER BY w.created_at DESC, w.rowid DESC LIMIT 1`)
-      .get(machineId) as Row | undefined;
+    const r = this.db.prepare(this.latestSql).get(machineId) as Row | undefined;
     return r && fromRow(r);
   }
 

@@ -65,11 +65,8 @@ export class WorkflowService {
    * PostgreSQL (READ COMMITTED) relies on the compare-and-set in setState instead.
    */
   private tx<T>(fn: () => T): T {
-    const db = this.store.db as Partial<Store['db']> | undefined;
-    if (db?.inTransaction === false && typeof db.transaction === 'function') {
-      const t = db.transaction(fn) as { immediate?: () => T };
-      if (typeof t.immediate === 'function') return t.immediate();
-    }
+    const sqlite = this.store.sqlite;
+    if (sqlite && !sqlite.inTransaction) return sqlite.transaction(fn).immediate();
     return this.store.tx(fn);
   }
 
