@@ -1,6 +1,6 @@
 /**
  * One DHCP daemon's lease side, for the several-daemons tests (test/unit/dhcp-fleet.test.ts): its own process and
- * store connection (STORE: a data directory, or a postgres:// URL once the store speaks PostgreSQL), DhcpLeases in
+ * store connection (STORE: a SQLite data directory, or a postgres:// URL), DhcpLeases in
  * full mode on the shared pool, the real request handler and the real group commit (ReplyBatch), fed real DHCP
  * request bytes. Commands arrive as JSON lines on stdin, answers leave as JSON lines on stdout:
  *
@@ -15,7 +15,7 @@
 import { createInterface } from 'node:readline';
 import pino from 'pino';
 import { Registry } from 'prom-client';
-import { Store } from '../../server/store/index.ts';
+import { openStore } from './fleet-store.ts';
 import { DhcpLeases } from '../../server/dhcp/leases.ts';
 import { createRequestHandler, type RequestMeta } from '../../server/dhcp/handle.ts';
 import { ReplyBatch } from '../../server/dhcp/batch.ts';
@@ -25,7 +25,7 @@ import { buildRequest } from './dhcp-packets.ts';
 export const FLEET_POOL = { start: '10.90.0.100', end: '10.90.0.129' };
 
 const [storeSpec, serverAddress] = process.argv.slice(2);
-const store = Store.open(storeSpec);
+const store = openStore(storeSpec);
 const leases = new DhcpLeases(store, {
   mode: 'full', pool: FLEET_POOL, poolPrefix: 24, poolUnknown: true, leaseSeconds: 3600, router: null, dns: [],
   exclude: [serverAddress],

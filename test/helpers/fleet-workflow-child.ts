@@ -1,6 +1,6 @@
 /**
  * One daemon's workflow side, for the several-daemons race test (test/unit/workflow-fleet.test.ts): its own
- * process and store connection (STORE: a data directory, or a postgres:// URL once the store speaks PostgreSQL)
+ * process and store connection (STORE: a SQLite data directory, or a postgres:// URL)
  * and a WorkflowService. On the line {"ids":[…],"to":STATE,"at":MS} from stdin it waits until the clock reads MS
  * (both daemons start together), then moves each workflow to STATE as fast as it can, and prints which it moved,
  * which were refused (409, with the message) and anything else thrown.
@@ -9,11 +9,11 @@
  */
 import { createInterface } from 'node:readline';
 import pino from 'pino';
-import { Store } from '../../server/store/index.ts';
+import { openStore } from './fleet-store.ts';
 import { WorkflowService, WorkflowError } from '../../server/workflows/service.ts';
 import type { WorkflowState } from '../../server/workflows/states.ts';
 
-const store = Store.open(process.argv[2]);
+const store = openStore(process.argv[2]);
 const workflows = new WorkflowService(store, pino({ level: 'silent' }));
 const rl = createInterface({ input: process.stdin });
 process.stdout.write(JSON.stringify({ ready: true }) + '\n');

@@ -4,16 +4,15 @@
  * interleave, no address is ACKed to two MACs at once, and every client whose claim lost got a refusal (a NAK, or
  * an OFFER of another address), never a reply for an address the other daemon holds.
  *
- * On SQLite the two processes share one database file (WAL, two writers).
+ * Each test runs on SQLite (the two processes share one database file: WAL, two writers) and on PostgreSQL (the
+ * test's own server, test/helpers/postgres.ts).
  */
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Store } from '../../server/store/index.ts';
+import { BACKENDS, backendUnavailable, freshStore, openStore, stopPostgres } from '../helpers/fleet-store.ts';
 
 const CHILD = join(import.meta.dirname, '..', 'helpers', 'fleet-dhcp-child.ts');
 const POOL_SIZE = 30; // FLEET_POOL in the child: 10.90.0.100-10.90.0.129
@@ -72,22 +71,20 @@ class Holders {
   get held(): Map<string, string> { return this.byAddress; }
 }
 
-function storeOf(t: { after: (fn: () => unknown) => void }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'ibd-fleet-'));
-  Store.open(dir).close(); // migrated once, before two processes open it
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+after(stopPostgres);
 
 function boundRows(storeSpec: string): Map<string, string> {
-  const store = Store.open(storeSpec);
+  const store = openStore(storeSpec);
   try {
     return new Map(store.leases.list().filter((l) => l.state === 'bound' && l.mac).map((l) => [l.address, l.mac!]));
   } finally { store.close(); }
 }
 
-test('two daemons, one pool: the same address asked of both at once goes to one; the other client gets a NAK, or an OFFER of another address', async (t) => {
-  const spec = storeOf(t);
+for (const backend of BACKENDS) {
+const skip = backendUnavailable(backend);
+
+test(`${backend}: two daemons, one pool: the same address asked of both at once goes to one; the other client gets a NAK, or an OFFER of another address`, { skip }, async (t) => {
+  const spec = await freshStore(t, backend);
   const [a, b] = await startDaemons(t, spec);
   // INIT-REBOOT of two clients for the same free address, one at each daemon, decided before either commits
   await a.send({ op: 'add', mac: mac(1, 1), type: 'request', requested: poolAddress(10), reboot: true });
@@ -134,8 +131,8 @@ function prng(seed: number): () => number {
   };
 }
 
-test('two daemons, one pool: random interleavings of DISCOVER, REQUEST, INIT-REBOOT and commits never ACK one address to two MACs', async (t) => {
-  const spec = storeOf(t);
+test(`${backend}: two daemons, one pool: random interleavings of DISCOVER, REQUEST, INIT-REBOOT and commits never ACK one address to two MACs`, { skip }, async (t) => {
+  const spec = await freshStore(t, backend);
   const ds = await startDaemons(t, spec);
   const seed = Number(process.env.FLEET_SEED ?? 20261203);
   const rnd = prng(seed);
@@ -181,8 +178,8 @@ test('two daemons, one pool: random interleavings of DISCOVER, REQUEST, INIT-REB
   for (const [address, m] of holders.held) assert.equal(rows.get(address), m, `${address}: store ${rows.get(address)}, client ${m}`);
 });
 
-test('two daemons, one pool, free-running: every ACK is for an address no other client holds', async (t) => {
-  const spec = storeOf(t);
+test(`${backend}: two daemons, one pool, free-running: every ACK is for an address no other client holds`, { skip }, async (t) => {
+  const spec = await freshStore(t, backend);
   const [a, b] = await startDaemons(t, spec);
   const macsA = Array.from({ length: 40 }, (_, i) => mac(0x20, i));
   const macsB = Array.from({ length: 40 }, (_, i) => mac(0x21, i));
@@ -202,3 +199,4 @@ test('two daemons, one pool, free-running: every ACK is for an address no other 
   assert.equal(rows.size, holders.acks);
   for (const [address, m] of holders.held) assert.equal(rows.get(address), m);
 });
+}

@@ -3,17 +3,15 @@
  * other failed). Exactly one change wins per workflow and leaves exactly one final event; the other daemon is
  * refused with a 409 that names the state the winner set, and nothing else goes wrong (no storage error).
  *
- * On SQLite the two processes share one database file (WAL, two writers).
+ * On SQLite (the two processes share one database file: WAL, two writers) and on PostgreSQL (the test's own server).
  */
-import { test } from 'node:test';
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { Store } from '../../server/store/index.ts';
+import { BACKENDS, backendUnavailable, freshStore, openStore, stopPostgres } from '../helpers/fleet-store.ts';
 import { WorkflowService } from '../../server/workflows/service.ts';
 
 const CHILD = join(import.meta.dirname, '..', 'helpers', 'fleet-workflow-child.ts');
@@ -22,7 +20,7 @@ const N = 400;
 interface Result { won: string[]; refused: { id: string; message: string }[]; errors: { id: string; message: string }[] }
 
 function runningWorkflows(spec: string): string[] {
-  const store = Store.open(spec);
+  const store = openStore(spec);
   try {
     const wfs = new WorkflowService(store, pino({ level: 'silent' }));
     store.images.insert({ id: 'img1', name: 'web', state: 'ready', rawSize: 1, rawSha256: 'a', compressedSize: 1, compressedSha256: 'b' });
@@ -72,15 +70,11 @@ function shuffled<T>(xs: T[], seed: number): T[] {
   return out;
 }
 
-function storeDir(t: { after: (fn: () => unknown) => void }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'ibd-wffleet-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+after(stopPostgres);
 
 function check(spec: string, ids: string[], results: Result[], targets: [string, string]): void {
   for (const r of results) assert.deepEqual(r.errors, [], 'no storage errors, only wins and 409s');
-  const store = Store.open(spec);
+  const store = openStore(spec);
   try {
     for (const id of ids) {
       const winners = results.map((r, i) => (r.won.includes(id) ? i : -1)).filter((i) => i >= 0);
@@ -98,18 +92,22 @@ function check(spec: string, ids: string[], results: Result[], targets: [string,
   } finally { store.close(); }
 }
 
-test('two daemons finish the same workflows at once (succeeded vs failed): one change wins each, one final event, the other gets a 409', async (t) => {
-  const spec = storeDir(t);
+for (const backend of BACKENDS) {
+const skip = backendUnavailable(backend);
+
+test(`${backend}: two daemons finish the same workflows at once (succeeded vs failed): one change wins each, one final event, the other gets a 409`, { skip }, async (t) => {
+  const spec = await freshStore(t, backend);
   const ids = runningWorkflows(spec);
   const results = await race(t, spec, ids, ['succeeded', 'failed']);
   t.diagnostic(`wins: ${results.map((r) => r.won.length).join(' + ')}`);
   check(spec, ids, results, ['succeeded', 'failed']);
 });
 
-test('two daemons make the same change at once (failed and failed): once', async (t) => {
-  const spec = storeDir(t);
+test(`${backend}: two daemons make the same change at once (failed and failed): once`, { skip }, async (t) => {
+  const spec = await freshStore(t, backend);
   const ids = runningWorkflows(spec);
   const results = await race(t, spec, ids, ['failed', 'failed']);
   t.diagnostic(`wins: ${results.map((r) => r.won.length).join(' + ')}`);
   check(spec, ids, results, ['failed', 'failed']);
 });
+}
