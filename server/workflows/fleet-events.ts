@@ -163,7 +163,11 @@ export class FleetEvents {
     this.client = client;
     this.connects++;
     this.retryMs = this.opts.retryMs ?? 200;
-    if (!catchUp) { this.highest = Math.max(this.highest, await this.maxId(client)); return; }
+    if (!catchUp) {
+      this.highest = Math.max(this.highest, await this.maxId(client));
+      this.opts.log.info({ daemon: this.daemon, channel: FLEET_CHANNEL }, 'fleet events: listening for the events of other daemons');
+      return;
+    }
     // what was committed while nobody listened, in the order the announcements would have come
     this.chain = this.chain.then(async () => {
       const from = Math.max(0, this.highest - CATCH_UP_BACK);
