@@ -34,7 +34,9 @@ export async function freshStore(t: { after: (fn: () => unknown) => void }, back
   if (backend === 'postgres') {
     pg ??= startPostgres();
     const server = await pg;
-    spec = await server.createDatabase(`fleet_${process.pid}_${dbs++}`);
+    // a host name before the socket's ?host=: `ironboot serve --store` checks the URL with WHATWG's parser, which
+    // refuses postgresql://user@/db (libpq's form); pg takes ?host= over the name
+    spec = (await server.createDatabase(`fleet_${process.pid}_${dbs++}`)).replace('@/', '@localhost/');
   } else {
     spec = mkdtempSync(join(tmpdir(), 'ibd-fleet-'));
     t.after(() => rmSync(spec, { recursive: true, force: true }));
