@@ -210,9 +210,8 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
 
   const store = str('store', null);
   if (store !== null && store !== '' && store !== 'sqlite') {
-    let ok = /^postgres(?:ql)?:\/\//.test(store);
-    if (ok) { try { new URL(store); } catch { ok = false; } }
-    if (!ok) throw new ConfigError('store', `"${store.replace(/:[^:@/]*@/, ':***@')}" is not a postgres://… or postgresql://… URL (leave it out for SQLite in the data directory)`);
+    // the rest (host, socket directory, credentials) is checked by connecting, which names --store when it fails
+    if (!/^postgres(?:ql)?:\/\/\S*$/.test(store)) throw new ConfigError('store', `"${store.replace(/:[^:@/]*@/, ':***@')}" is not a postgres://… or postgresql://… URL (leave it out for SQLite in the data directory)`);
   }
 
   return {

@@ -1,26 +1,28 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { Registry } from 'prom-client';
 import type { FastifyInstance } from 'fastify';
-import { Store } from '../../server/store/index.ts';
+import type { Store } from '../../server/store/index.ts';
+import { describeStores, type TestStore } from '../helpers/stores.ts';
 import { WorkflowService } from '../../server/workflows/service.ts';
 import { buildApp } from '../../server/http/app.ts';
 import { bootPlugin } from '../../server/http/routes/boot.ts';
 import { loadBootTemplates } from '../../server/boot/ipxe.ts';
 
+let handle: TestStore;
 let dir: string;
 let store: Store;
 let workflows: WorkflowService;
 let app: FastifyInstance;
 let registry: Registry;
 
+describeStores('boot scripts', (backend) => {
 before(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'ib-boot-route-'));
-  store = Store.open(dir);
+  handle = backend.open();
+  dir = handle.dataDir;
+  store = handle.store;
   const log = pino({ level: 'silent' });
   workflows = new WorkflowService(store, log);
   registry = new Registry();
@@ -33,8 +35,7 @@ before(async () => {
 
 after(async () => {
   await app?.close();
-  store?.close();
-  rmSync(dir, { recursive: true, force: true });
+  handle?.remove();
 });
 
 test('unknown MAC: 200 with a script that exits, never a 404', async () => {
@@ -171,4 +172,5 @@ test('HEAD does not serve a provisioning script (it would mint a token and move 
   assert.equal(r.statusCode, 404);
   assert.equal(store.workflows.get(wf.id)!.state, 'pending');
   assert.equal((store.db.prepare('SELECT COUNT(*) AS n FROM agent_tokens WHERE workflow_id = ?').get(wf.id) as { n: number }).n, 0);
+});
 });

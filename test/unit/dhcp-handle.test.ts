@@ -1,11 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import pino from 'pino';
 import { Registry } from 'prom-client';
-import { Store } from '../../server/store/index.ts';
+import { describeStores, type StoreBackend } from '../helpers/stores.ts';
 import { DhcpLeases } from '../../server/dhcp/leases.ts';
 import { createRequestHandler, type RequestMeta } from '../../server/dhcp/handle.ts';
 import { parseDhcpPacket, messageType, MessageType as T } from '../../server/dhcp/packet.ts';
@@ -13,10 +10,11 @@ import { buildRequest, qemuBiosIpxeDiscover } from '../helpers/dhcp-packets.ts';
 
 const meta: RequestMeta = { iface: { name: 'ibd0', addresses: [{ address: '10.81.60.1', prefix: 24 }] }, port: 'dhcp', from: { address: '0.0.0.0', port: 68 } };
 
+describeStores('dhcp request handling', (backend: StoreBackend) => {
 function setup(t: { after: (fn: () => void) => void }, mode: 'reservation' | 'full' = 'reservation') {
-  const dir = mkdtempSync(join(tmpdir(), 'ibd-handle-'));
-  const store = Store.open(dir);
-  t.after(() => { store.close(); rmSync(dir, { recursive: true, force: true }); });
+  const h = backend.open();
+  const store = h.store;
+  t.after(h.remove);
   store.machines.create({ mac: '52:54:00:81:3c:01', ipv4: { address: '10.81.60.10', prefix: 24, dns: [] } });
   store.machines.create({ mac: '52:54:00:81:3d:01', ipv4: { address: '10.81.61.10', prefix: 24, gateway: '10.81.61.1', dns: [] } });
   const registry = new Registry();
@@ -89,4 +87,5 @@ test('a machine added through the store is answered on the next packet (no stale
   assert.equal(parseDhcpPacket(handle(req, meta)!.data).yiaddr, '10.81.60.11');
   store.machines.update('52:54:00:81:3c:02', { ipv4: { address: '10.81.60.12', prefix: 24, dns: [] } });
   assert.equal(parseDhcpPacket(handle(req, meta)!.data).yiaddr, '10.81.60.12');
+});
 });

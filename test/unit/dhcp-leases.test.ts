@@ -1,9 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { Store } from '../../server/store/index.ts';
+import type { Store } from '../../server/store/index.ts';
+import { describeStores, type StoreBackend } from '../helpers/stores.ts';
 import { DhcpLeases, guessPoolPrefix, type LeasePolicy, type Link } from '../../server/dhcp/leases.ts';
 
 const direct: Link = { interfaceAddresses: [{ address: '10.81.0.1', prefix: 24 }], relay: null };
@@ -12,13 +10,19 @@ const policy = (over: Partial<LeasePolicy> = {}): LeasePolicy => ({
   leaseSeconds: 600, router: '10.81.0.1', dns: ['10.81.0.53'], ...over,
 });
 
-function withStore(fn: (dir: string, store: Store) => void): void {
-  const dir = mkdtempSync(join(tmpdir(), 'ibd-leases-'));
-  const store = Store.open(dir);
-  try { fn(dir, store); } finally { store.close(); rmSync(dir, { recursive: true, force: true }); }
+test('guessPoolPrefix', () => {
+  assert.equal(guessPoolPrefix('10.81.2.100', '10.81.2.199'), 24);
+  assert.equal(guessPoolPrefix('10.81.2.0', '10.81.3.255'), 23);
+});
+
+describeStores('dhcp leases', (backend: StoreBackend) => {
+/** fn gets the store and a way to open the same database again (a restart). */
+function withStore(fn: (reopen: () => Store, store: Store) => void): void {
+  const h = backend.open();
+  try { fn(h.reopen, h.store); } finally { h.remove(); }
 }
 
-test('reservation mode: reserved address on the link, nothing for others', () => withStore((_dir, store) => {
+test('reservation mode: reserved address on the link, nothing for others', () => withStore((_reopen, store) => {
   const m = store.machines.create({ mac: '52:54:00:81:00:01', hostname: 'a', ipv4: { address: '10.81.0.11', prefix: 24, dns: [] } });
   const bare = store.machines.create({ mac: '52:54:00:81:00:02' });
   const l = new DhcpLeases(store, policy({ mode: 'reservation' }));
@@ -32,7 +36,7 @@ test('reservation mode: reserved address on the link, nothing for others', () =>
   assert.equal(l.resolve(m.mac, m, { interfaceAddresses: [], relay: '10.81.0.254' }).binding?.address, '10.81.0.11');
 }));
 
-test('full mode: pool skips reserved addresses, holds offers, persists binds across a restart', () => withStore((dir, store) => {
+test('full mode: pool skips reserved addresses, holds offers, persists binds across a restart', () => withStore((reopen, store) => {
   store.machines.create({ mac: '52:54:00:81:00:09', ipv4: { address: '10.81.0.101', prefix: 24, dns: [] } });
   let now = 1_000_000;
   const l = new DhcpLeases(store, policy(), () => now);
@@ -47,7 +51,7 @@ test('full mode: pool skips reserved addresses, holds offers, persists binds acr
   assert.equal(l.list()[0].state, 'bound');
   store.close();
 
-  const store2 = Store.open(dir);
+  const store2 = reopen();
   try {
     const l2 = new DhcpLeases(store2, policy(), () => now);
     assert.equal(l2.resolve('52:54:00:81:00:0a', null, direct).binding?.address, '10.81.0.100', 'same address after restart');
@@ -68,7 +72,7 @@ test('full mode: pool skips reserved addresses, holds offers, persists binds acr
   } finally { store2.close(); }
 }));
 
-test('full mode: unknown MACs only with dhcp-pool-unknown; pool only on its link or relay subnet', () => withStore((_dir, store) => {
+test('full mode: unknown MACs only with dhcp-pool-unknown; pool only on its link or relay subnet', () => withStore((_reopen, store) => {
   const l = new DhcpLeases(store, policy({ poolUnknown: false }));
   assert.match(l.resolve('52:54:00:81:00:21', null, direct).why, /dhcp-pool-unknown/);
   const m = store.machines.create({ mac: '52:54:00:81:00:22' });
@@ -77,20 +81,15 @@ test('full mode: unknown MACs only with dhcp-pool-unknown; pool only on its link
   assert.match(l.resolve(m.mac, m, { interfaceAddresses: [], relay: '10.81.44.1' }).why, /not on this link/);
 }));
 
-test('full mode: a client asking for a free pool address (init-reboot after data loss) gets it', () => withStore((_dir, store) => {
+test('full mode: a client asking for a free pool address (init-reboot after data loss) gets it', () => withStore((_reopen, store) => {
   const l = new DhcpLeases(store, policy());
   assert.equal(l.resolve('52:54:00:81:00:31', null, direct, '10.81.0.103').binding?.address, '10.81.0.103');
   assert.equal(l.resolve('52:54:00:81:00:31', null, direct, '10.81.0.200').binding?.address, '10.81.0.100', 'outside the pool: next free');
 }));
 
-test('guessPoolPrefix', () => {
-  assert.equal(guessPoolPrefix('10.81.2.100', '10.81.2.199'), 24);
-  assert.equal(guessPoolPrefix('10.81.2.0', '10.81.3.255'), 23);
-});
-
 const macN = (i: number) => `52:54:00:82:${((i >> 8) & 0xff).toString(16).padStart(2, '0')}:${(i & 0xff).toString(16).padStart(2, '0')}`;
 
-test('full mode: DECLINE is rate-limited per MAC (3 per quarantine period); others still decline', () => withStore((_dir, store) => {
+test('full mode: DECLINE is rate-limited per MAC (3 per quarantine period); others still decline', () => withStore((_reopen, store) => {
   let now = 5_000_000;
   const l = new DhcpLeases(store, policy({ pool: { start: '10.81.0.100', end: '10.81.0.120' } }), () => now);
   const mac = '52:54:00:81:00:41';
@@ -109,7 +108,7 @@ test('full mode: DECLINE is rate-limited per MAC (3 per quarantine period); othe
   declineNext(mac);
 }));
 
-test('full mode: a full pool is not scanned again for every request, until an address can be free', () => withStore((_dir, store) => {
+test('full mode: a full pool is not scanned again for every request, until an address can be free', () => withStore((_reopen, store) => {
   let now = 6_000_000;
   const size = 1000;
   const l = new DhcpLeases(store, policy({ pool: { start: '10.81.0.1', end: '10.81.3.232' }, poolPrefix: 22 }), () => now);
@@ -138,7 +137,7 @@ test('full mode: a full pool is not scanned again for every request, until an ad
   assert.ok(l2.resolve(macN(6002), null, link).binding, 'leases ran out: the pool has room again');
 }));
 
-test('full mode: per-MAC state of MACs that came and went is pruned', () => withStore((_dir, store) => {
+test('full mode: per-MAC state of MACs that came and went is pruned', () => withStore((_reopen, store) => {
   let now = 7_000_000;
   const l = new DhcpLeases(store, policy({ pool: { start: '10.81.0.100', end: '10.81.0.103' }, offerHoldMs: 30_000 }), () => now);
   // 500 MACs each get an OFFER and never come back (e.g. a flood with random MACs)
@@ -153,7 +152,7 @@ test('full mode: per-MAC state of MACs that came and went is pruned', () => with
   assert.deepEqual(l.stateSizes, { entries: 0, byMac: 0, declines: 0 });
 }));
 
-test("full mode (registered machines only): a deleted machine's pool lease goes back to the pool", () => withStore((_dir, store) => {
+test("full mode (registered machines only): a deleted machine's pool lease goes back to the pool", () => withStore((_reopen, store) => {
   let now = 8_000_000;
   const l = new DhcpLeases(store, policy({ poolUnknown: false, pool: { start: '10.81.0.100', end: '10.81.0.100' } }), () => now);
   const a = store.machines.create({ mac: '52:54:00:81:00:51' });
@@ -167,3 +166,4 @@ test("full mode (registered machines only): a deleted machine's pool lease goes 
   assert.equal(l.resolve(b.mac, b, direct).binding?.address, '10.81.0.100');
   assert.deepEqual(l.list().map((x) => [x.address, x.mac, x.state]), [['10.81.0.100', a.mac, 'released']]);
 }));
+});

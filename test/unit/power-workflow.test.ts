@@ -1,13 +1,13 @@
 /** Workflows created with powerCycle: stored, need a BMC, time out even while pending, and are retried the same way. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Store } from '../../server/store/index.ts';
 import { WorkflowService, WorkflowError } from '../../server/workflows/service.ts';
-import { tempDir, silentLog, readyImage } from '../helpers/daemon.ts';
+import { silentLog, readyImage } from '../helpers/daemon.ts';
+import { describeStores } from '../helpers/stores.ts';
 
+describeStores('power workflows and BMC settings over the store', (backend) => {
 test('powerCycle workflows: a BMC is required; a pending one times out; retry keeps powerCycle', (t) => {
-  const dir = tempDir(); t.after(dir.remove);
-  const store = Store.open(dir.path); t.after(() => store.close());
+  const store = backend.open(t).store;
   store.images.insert(readyImage({ id: 'img1', name: 'web' }));
   store.machines.create({ mac: '52:54:00:00:33:01' });
   store.machines.create({ mac: '52:54:00:00:33:02', bmc: { url: 'ipmi://10.0.0.2:623', username: 'admin', password: 'pw' } });
@@ -33,8 +33,7 @@ test('powerCycle workflows: a BMC is required; a pending one times out; retry ke
 });
 
 test('machines: the BMC password is kept for the power service only; a PATCH without it keeps it', (t) => {
-  const dir = tempDir(); t.after(dir.remove);
-  const store = Store.open(dir.path); t.after(() => store.close());
+  const store = backend.open(t).store;
   const m = store.machines.create({ mac: '52:54:00:00:33:03', bmc: { url: 'redfish://10.0.0.3:443', username: 'root', password: 'pw1', tlsInsecure: true } });
   assert.deepEqual(m.bmc, { url: 'redfish://10.0.0.3:443', username: 'root', tlsInsecure: true, ca: null });
   assert.ok(!JSON.stringify(store.machines.list()).includes('pw1'));
@@ -51,4 +50,5 @@ test('machines: the BMC password is kept for the power service only; a PATCH wit
   assert.equal(store.machineEvents.list(m.id).length, 1);
   assert.ok(store.machines.delete(m.id));
   assert.equal((store.db.prepare('SELECT COUNT(*) AS n FROM machine_events').get() as { n: number }).n, 0, 'events go with their machine');
+});
 });

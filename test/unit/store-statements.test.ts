@@ -1,15 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { openDb } from '../../server/store/db.ts';
-import { tempDir } from '../helpers/daemon.ts';
+import { describeStores } from '../helpers/stores.ts';
 
-test('the store compiles each SQL text once (repositories prepare per query)', (t) => {
-  const dir = tempDir();
-  const db = openDb(dir.path);
-  t.after(() => { db.close(); dir.remove(); });
-  const a = db.prepare('SELECT COUNT(*) AS n FROM events WHERE workflow_id = ?');
-  assert.equal(db.prepare('SELECT COUNT(*) AS n FROM events WHERE workflow_id = ?'), a);
-  assert.notEqual(db.prepare('SELECT COUNT(*) AS n FROM workflows'), a);
-  assert.deepEqual(a.get('x'), { n: 0 });
-  assert.deepEqual(a.get('y'), { n: 0 }, 'a cached statement runs again with new parameters');
+describeStores('prepared statements', (backend) => {
+  test('the store compiles each SQL text once (repositories prepare per query)', (t) => {
+    const db = backend.open(t).store.db;
+    const a = db.prepare('SELECT COUNT(*) AS n FROM events WHERE workflow_id = ?');
+    assert.equal(db.prepare('SELECT COUNT(*) AS n FROM events WHERE workflow_id = ?'), a);
+    assert.notEqual(db.prepare('SELECT COUNT(*) AS n FROM workflows'), a);
+    assert.deepEqual(a.get('x'), { n: 0 });
+    assert.deepEqual(a.get('y'), { n: 0 }, 'a cached statement runs again with new parameters');
+  });
 });

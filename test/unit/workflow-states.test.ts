@@ -2,8 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { canTransition, WORKFLOW_STATES, isFinal } from '../../server/workflows/states.ts';
 import { WorkflowService, WorkflowError } from '../../server/workflows/service.ts';
-import { Store } from '../../server/store/index.ts';
-import { tempDir, readyImage, silentLog } from '../helpers/daemon.ts';
+import { readyImage, silentLog } from '../helpers/daemon.ts';
+import { describeStores } from '../helpers/stores.ts';
 
 test('transition table', () => {
   const cases: [string, string, boolean][] = [
@@ -22,9 +22,9 @@ test('transition table', () => {
   for (const s of WORKFLOW_STATES) if (isFinal(s)) for (const t of WORKFLOW_STATES) assert.equal(canTransition(s, t), false);
 });
 
+describeStores('workflow service over the store', (backend) => {
 test('the service records one event per change, emits it, refuses illegal moves, and retries finished workflows', (t) => {
-  const dir = tempDir(); t.after(dir.remove);
-  const store = Store.open(dir.path); t.after(() => store.close());
+  const store = backend.open(t).store;
   store.machines.create({ mac: '52:54:00:00:00:01' });
   store.images.insert(readyImage({ id: 'img1', name: 'web' }));
   const svc = new WorkflowService(store, silentLog());
@@ -48,8 +48,7 @@ test('the service records one event per change, emits it, refuses illegal moves,
 });
 
 test('expire() times out workflows that ran past their timeout', (t) => {
-  const dir = tempDir(); t.after(dir.remove);
-  const store = Store.open(dir.path); t.after(() => store.close());
+  const store = backend.open(t).store;
   store.machines.create({ mac: '52:54:00:00:00:01' });
   store.images.insert(readyImage({ id: 'img1' }));
   const svc = new WorkflowService(store, silentLog());
@@ -59,4 +58,5 @@ test('expire() times out workflows that ran past their timeout', (t) => {
   assert.equal(svc.expire(Date.now() + 30_000), 0);
   assert.equal(svc.expire(Date.now() + 61_000), 1);
   assert.equal(store.workflows.get(wf.id)!.state, 'timed-out');
+});
 });

@@ -1,5 +1,5 @@
 /**
- * PostgreSQL behind the store's synchronous contract (server/store/sql.ts). A worker thread (worker.ts) owns the
+ * PostgreSQL behind the store's synchronous contract (server/store/sql.ts). A worker thread (worker.mjs) owns the
  * `pg` connection; the calling thread posts {sql, params} on a MessagePort, blocks on Atomics.wait until the worker
  * bumps a flag in a SharedArrayBuffer, and takes the answer with receiveMessageOnPort.
  *

@@ -1,7 +1,7 @@
 import type { MessagePort } from 'node:worker_threads';
 
 /**
- * Messages between PgSyncDatabase (the calling thread) and its connection's worker thread (worker.ts). The caller
+ * Messages between PgSyncDatabase (the calling thread) and its connection's worker thread (worker.mjs). The caller
  * posts one request at a time on a MessagePort and blocks on `flag` (Atomics.wait); the worker posts the answer on
  * the same port, then bumps flag[0] and notifies, and the caller takes the answer with receiveMessageOnPort.
  */
