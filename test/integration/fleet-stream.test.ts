@@ -3,13 +3,12 @@
  * PostgreSQL: a workflow created and changed through daemon A's API shows on daemon B's live stream, in order and
  * once each, as does what B itself changes; A's stream shows B's change. Loopback only.
  */
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnDaemon, tempDir, readyImage } from '../helpers/daemon.ts';
-import { backendUnavailable, freshStore, openStore, stopPostgres } from '../helpers/fleet-store.ts';
+import { fleetBackends, freshStore, openStore } from '../helpers/fleet-store.ts';
 
-const skip = backendUnavailable('postgres');
-after(stopPostgres);
+fleetBackends(); // this file's PostgreSQL: started before, stopped after the tests
 const TOKEN = 'fleet-stream-test-token-0123456789abcdef';
 const auth = { authorization: `Bearer ${TOKEN}` };
 
@@ -46,8 +45,8 @@ async function until(what: string, fn: () => boolean, ms = 15_000): Promise<void
   }
 }
 
-test('two daemons on one PostgreSQL: a workflow changed through A shows on B\'s live stream, in order, once each', { skip }, async (t) => {
-  const url = await freshStore(t, 'postgres');
+test('two daemons on one PostgreSQL: a workflow changed through A shows on B\'s live stream, in order, once each', async (t) => {
+  const url = freshStore(t, 'postgres');
   const seed = openStore(url);
   try {
     seed.images.insert(readyImage({ id: 'img1', name: 'web' }));

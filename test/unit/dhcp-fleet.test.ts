@@ -7,12 +7,12 @@
  * Each test runs on SQLite (the two processes share one database file: WAL, two writers) and on PostgreSQL (the
  * test's own server, test/helpers/postgres.ts).
  */
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
-import { BACKENDS, backendUnavailable, freshStore, openStore, stopPostgres } from '../helpers/fleet-store.ts';
+import { fleetBackends, freshStore, openStore } from '../helpers/fleet-store.ts';
 
 const CHILD = join(import.meta.dirname, '..', 'helpers', 'fleet-dhcp-child.ts');
 const POOL_SIZE = 30; // FLEET_POOL in the child: 10.90.0.100-10.90.0.129
@@ -71,7 +71,7 @@ class Holders {
   get held(): Map<string, string> { return this.byAddress; }
 }
 
-after(stopPostgres);
+const BACKENDS = fleetBackends(); // this file's PostgreSQL: started before, stopped after the tests
 
 function boundRows(storeSpec: string): Map<string, string> {
   const store = openStore(storeSpec);
@@ -81,10 +81,9 @@ function boundRows(storeSpec: string): Map<string, string> {
 }
 
 for (const backend of BACKENDS) {
-const skip = backendUnavailable(backend);
 
-test(`${backend}: two daemons, one pool: the same address asked of both at once goes to one; the other client gets a NAK, or an OFFER of another address`, { skip }, async (t) => {
-  const spec = await freshStore(t, backend);
+test(`${backend}: two daemons, one pool: the same address asked of both at once goes to one; the other client gets a NAK, or an OFFER of another address`, async (t) => {
+  const spec = freshStore(t, backend);
   const [a, b] = await startDaemons(t, spec);
   // INIT-REBOOT of two clients for the same free address, one at each daemon, decided before either commits
   await a.send({ op: 'add', mac: mac(1, 1), type: 'request', requested: poolAddress(10), reboot: true });
@@ -131,8 +130,8 @@ function prng(seed: number): () => number {
   };
 }
 
-test(`${backend}: two daemons, one pool: random interleavings of DISCOVER, REQUEST, INIT-REBOOT and commits never ACK one address to two MACs`, { skip }, async (t) => {
-  const spec = await freshStore(t, backend);
+test(`${backend}: two daemons, one pool: random interleavings of DISCOVER, REQUEST, INIT-REBOOT and commits never ACK one address to two MACs`, async (t) => {
+  const spec = freshStore(t, backend);
   const ds = await startDaemons(t, spec);
   const seed = Number(process.env.FLEET_SEED ?? 20261203);
   const rnd = prng(seed);
@@ -178,8 +177,8 @@ test(`${backend}: two daemons, one pool: random interleavings of DISCOVER, REQUE
   for (const [address, m] of holders.held) assert.equal(rows.get(address), m, `${address}: store ${rows.get(address)}, client ${m}`);
 });
 
-test(`${backend}: two daemons, one pool, free-running: every ACK is for an address no other client holds`, { skip }, async (t) => {
-  const spec = await freshStore(t, backend);
+test(`${backend}: two daemons, one pool, free-running: every ACK is for an address no other client holds`, async (t) => {
+  const spec = freshStore(t, backend);
   const [a, b] = await startDaemons(t, spec);
   const macsA = Array.from({ length: 40 }, (_, i) => mac(0x20, i));
   const macsB = Array.from({ length: 40 }, (_, i) => mac(0x21, i));

@@ -5,17 +5,16 @@
  * reaches nobody; a daemon does not hear itself; after its LISTEN connection broke, a daemon catches up on what was
  * committed meanwhile.
  */
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pino from 'pino';
 import { WorkflowService } from '../../server/workflows/service.ts';
 import { FleetEvents } from '../../server/workflows/fleet-events.ts';
 import type { WorkflowEvent } from '../../server/store/events.ts';
-import { backendUnavailable, freshStore, openStore, stopPostgres } from '../helpers/fleet-store.ts';
+import { fleetBackends, freshStore, openStore } from '../helpers/fleet-store.ts';
 import { readyImage } from '../helpers/daemon.ts';
 
-const skip = backendUnavailable('postgres');
-after(stopPostgres);
+fleetBackends(); // this file's PostgreSQL: started before, stopped after the tests
 
 async function daemon(t: { after: (fn: () => unknown) => void }, url: string) {
   const store = openStore(url);
@@ -39,8 +38,8 @@ async function until(what: string, fn: () => boolean, ms = 10_000): Promise<void
   }
 }
 
-test('postgres: what one daemon commits reaches the other once, in order, whole; a refused batch reaches nobody', { skip }, async (t) => {
-  const url = await freshStore(t, 'postgres');
+test('postgres: what one daemon commits reaches the other once, in order, whole; a refused batch reaches nobody', async (t) => {
+  const url = freshStore(t, 'postgres');
   const a = await daemon(t, url);
   const b = await daemon(t, url);
   a.store.images.insert(readyImage({ id: 'img1', name: 'web' }));
@@ -68,8 +67,8 @@ test('postgres: what one daemon commits reaches the other once, in order, whole;
   assert.equal(b.remote.length, 4, 'b does not hear itself');
 });
 
-test('postgres: after its LISTEN connection broke, a daemon catches up on what was committed meanwhile, once each', { skip }, async (t) => {
-  const url = await freshStore(t, 'postgres');
+test('postgres: after its LISTEN connection broke, a daemon catches up on what was committed meanwhile, once each', async (t) => {
+  const url = freshStore(t, 'postgres');
   const a = await daemon(t, url);
   const b = await daemon(t, url);
   a.store.images.insert(readyImage({ id: 'img1', name: 'web' }));

@@ -5,13 +5,13 @@
  *
  * On SQLite (the two processes share one database file: WAL, two writers) and on PostgreSQL (the test's own server).
  */
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import pino from 'pino';
-import { BACKENDS, backendUnavailable, freshStore, openStore, stopPostgres } from '../helpers/fleet-store.ts';
+import { fleetBackends, freshStore, openStore } from '../helpers/fleet-store.ts';
 import { WorkflowService } from '../../server/workflows/service.ts';
 
 const CHILD = join(import.meta.dirname, '..', 'helpers', 'fleet-workflow-child.ts');
@@ -70,7 +70,7 @@ function shuffled<T>(xs: T[], seed: number): T[] {
   return out;
 }
 
-after(stopPostgres);
+const BACKENDS = fleetBackends(); // this file's PostgreSQL: started before, stopped after the tests
 
 function check(spec: string, ids: string[], results: Result[], targets: [string, string]): void {
   for (const r of results) assert.deepEqual(r.errors, [], 'no storage errors, only wins and 409s');
@@ -93,18 +93,17 @@ function check(spec: string, ids: string[], results: Result[], targets: [string,
 }
 
 for (const backend of BACKENDS) {
-const skip = backendUnavailable(backend);
 
-test(`${backend}: two daemons finish the same workflows at once (succeeded vs failed): one change wins each, one final event, the other gets a 409`, { skip }, async (t) => {
-  const spec = await freshStore(t, backend);
+test(`${backend}: two daemons finish the same workflows at once (succeeded vs failed): one change wins each, one final event, the other gets a 409`, async (t) => {
+  const spec = freshStore(t, backend);
   const ids = runningWorkflows(spec);
   const results = await race(t, spec, ids, ['succeeded', 'failed']);
   t.diagnostic(`wins: ${results.map((r) => r.won.length).join(' + ')}`);
   check(spec, ids, results, ['succeeded', 'failed']);
 });
 
-test(`${backend}: two daemons make the same change at once (failed and failed): once`, { skip }, async (t) => {
-  const spec = await freshStore(t, backend);
+test(`${backend}: two daemons make the same change at once (failed and failed): once`, async (t) => {
+  const spec = freshStore(t, backend);
   const ids = runningWorkflows(spec);
   const results = await race(t, spec, ids, ['failed', 'failed']);
   t.diagnostic(`wins: ${results.map((r) => r.won.length).join(' + ')}`);
