@@ -28,9 +28,7 @@ export function fleetBackends(): Backend[] {
 export function freshStore(t: { after: (fn: () => unknown) => void }, backend: Backend): string {
   let spec: string;
   if (backend === 'postgres') {
-    // a host name before the socket's ?host=: `ironboot serve --store` checks the URL with WHATWG's parser, which
-    // refuses libpq's postgresql://user@/db; pg takes ?host= over the name
-    spec = createTestDatabase('fleet').replace('@/', '@localhost/');
+    spec = createTestDatabase('fleet');
   } else {
     spec = mkdtempSync(join(tmpdir(), 'ibd-fleet-'));
     t.after(() => rmSync(spec, { recursive: true, force: true }));
