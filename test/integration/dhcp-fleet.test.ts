@@ -1,14 +1,15 @@
 /**
- * Two daemons in full mode on one link and one store (the same SQLite file, WAL), real udhcpc clients: each client
+ * Two daemons in full mode on one link and one store (the same SQLite file, WAL; or one PostgreSQL database), real
+ * udhcpc clients: each client
  * gets OFFERs from both daemons and takes one; however the answers mix, no address is bound to two clients, and the
  * store says who holds what. Without the shared claims the daemons' pools drift apart (each unoffers what the
  * other's client took) and one ACKs an address the other gave away.
  */
-import { test, before, after } from 'node:test';
+import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { Lab, netnsUnavailable, type Namespace } from '../helpers/netns.ts';
 import { startDhcpRunner, runUdhcpc, setMac, tempDir, metricValue, type RunningServer } from '../helpers/dhcp-lab.ts';
-import { Store } from '../../server/store/index.ts';
+import { fleetBackends, freshStore, isUrl, openStore } from '../helpers/fleet-store.ts';
 
 const skip = netnsUnavailable('busybox');
 const CLIENTS = 16;
@@ -16,10 +17,14 @@ const WAVE = 4;
 const serveArgs = (iface: string) => ['--dhcp-interface', iface, '--dhcp-mode', 'full', '--dhcp-pool', '10.92.0.100-10.92.0.117', '--dhcp-pool-unknown',
   '--dhcp-lease-time', '600', '--log-level', 'debug'];
 
+const BACKENDS = fleetBackends();
+
+for (const backend of BACKENDS) describe(backend, () => {
 let lab: Lab;
-let clients: Namespace[] = [];
+const clients: Namespace[] = [];
 let servers: RunningServer[] = [];
-let dataDir: string;
+let spec: string;
+const cleanups: (() => unknown)[] = [];
 
 before(async () => {
   if (skip) return;
@@ -39,17 +44,19 @@ before(async () => {
     setMac(ns, `ibfc${i}`, `52:54:00:92:00:${(i + 1).toString(16).padStart(2, '0')}`);
     clients.push(ns);
   }
-  dataDir = tempDir('fleet');
-  Store.open(dataDir).close(); // migrated once, before two daemons open it
-  servers = await Promise.all(srv.map((ns, i) => startDhcpRunner(ns, { dataDir, args: serveArgs(`ibfs${i}`) })));
+  spec = freshStore({ after: (fn) => cleanups.push(fn) }, backend); // migrated once, before two daemons open it
+  const dataDir = isUrl(spec) ? tempDir('fleet') : spec;
+  const store = isUrl(spec) ? ['--store', spec] : [];
+  servers = await Promise.all(srv.map((ns, i) => startDhcpRunner(ns, { dataDir, args: [...serveArgs(`ibfs${i}`), ...store] })));
 });
 
 after(async () => {
   for (const s of servers) await s.stop();
   if (lab) await lab.destroy();
+  for (const c of cleanups) await c();
 });
 
-test('two daemons, one link, one store: every client bound, no address twice, the store agrees', { skip }, async () => {
+test(`${backend}: two daemons, one link, one store: every client bound, no address twice, the store agrees`, { skip }, async () => {
   // waves of clients at once, so requests of different clients interleave at both daemons
   const results = [];
   for (let w = 0; w < CLIENTS; w += WAVE) {
@@ -63,7 +70,7 @@ test('two daemons, one link, one store: every client bound, no address twice, th
     assert.equal(prev, undefined, `${r.bound.ip} bound to client ${prev} and client ${i}`);
     byIp.set(r.bound.ip, i);
   });
-  const store = Store.open(dataDir);
+  const store = openStore(spec);
   try {
     const rows = store.leases.list().filter((l) => l.state === 'bound');
     for (const [ip, i] of byIp) {
@@ -74,4 +81,5 @@ test('two daemons, one link, one store: every client bound, no address twice, th
   const acks = await Promise.all(servers.map(async (s) => metricValue(await s.metrics(), 'ironboot_dhcp_requests_total', { type: 'request', outcome: 'ack' })));
   const lost = await Promise.all(servers.map(async (s) => metricValue(await s.metrics(), 'ironboot_dhcp_lease_claims_lost_total')));
   console.log(`# ACKs per daemon: ${acks.join(', ')}; lost claims: ${lost.join(', ')}`);
+});
 });
