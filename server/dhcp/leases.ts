@@ -251,7 +251,7 @@ export class DhcpLeases {
       took = this.repo.commit(writes, this.writer, durable);
     } catch (err) {
       for (const c of claims) if (c) c.lost = true;
-      this.resync(writes);
+      try { this.resync(writes); } catch { /* the store is unreadable too: the mirror is corrected at the next flush */ }
       throw err;
     }
     this.machines.ownWrite();

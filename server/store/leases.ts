@@ -20,7 +20,8 @@ export interface PoolLease {
  * A lease change that holds only if the row still allows it (several daemons share the table):
  * - claim: offered or bound for lease.mac; wins if the address has no row, or its row is this MAC's, released,
  *   or ran out. A won bind also gives back the MAC's other offered and bound addresses, a won offer its other offers.
- * - release / unoffer: only while the row is still this MAC's lease / offer.
+ * - release / unoffer: only while the row is still this MAC's lease / this daemon's offer to it (a client that
+ *   chose another daemon's OFFER of the same address keeps it).
  * - decline: quarantines the address unless someone else holds it (a live offer or lease of another MAC).
  */
 export type LeaseWrite =
@@ -81,7 +82,7 @@ export class LeaseRepository {
     this.releaseStmt = db.prepare(`UPDATE dhcp_leases SET state = 'released', expires_at = @at, updated_at = @at, writer = @writer
       WHERE address = @address AND mac = @mac AND state IN ('bound', 'offered')`);
     this.unofferStmt = db.prepare(`UPDATE dhcp_leases SET expires_at = @at, updated_at = @at, writer = @writer
-      WHERE address = @address AND mac = @mac AND state = 'offered' AND expires_at > @at`);
+      WHERE address = @address AND mac = @mac AND state = 'offered' AND expires_at > @at AND writer = @writer`);
     this.declineStmt = db.prepare(`INSERT INTO dhcp_leases (address, mac, state, expires_at, hostname, updated_at, writer)
       VALUES (@address, NULL, 'declined', @until, NULL, @at, @writer)
       ON CONFLICT(address) DO UPDATE SET mac = NULL, state = 'declined', expires_at = excluded.expires_at, hostname = NULL,
