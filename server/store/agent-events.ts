@@ -9,15 +9,24 @@ export interface AgentEventUsage {
   dropped: number;
 }
 
+const SEEN_CHUNK = 64;
+
 /** The agent's own event ids (a retried batch is not written twice) and the per-workflow usage counters. */
 export class AgentEventRepository {
   constructor(private db: Db) {}
 
-  /** Which of `ids` this workflow already accepted. */
+  /**
+   * Which of `ids` this workflow already accepted. Asked SEEN_CHUNK ids at a time, not one by one: on PostgreSQL
+   * each statement is a round trip, and an agent's batch carries hundreds of ids. One SQL text per chunk size, so
+   * at most SEEN_CHUNK statements are ever prepared.
+   */
   seen(workflowId: string, ids: string[]): Set<string> {
     const out = new Set<string>();
-    const q = this.db.prepare('SELECT 1 FROM agent_event_ids WHERE workflow_id = ? AND event_id = ?');
-    for (const id of ids) if (q.get(workflowId, id)) out.add(id);
+    for (let i = 0; i < ids.length; i += SEEN_CHUNK) {
+      const chunk = ids.slice(i, i + SEEN_CHUNK);
+      const q = this.db.prepare(`SELECT event_id FROM agent_event_ids WHERE workflow_id = ? AND event_id IN (${chunk.map(() => '?').join(', ')})`);
+      for (const r of q.all(workflowId, ...chunk) as { event_id: string }[]) out.add(r.event_id);
+    }
     return out;
   }
 

@@ -37,10 +37,11 @@ export function readyImage(over: Partial<ImageInput> = {}): ImageInput {
   };
 }
 
-export async function inProcessApp(opts: { dataDir?: string; extra?: Partial<AppDeps> } = {}) {
+/** With `store` (e.g. one of test/helpers/stores.ts's backends), the app runs on it; else on SQLite in dataDir. */
+export async function inProcessApp(opts: { dataDir?: string; extra?: Partial<AppDeps>; store?: Store } = {}) {
   const dir = opts.dataDir ? null : tempDir();
   const dataDir = opts.dataDir ?? dir!.path;
-  const store = Store.open(dataDir);
+  const store = opts.store ?? Store.open(dataDir);
   const log = silentLog();
   const workflows = new WorkflowService(store, log);
   const adminToken = 'test-admin-token';

@@ -2,14 +2,18 @@
  * POST /agent/v1/events on the real app (fastify inject, a real Store): one transaction per batch, idempotent
  * event ids, nothing accepted once final, and the per-workflow output caps with their marker event.
  */
-import { test } from 'node:test';
+import { before, test } from 'node:test';
+import { describeStores, type StoreBackend } from '../helpers/stores.ts';
 import assert from 'node:assert/strict';
 import { agentSession, bootTokenFor, inProcessApp, readyImage } from '../helpers/daemon.ts';
 import type { AgentEventLimits } from '../../server/workflows/agent-events.ts';
 
+let backend: StoreBackend;
+
 async function running(t: { after(fn: () => unknown): void }, limits?: AgentEventLimits) {
-  const ctx = await inProcessApp({ extra: limits ? { agentEventLimits: limits } : {} });
-  t.after(() => ctx.close());
+  const h = backend.open();
+  const ctx = await inProcessApp({ dataDir: h.dataDir, store: h.store, extra: limits ? { agentEventLimits: limits } : {} });
+  t.after(async () => { await ctx.close(); h.remove(); });
   ctx.store.images.insert(readyImage({ id: 'img1' }));
   ctx.store.machines.create({ mac: '52:54:00:12:34:56' });
   const wf = ctx.workflows.create({ mac: '52:54:00:12:34:56', image: 'img1', target: 'ram' });
@@ -21,6 +25,8 @@ async function running(t: { after(fn: () => unknown): void }, limits?: AgentEven
   return { ctx, wf, post, streamed, events: () => ctx.store.events.list(wf.id) };
 }
 
+describeStores('agent event delivery', (b) => {
+  before(() => { backend = b; }); // the suites run one after the other; setup() opens this one's store
 test('a batch is one transaction: a refused event midway writes nothing of it, on the store or the live stream', async (t) => {
   const { post, events, streamed } = await running(t);
   const before = events().length;
@@ -120,4 +126,5 @@ test('wipe, targetSerial and targetSize go from POST /api/v1/workflows to the ag
   ctx.workflows.cancel(a.json().id);
   const r = ctx.workflows.retry(a.json().id);
   assert.deepEqual([r.wipe, r.targetSerial, r.targetSize], [true, 'S1', 68719476736]);
+});
 });

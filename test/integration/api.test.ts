@@ -1,18 +1,24 @@
-import { test } from 'node:test';
+import { before, test } from 'node:test';
+import { describeStores, type StoreBackend } from '../helpers/stores.ts';
 import assert from 'node:assert/strict';
 import { inProcessApp, readyImage } from '../helpers/daemon.ts';
 import { AgentTokens } from '../../server/workflows/tokens.ts';
 
 type Ctx = Awaited<ReturnType<typeof inProcessApp>>;
 
+let backend: StoreBackend;
+
 async function setup(t: { after(fn: () => unknown): void }): Promise<Ctx> {
-  const ctx = await inProcessApp();
-  t.after(() => ctx.close());
+  const h = backend.open();
+  const ctx = await inProcessApp({ dataDir: h.dataDir, store: h.store });
+  t.after(async () => { await ctx.close(); h.remove(); });
   return ctx;
 }
 
 const count = (ctx: Ctx, table: string) => (ctx.store.db.prepare(`SELECT COUNT(*) AS n FROM ${table}`).get() as { n: number }).n;
 
+describeStores('REST API', (b) => {
+  before(() => { backend = b; }); // the suites run one after the other; setup() opens this one's store
 test('every /api/v1 route answers 401 without the admin token, and with a wrong one', async (t) => {
   const ctx = await setup(t);
   const routes: [string, string][] = [
@@ -354,4 +360,5 @@ test('iPXE binaries are served over HTTP for UEFI HTTP boot, and nothing outside
     const b = await ctx.app.inject({ method: 'GET', url: bad });
     assert.ok([400, 404].includes(b.statusCode), `${bad} → ${b.statusCode}`);
   }
+});
 });

@@ -2,7 +2,8 @@
  * `ironboot serve --store postgres://…` end to end: the real daemon (a child process) runs every repository on a
  * PostgreSQL of this test's own (Unix socket in a temp dir), the API's changes land as rows in PostgreSQL (read
  * back with psql), a second connection's rows are seen by the daemon, a restart keeps everything and applies no
- * migration again, and an unreachable --store stops the start with the reason. With root: the DHCP thread opens
+ * migration again, an unreachable --store stops the start with the reason, and `ironboot images build --store`
+ * records its disk there. With root: the DHCP thread opens
  * the same PostgreSQL and a machine added through the API after the start gets its reserved address (udhcpc).
  */
 import { test, after } from 'node:test';
@@ -16,6 +17,7 @@ import { createTestDatabase, storeBackends, testPostgres } from '../helpers/stor
 import { Lab, netnsUnavailable } from '../helpers/netns.ts';
 import { runUdhcpc, setMac, ensureNativeAddon } from '../helpers/dhcp-lab.ts';
 import { loadMigrations, PG_MIGRATIONS_DIR } from '../../server/store/db.ts';
+import { buildImage, writeOciLayout } from '../helpers/images-oci.ts';
 
 storeBackends(); // starts this file's PostgreSQL
 
@@ -83,6 +85,20 @@ test('an unreachable --store stops the start, naming --store and the reason (no 
     assert.notEqual(bad.status, 0);
     assert.match(bad.stdout + bad.stderr, /store: "mysql:\/\/x\/y" is not a postgres/);
   } finally { dir.remove(); }
+});
+
+test('ironboot images build --store postgres://…: the container disk is recorded in PostgreSQL, ready', { timeout: 120_000 }, (t) => {
+  const dir = tempDir(); t.after(dir.remove);
+  const url = createTestDatabase('cli');
+  const layout = join(dir.path, 'layout');
+  writeOciLayout(layout, buildImage({ layers: [[{ path: 'etc/hostname', content: 'tiny\n' }, { path: 'bin/run', content: '#!/bin/sh\necho hi\n', mode: 0o755 }]], config: { Entrypoint: ['/bin/run'] } }), 'v1');
+  const r = spawnSync(process.execPath, [CLI, 'images', 'build', '--oci-layout', layout, '--name', 'tiny', '--size', '16M', '--data-dir', join(dir.path, 'data'), '--store', url, '--json'],
+    { encoding: 'utf8', timeout: 100_000, env: { ...process.env, CI: '1' } });
+  assert.equal(r.status, 0, r.stderr);
+  const img = JSON.parse(r.stdout) as { id: string; state: string };
+  assert.equal(img.state, 'ready');
+  assert.equal(testPostgres().psql(`SELECT name || ' ' || state || ' ' || entrypoint FROM images WHERE id = '${img.id}'`, dbName(url)).trim(), 'tiny ready ["/bin/run"]');
+  assert.equal(existsSync(join(dir.path, 'data', 'ironboot.db')), false, 'nothing written to a SQLite file');
 });
 
 const skip = netnsUnavailable('busybox');

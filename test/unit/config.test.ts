@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadServeConfig, SERVE_SETTINGS } from '../../server/config.ts';
+import { ConfigError, loadServeConfig, SERVE_SETTINGS } from '../../server/config.ts';
 import { tempDir, ROOT } from '../helpers/daemon.ts';
 import { readFileSync } from 'node:fs';
 
@@ -63,4 +63,15 @@ test('boot script auth and TLS settings: defaults, flags, environment, file, err
   assert.throws(() => loadServeConfig(['--tls-cert', '/x/c.pem'], {}), /tls-key: HTTPS needs both/);
   assert.throws(() => loadServeConfig(['--tls-ca', '/x/ca.pem'], {}), /tls-ca: .*no HTTPS side/);
   assert.throws(() => loadServeConfig(['--tls-cert', 'c', '--tls-key', 'k', '--public-https-url', 'http://x'], {}), /not an https URL/);
+});
+
+test('--store: SQLite in the data directory by default; postgres:// and postgresql:// URLs (socket directory too); others refused', () => {
+  assert.equal(loadServeConfig([], {}).store, null);
+  assert.equal(loadServeConfig(['--store', 'postgres://ib:pw@db:5432/ib'], {}).store, 'postgres://ib:pw@db:5432/ib');
+  assert.equal(loadServeConfig([], { IRONBOOT_STORE: 'postgresql://ib@/ib?host=/run/postgresql' }).store, 'postgresql://ib@/ib?host=/run/postgresql');
+  assert.throws(() => loadServeConfig(['--store', 'mysql://ib:pw@db/ib'], {}), (e: unknown) => {
+    assert.ok(e instanceof ConfigError);
+    assert.match((e as Error).message, /^store: "mysql:\/\/ib:\*\*\*@db\/ib" is not a postgres/);
+    return true;
+  });
 });

@@ -85,3 +85,15 @@ test('a database that cannot be reached at start: the error names --store and th
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a connection thread that died is started again by the next call', async (t) => {
+  const db = new PgSyncDatabase(createTestDatabase());
+  t.after(() => db.close());
+  const worker = (db as unknown as { worker: import('node:worker_threads').Worker }).worker;
+  const exited = new Promise((r) => worker.once('exit', r));
+  await worker.terminate();
+  await exited;
+  await new Promise((r) => setImmediate(r));
+  assert.equal(db.prepare('SELECT 7 AS n').pluck().get(), 7);
+  assert.notEqual((db as unknown as { worker: unknown }).worker, worker, 'a new thread');
+});

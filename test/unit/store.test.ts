@@ -205,6 +205,10 @@ for (const backend of storeBackends()) {
       s.agentEvents.remember('w1', 'a');
       s.agentEvents.remember('w1', 'a');
       assert.deepEqual([...s.agentEvents.seen('w1', ['a', 'b'])], ['a']);
+      s.tx(() => { for (let i = 0; i < 100; i++) s.agentEvents.remember('w1', `id${i}`); });
+      const asked = Array.from({ length: 150 }, (_, i) => `id${i}`);
+      assert.deepEqual([...s.agentEvents.seen('w1', asked)].sort(), asked.slice(0, 100).sort(), 'a batch past one chunk of ids');
+      assert.equal(s.agentEvents.seen('w1', []).size, 0);
       assert.deepEqual(s.agentEvents.usage('w1'), { events: 0, bytes: 0, truncated: false, dropped: 0 });
       s.agentEvents.setUsage('w1', { events: 2, bytes: 5_000_000_000, truncated: true, dropped: 1 });
       s.agentEvents.setUsage('w1', { events: 3, bytes: 5_000_000_001, truncated: true, dropped: 1 });

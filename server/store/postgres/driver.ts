@@ -97,34 +97,49 @@ function restoreBuffers(rows: unknown[]): unknown[] {
 export class PgSyncDatabase implements SqlDatabase {
   readonly dialect = 'postgres' as const;
   readonly name: string;
-  private readonly worker: Worker;
-  private readonly port: MessagePort;
-  private readonly flag: Int32Array;
+  private worker!: Worker;
+  private port!: MessagePort;
+  private flag!: Int32Array;
+  /** Set (between calls, by the thread's exit event) when the connection's thread is gone. */
+  private workerGone: string | null = null;
   private readonly timeoutMs: number;
+  private readonly connectTimeoutMs: number;
   private readonly translated = new Map<string, TranslatedSql>();
   private nextId = 1;
   private depth = 0;
+  /** The outermost transaction has begun here but not yet on the server: its BEGIN goes with the next statement. */
+  private beginPending = false;
   private closed = false;
 
   /** Connects before it returns; throws PgError when PostgreSQL cannot be reached. */
   constructor(readonly url: string, opts: PgSyncOptions = {}) {
     this.name = redactUrl(url);
     this.timeoutMs = opts.timeoutMs ?? 30_000;
-    const { port1, port2 } = new MessageChannel();
-    this.port = port1;
-    const flag = new SharedArrayBuffer(4);
-    this.flag = new Int32Array(flag);
-    const data: PgWorkerData = { url, port: port2, flag, connectTimeoutMs: opts.connectTimeoutMs ?? 10_000 };
-    this.worker = new Worker(WORKER, { workerData: data, transferList: [port2] });
-    this.worker.unref();
+    this.connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
     try {
-      // the first answer also waits for the thread to start (tsx, pg): allow for a slow machine
-      this.call({ id: this.nextId++, op: 'connect' }, 'connect', Math.max(this.timeoutMs, 60_000));
+      this.startWorker();
     } catch (err) {
       this.closed = true;
       void this.worker.terminate();
       throw err;
     }
+  }
+
+  /** A thread for the connection, connected. Again after a thread died (it should not: its errors are answers). */
+  private startWorker(): void {
+    const { port1, port2 } = new MessageChannel();
+    this.port = port1;
+    const flag = new SharedArrayBuffer(4);
+    this.flag = new Int32Array(flag);
+    const data: PgWorkerData = { url: this.url, port: port2, flag, connectTimeoutMs: this.connectTimeoutMs };
+    const worker = new Worker(WORKER, { workerData: data, transferList: [port2] });
+    this.worker = worker;
+    this.workerGone = null;
+    worker.unref();
+    worker.on('error', () => {}); // reported through 'exit'
+    worker.once('exit', (code) => { if (this.worker === worker && !this.closed) this.workerGone = `its thread exited with ${code}`; });
+    // the first answer also waits for the thread to start: allow for a slow machine
+    this.call({ id: this.nextId++, op: 'connect' }, 'connect', Math.max(this.timeoutMs, 60_000));
   }
 
   get open(): boolean { return !this.closed; }
@@ -145,7 +160,7 @@ export class PgSyncDatabase implements SqlDatabase {
     return (...args: ArgumentTypes<F>): ReturnType<F> => {
       const level = this.depth;
       const sp = `ironboot_sp${level}`;
-      if (level === 0) this.control('BEGIN', 'begin'); else this.control(`SAVEPOINT ${sp}`);
+      if (level === 0) this.beginPending = true; else this.control(`SAVEPOINT ${sp}`);
       this.depth++;
       let result: ReturnType<F>;
       try {
@@ -153,13 +168,16 @@ export class PgSyncDatabase implements SqlDatabase {
       } catch (err) {
         this.depth = level;
         try {
-          if (level === 0) this.control('ROLLBACK', 'rollback');
+          if (level === 0 && this.beginPending) this.beginPending = false; // nothing reached the server
+          else if (level === 0) this.control('ROLLBACK', 'rollback');
           else { this.control(`ROLLBACK TO SAVEPOINT ${sp}`); this.control(`RELEASE SAVEPOINT ${sp}`); }
         } catch { /* the connection is gone or the transaction aborted: the outer level's ROLLBACK ends it */ }
         throw err;
       }
       this.depth = level;
-      if (level === 0) this.control('COMMIT', 'commit'); else this.control(`RELEASE SAVEPOINT ${sp}`);
+      if (level === 0 && this.beginPending) this.beginPending = false; // a transaction without statements
+      else if (level === 0) this.control('COMMIT', 'commit');
+      else this.control(`RELEASE SAVEPOINT ${sp}`);
       return result;
     };
   }
@@ -188,6 +206,16 @@ export class PgSyncDatabase implements SqlDatabase {
 
   private call(req: PgRequest, what: string, timeoutMs = this.timeoutMs): { rows: unknown[]; changes: number } {
     if (this.closed) throw new Error(`the store ${this.name} is closed`);
+    if (this.workerGone) {
+      const why = this.workerGone;
+      this.port.close();
+      this.startWorker();
+      if (this.depth > 0 && !this.beginPending) {
+        this.depth = 0;
+        throw new PgError({ name: 'PgConnectionLostError', code: '08006', message: `the connection to PostgreSQL ${this.name} was lost during this transaction (${why}); the transaction was rolled back` });
+      }
+    }
+    if (this.beginPending && (req.op === 'query' || req.op === 'exec')) { req.begin = true; this.beginPending = false; }
     this.port.postMessage(req);
     const deadline = Date.now() + timeoutMs;
     for (;;) {

@@ -5,12 +5,13 @@ import type { MessagePort } from 'node:worker_threads';
  * posts one request at a time on a MessagePort and blocks on `flag` (Atomics.wait); the worker posts the answer on
  * the same port, then bumps flag[0] and notifies, and the caller takes the answer with receiveMessageOnPort.
  */
-export type TxControl = 'begin' | 'commit' | 'rollback';
+export type TxControl = 'commit' | 'rollback';
 
 export type PgRequest =
   | { id: number; op: 'connect' }
-  | { id: number; op: 'query'; text: string; values: unknown[]; rows: 'none' | 'objects' | 'first-column'; tx?: TxControl }
-  | { id: number; op: 'exec'; text: string }
+  /** begin: run BEGIN first (a transaction's BEGIN rides on its first statement: one round trip less per transaction). */
+  | { id: number; op: 'query'; text: string; values: unknown[]; rows: 'none' | 'objects' | 'first-column'; tx?: TxControl; begin?: true }
+  | { id: number; op: 'exec'; text: string; begin?: true }
   | { id: number; op: 'close' }
   /** Handled at once, not after the request in flight: drop the connection (the caller gave up waiting). */
   | { id: number; op: 'reset' };

@@ -109,6 +109,7 @@ async function handle(/** @type {PgRequest} */ req) {
       case 'exec': {
         if (txLost) return { id, ok: false, error: LOST_TX };
         const c = await connection();
+        if (req.begin) { await c.query('BEGIN'); inTx = true; }
         await c.query(req.text);
         return { id, ok: true, rows: [], changes: 0 };
       }
@@ -119,11 +120,12 @@ async function handle(/** @type {PgRequest} */ req) {
           return { id, ok: false, error: LOST_TX };
         }
         const c = await connection();
+        if (req.begin) { await c.query('BEGIN'); inTx = true; }
         /** @type {pg.QueryResult} */
         let r;
         if (req.tx) {
           r = await c.query(req.text);
-          inTx = req.tx === 'begin';
+          inTx = false;
         } else {
           let name = prepared.get(req.text);
           if (!name) { name = `ironboot_${nextName++}`; prepared.set(req.text, name); }
