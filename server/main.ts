@@ -12,6 +12,7 @@ import type { ServeConfig } from './config.ts';
 import { Checkpointer } from './store/checkpointer.ts';
 import { Store } from './store/index.ts';
 import { WorkflowService } from './workflows/service.ts';
+import { FleetEvents } from './workflows/fleet-events.ts';
 import { loadAdminToken } from './http/auth.ts';
 import { buildApp, plainHttpHandler, PLAIN_HTTP_PATHS, IPXE_HTTPS_PLAIN_PATHS, type AppDeps } from './http/app.ts';
 import { createMetricsRegistry } from './metrics.ts';
@@ -67,6 +68,13 @@ export async function startDaemon(givenConfig: ServeConfig, log: Logger): Promis
     }
     const registry = createMetricsRegistry();
     const workflows = new WorkflowService(store, log.child({ svc: 'workflows' }));
+    if (store.dialect === 'postgres' && config.store) {
+      // several daemons on one PostgreSQL: the live stream shows every daemon's events (README "Several daemons")
+      const fleet = new FleetEvents({ url: config.store, store, workflows, log: log.child({ svc: 'fleet-events' }) });
+      await fleet.start();
+      workflows.announcer = fleet;
+      closers.push(() => fleet.stop());
+    }
     const expiry = setInterval(() => workflows.expire(), 10_000);
     expiry.unref();
     closers.push(() => clearInterval(expiry));

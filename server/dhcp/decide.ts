@@ -184,6 +184,11 @@ export interface DecisionInput {
   binding: AddressBinding | null;
   /** Why binding is null (for the log). */
   bindingWhy: string;
+  /**
+   * Decided again because this request's first reply claimed an address another daemon on the same store holds:
+   * a client asking for that address is told no (NAK), not left to time out.
+   */
+  claimLost?: boolean;
   /** This server's identifier on the request's link (option 54): the serving interface's address. */
   serverId: string;
   boot: BootContext;
@@ -300,13 +305,13 @@ function decideRequest(input: DecisionInput): Decision {
       }
       if (requested !== null && req.ciaddr === '0.0.0.0') {
         // INIT-REBOOT: verify the remembered address; NAK if wrong for a client we know, silence otherwise
-        if (!b) return ignore(`INIT-REBOOT for ${requested}: ${input.bindingWhy}`);
+        if (!b) return input.claimLost ? nak(input, `${requested} is taken (${input.bindingWhy})`) : ignore(`INIT-REBOOT for ${requested}: ${input.bindingWhy}`);
         if (requested !== b.address) return nak(input, `requested ${requested}, this client's address here is ${b.address}`);
         return offerOrAck(input, MessageType.ACK, b, client, { kind: 'bind', address: b.address, leaseSeconds: b.leaseSeconds }, `ACK ${b.address} (init-reboot, ${b.source})`);
       }
       if (req.ciaddr !== '0.0.0.0') {
         // RENEWING (unicast) or REBINDING (broadcast)
-        if (!b) return ignore(`RENEW/REBIND of ${req.ciaddr}: ${input.bindingWhy}`);
+        if (!b) return input.claimLost ? nak(input, `${req.ciaddr} is taken (${input.bindingWhy})`) : ignore(`RENEW/REBIND of ${req.ciaddr}: ${input.bindingWhy}`);
         if (req.ciaddr !== b.address) return nak(input, `renewing ${req.ciaddr}, this client's address here is ${b.address}`);
         return offerOrAck(input, MessageType.ACK, b, client, { kind: 'bind', address: b.address, leaseSeconds: b.leaseSeconds }, `ACK ${b.address} (renew/rebind, ${b.source})`);
       }

@@ -11,7 +11,7 @@ import {
   MessageType, type DhcpPacket,
 } from './packet.ts';
 import { decide, type Decision } from './decide.ts';
-import { DeclineRefused, type DhcpLeases, type Link } from './leases.ts';
+import { DeclineRefused, type Claim, type DhcpLeases, type Link } from './leases.ts';
 import { decodeRelayAgentInfo, describeRelayAgentInfo } from './relay-agent.ts';
 import { sameSubnet } from '../ipv4.ts';
 
@@ -27,9 +27,15 @@ export interface RequestMeta {
   /** 'dhcp' = port 67 socket, 'proxy' = port 4011 socket. */
   port: 'dhcp' | 'proxy';
   from: { address: string; port: number };
+  /** Set when the request is decided again because the claim of its first reply lost (server/dhcp/batch.ts). */
+  again?: number;
 }
 
-export interface Outgoing { data: Buffer; address: string; port: number; broadcast: boolean }
+export interface Outgoing {
+  data: Buffer; address: string; port: number; broadcast: boolean;
+  /** The pool address this reply offers or acknowledges: it may leave only if the claim did not lose at commit. */
+  claim?: Claim;
+}
 
 export interface HandlerDeps {
   store: Store;
@@ -50,6 +56,7 @@ export interface HandlerDeps {
 export interface DhcpMetrics {
   requests: Counter<'type' | 'outcome'>;
   malformed: Counter<'reason'>;
+  claimsLost: Counter<'type'>;
 }
 
 function counter<L extends string>(registry: Registry, name: string, help: string, labelNames: L[]): Counter<L> {
@@ -62,6 +69,7 @@ export function dhcpMetrics(registry: Registry): DhcpMetrics {
   return {
     requests: counter(registry, 'ironboot_dhcp_requests_total', 'DHCP requests by message type and outcome (offer, ack, nak, ignore, release, decline, decline_refused, error)', ['type', 'outcome']),
     malformed: counter(registry, 'ironboot_dhcp_malformed_total', 'DHCP packets dropped because they could not be decoded, by reason', ['reason']),
+    claimsLost: counter(registry, 'ironboot_dhcp_lease_claims_lost_total', 'OFFERs and ACKs not sent because another daemon on the same store claimed the address first (the request was decided again), by request type', ['type']),
   };
 }
 
@@ -101,6 +109,10 @@ export function createRequestHandler(deps: HandlerDeps): RequestHandler {
       if (debug) log.debug({ iface: meta.iface.name, htype: req.htype, hlen: req.hlen }, 'dhcp: ignored, not an Ethernet client');
       return null;
     }
+    if (meta.again) {
+      metrics.claimsLost.inc({ type: typeName });
+      log.info({ mac, type: typeName, round: meta.again }, `dhcp: ${typeName} from ${mac}: another daemon claimed the address first; deciding again`);
+    }
     const machine = deps.leases.machines.byMac(mac);
     const relay = req.giaddr !== '0.0.0.0' ? req.giaddr : null;
     const link: Link = { interfaceAddresses: meta.iface.addresses, relay };
@@ -116,13 +128,14 @@ export function createRequestHandler(deps: HandlerDeps): RequestHandler {
       ?? addrs[0]?.address ?? '0.0.0.0';
 
     let decision: Decision;
+    let claim: Claim | null;
     try {
       decision = decide({
-        mode: deps.mode, port: meta.port, request: req, mac, machine, binding: resolution.binding, bindingWhy: resolution.why,
+        mode: deps.mode, port: meta.port, request: req, mac, machine, binding: resolution.binding, bindingWhy: resolution.why, claimLost: !!meta.again,
         serverId, boot: { publicUrl: deps.publicUrlFor(serverId), tftpServer: serverId, ipxeHttpsUrl: deps.ipxeHttpsUrlFor?.(serverId) ?? null },
         allowedRelays: deps.allowedRelays?.length ? deps.allowedRelays : null,
       });
-      deps.leases.apply(mac, decision.lease, machine?.hostname ?? null);
+      claim = deps.leases.apply(mac, decision.lease, machine?.hostname ?? null);
     } catch (err) {
       if (err instanceof DeclineRefused) {
         metrics.requests.inc({ type: typeName, outcome: 'decline_refused' });
@@ -140,7 +153,7 @@ export function createRequestHandler(deps: HandlerDeps): RequestHandler {
       const agent = req.options.get(Opt.RELAY_AGENT);
       const decodedAgent = agent ? decodeRelayAgentInfo(agent) : null;
       const agentInfo = decodedAgent?.ok ? describeRelayAgentInfo(decodedAgent.info) : undefined;
-      log.debug({ mac, type: typeName, iface: meta.iface.name, relay, agentInfo, port: meta.port, outcome, why: decision.why }, `dhcp: ${typeName} from ${mac}: ${outcome}`);
+      log.debug({ mac, type: typeName, iface: meta.iface.name, relay, agentInfo, port: meta.port, outcome, why: decision.why, again: meta.again }, `dhcp: ${typeName} from ${mac}: ${outcome}`);
     } else if (relay && decision.action === 'ignore' && decision.why.startsWith('relay ')) {
       // the allowlist at work: said once a minute per relay (a flood must not become a log flood)
       const t = Date.now();
@@ -160,6 +173,6 @@ export function createRequestHandler(deps: HandlerDeps): RequestHandler {
       return null;
     }
     const dest = replyDestination(req, decision.reply, meta, deps.serverPort);
-    return { data: bytes, ...dest };
+    return claim ? { data: bytes, ...dest, claim } : { data: bytes, ...dest };
   };
 }

@@ -1,17 +1,23 @@
 /**
  * Addresses for DHCP clients: reservations (machines.ipv4) and, in full mode, the dynamic pool, persisted in
- * dhcp_leases. The pool state is mirrored in memory (one daemon owns the table) so that choosing an address is
- * cheap; every bind, release and decline is written through before the reply leaves, durably (lease commits run
- * with synchronous=FULL: an ACKed lease survives a power loss).
+ * dhcp_leases. The store is the authority: several daemons may serve one pool from one store (README "Several
+ * daemons"). Every offer and bind is a conditional claim on the address's row (LeaseRepository.commit), written
+ * before the reply leaves; a claim another daemon won is reported (Claim.lost) and the reply is decided again
+ * (server/dhcp/batch.ts: the ACK becomes a NAK, the OFFER another address). Binds, releases and declines are
+ * durable (synchronous=FULL: an ACKed lease survives a power loss).
+ *
+ * The pool is mirrored in memory so that choosing an address is cheap; before a choice the mirror takes in the rows
+ * other daemons changed (by updated_at, own rows skipped by writer), so offers avoid addresses held elsewhere.
  *
  * Bounded state: per-MAC entries (byMac, offers, the DECLINE rate limit) are pruned once a minute; a pool with
  * no free address is not scanned again until an address can have become free (an expiry, a release, a machine
  * change); a MAC may DECLINE at most `maxDeclinesPerMac` addresses per quarantine period; the pool lease of a
  * machine deleted from the store is released (unless unknown MACs get pool leases too).
  */
+import { randomUUID } from 'node:crypto';
 import type { Machine } from '../store/machines.ts';
 import type { Store } from '../store/index.ts';
-import { LeaseRepository, type PoolLease } from '../store/leases.ts';
+import { LeaseRepository, type LeaseWrite, type PoolLease } from '../store/leases.ts';
 import { ipToInt, intToIp, prefixToMask } from '../ipv4.ts';
 import type { AddressBinding, LeaseAction } from './decide.ts';
 import type { DhcpMode } from '../config.ts';
@@ -44,6 +50,23 @@ export interface LeasePolicy {
 }
 
 export interface Resolution { binding: AddressBinding | null; why: string }
+
+/** An offer or bind waiting for flush(); `lost` once flush() found the address held by someone else. */
+export class Claim {
+  lost = false;
+  constructor(readonly address: string, readonly mac: string, readonly state: 'offered' | 'bound') {}
+}
+
+/**
+ * How far back (ms) the mirror re-reads rows of other daemons behind the newest it has seen: a transaction that
+ * stamped its rows earlier but committed later, and clocks of daemons that differ by up to this much.
+ */
+export const FOREIGN_ROW_WINDOW_MS = 5000;
+/**
+ * How often (ms) the mirror reads what other daemons changed: the read costs the rows of that window, and a pick
+ * that misses a change only costs a lost claim (decided again), never a wrong reply.
+ */
+export const FOREIGN_SYNC_EVERY_MS = 100;
 
 interface PoolEntry { mac: string | null; state: 'offered' | 'bound' | 'released' | 'declined'; expiresAt: number; hostname: string | null }
 
@@ -144,8 +167,18 @@ export class DhcpLeases {
   private readonly offerHoldMs: number;
   private readonly quarantineMs: number;
   private readonly excluded: Set<number>;
-  /** Lease rows changed in memory, not yet written (see flush). */
-  private readonly pending = new Map<string, PoolLease>();
+  /** Lease changes made in memory, not yet written (see flush), in order, and the claims among them. */
+  private pending: LeaseWrite[] = [];
+  private pendingClaims: (Claim | null)[] = [];
+  /** Addresses with a pending change: the mirror is newer than the store there. */
+  private readonly pendingAddresses = new Set<string>();
+  /** This daemon's mark on the rows it writes (dhcp_leases.writer). */
+  readonly writer: string;
+  /** Newest updated_at seen on a row of another daemon, and when the mirror last looked. */
+  private foreignSeen = 0;
+  private foreignSyncAt = -Infinity;
+  /** Claims other daemons won against this one (for tests and /metrics). */
+  claimsLost = 0;
   private readonly maxDeclines: number;
   /** DECLINE times per MAC within the quarantine period (the rate limit). */
   private readonly declines = new Map<string, number[]>();
@@ -161,7 +194,8 @@ export class DhcpLeases {
   /** Addresses examined by pick() scans (for tests and the benchmark: a full pool must not cost a scan per request). */
   scanned = 0;
 
-  constructor(private store: Store, private policy: LeasePolicy, private now: () => number = Date.now) {
+  constructor(private store: Store, private policy: LeasePolicy, private now: () => number = Date.now, writer: string = randomUUID()) {
+    this.writer = writer;
     this.repo = store.leases;
     this.machines = new MachineLookup(store);
     this.start = policy.pool ? ipToInt(policy.pool.start) : 0;
@@ -177,6 +211,7 @@ export class DhcpLeases {
       AND mac NOT IN (SELECT mac FROM machines)`);
     for (const l of this.repo.list()) {
       const n = ipToInt(l.address);
+      if (l.writer !== this.writer) this.foreignSeen = Math.max(this.foreignSeen, l.updatedAt);
       this.entries.set(n, { mac: l.mac, state: l.state, expiresAt: l.expiresAt, hostname: l.hostname });
       if (l.mac && l.state !== 'declined') {
         const prev = this.byMac.get(l.mac);
@@ -189,18 +224,85 @@ export class DhcpLeases {
   list(): PoolLease[] { this.flush(); return this.repo.list(); }
 
   /** Whether lease changes wait for flush(). */
-  get dirty(): boolean { return this.pending.size > 0; }
+  get dirty(): boolean { return this.pending.length > 0; }
+
+  private queue(w: LeaseWrite, claim: Claim | null = null): void {
+    this.pending.push(w);
+    this.pendingClaims.push(claim);
+    this.pendingAddresses.add(w.kind === 'claim' ? w.lease.address : w.address);
+  }
 
   /**
-   * Writes the pending lease changes in one transaction (group commit). The server calls it before sending the
-   * replies of a batch, so no ACK leaves before its lease is in the store. Throws if the store cannot be written.
+   * Writes the pending lease changes in one transaction (group commit), each conditional on the row (see
+   * LeaseWrite). The server calls it before sending the replies of a batch, so no reply leaves before its claim
+   * is in the store. Returns the claims that lost (another daemon holds the address; the mirror now knows who).
+   * Throws if the store cannot be written (then nothing of the batch was written, and its claims count as lost).
    */
-  flush(): void {
-    if (!this.pending.size) return;
-    const rows = [...this.pending.values()];
-    this.pending.clear();
-    this.repo.putDurably(rows);
+  flush(): Claim[] {
+    if (!this.pending.length) return [];
+    const writes = this.pending;
+    const claims = this.pendingClaims;
+    this.pending = [];
+    this.pendingClaims = [];
+    this.pendingAddresses.clear();
+    const durable = writes.some((w) => w.kind !== 'unoffer' && !(w.kind === 'claim' && w.lease.state === 'offered'));
+    let took: boolean[];
+    try {
+      took = this.repo.commit(writes, this.writer, durable);
+    } catch (err) {
+      for (const c of claims) if (c) c.lost = true;
+      try { this.resync(writes); } catch { /* the store is unreadable too: the mirror is corrected at the next flush */ }
+      throw err;
+    }
     this.machines.ownWrite();
+    const lost: Claim[] = [];
+    const refused: LeaseWrite[] = [];
+    for (let i = 0; i < writes.length; i++) {
+      if (took[i]) continue;
+      refused.push(writes[i]);
+      const c = claims[i];
+      if (c) { c.lost = true; lost.push(c); }
+    }
+    this.claimsLost += lost.length;
+    if (refused.length) this.resync(refused);
+    if (lost.length) this.foreignSyncAt = -Infinity; // the requests decided again see all the others did
+    return lost;
+  }
+
+  /** The mirror takes the stored rows of these addresses (after changes the store refused, or could not write). */
+  private resync(writes: LeaseWrite[]): void {
+    for (const w of writes) {
+      const address = w.kind === 'claim' ? w.lease.address : w.address;
+      const row = this.repo.get(address);
+      if (row) this.absorb(row);
+      else { this.entries.delete(ipInt(address)); this.poolGeneration++; }
+    }
+  }
+
+  /** A row as stored by whoever wrote it last, into the mirror. */
+  private absorb(row: PoolLease): void {
+    const n = ipInt(row.address);
+    if (!this.inPool(n)) return;
+    const cur = this.entries.get(n);
+    if (cur && cur.mac === row.mac && cur.state === row.state && cur.expiresAt === row.expiresAt) return;
+    if (cur?.mac && cur.mac !== row.mac && this.byMac.get(cur.mac) === n) this.byMac.delete(cur.mac);
+    this.entries.set(n, { mac: row.mac, state: row.state, expiresAt: row.expiresAt, hostname: row.hostname });
+    if (row.mac && (row.state === 'bound' || row.state === 'offered') && row.expiresAt > this.now()) this.byMac.set(row.mac, n);
+    this.poolGeneration++; // the full-pool shortcut is re-checked against what others did
+  }
+
+  /**
+   * Takes in the rows other daemons changed since the newest one seen (less the window for late commits and
+   * clocks), at most every FOREIGN_SYNC_EVERY_MS.
+   */
+  private syncForeign(): void {
+    const t = this.now();
+    if (t - this.foreignSyncAt < FOREIGN_SYNC_EVERY_MS && t >= this.foreignSyncAt) return;
+    this.foreignSyncAt = t;
+    for (const row of this.repo.changedSince(this.foreignSeen - FOREIGN_ROW_WINDOW_MS, this.writer)) {
+      if (row.updatedAt > this.foreignSeen) this.foreignSeen = row.updatedAt;
+      if (!this.pendingAddresses.has(row.address)) this.absorb(row);
+    }
   }
 
   /**
@@ -248,7 +350,7 @@ export class DhcpLeases {
       if (!e || e.mac !== mac || e.state !== 'bound') continue;
       this.entries.set(n, { ...e, state: 'released', expiresAt: now });
       if (this.byMac.get(mac) === n) this.byMac.delete(mac);
-      this.pending.set(address, { address, mac, state: 'released', expiresAt: now, hostname: e.hostname, updatedAt: now });
+      this.queue({ kind: 'release', address, mac, at: now });
       this.poolGeneration++;
     }
     for (const [n, e] of this.entries) { // offers to a deleted machine
@@ -288,6 +390,7 @@ export class DhcpLeases {
     if (!this.onLink(this.policy.pool.start, this.policy.poolPrefix, link)) {
       return { binding: null, why: `pool ${this.policy.pool.start}-${this.policy.pool.end} is not on this link (${describeLink(link)})` };
     }
+    this.syncForeign();
     const address = this.pick(mac, preferred);
     if (address === null) return { binding: null, why: 'pool exhausted' };
     return {
@@ -299,50 +402,60 @@ export class DhcpLeases {
     };
   }
 
-  /** Applies a decision's lease action (pool addresses only; reservations need no state). */
-  apply(mac: string, action: LeaseAction, hostname: string | null = null): void {
-    if (action.kind === 'none') return;
+  /**
+   * Applies a decision's lease action (pool addresses only; reservations need no state) to the mirror and queues
+   * its write. An offer or bind returns its Claim: the reply may leave only if the claim is not lost at flush().
+   */
+  apply(mac: string, action: LeaseAction, hostname: string | null = null): Claim | null {
+    if (action.kind === 'none') return null;
     const n = ipInt(action.address);
-    if (!this.inPool(n)) return;
+    if (!this.inPool(n)) return null;
     const now = this.now();
     const cur = this.entries.get(n);
     switch (action.kind) {
-      case 'offer':
-        if (cur?.state === 'bound' && cur.mac === mac) return; // keep the lease as is
-        this.entries.set(n, { mac, state: 'offered', expiresAt: now + this.offerHoldMs, hostname });
+      case 'offer': {
+        if (cur?.state === 'bound' && cur.mac === mac && cur.expiresAt > now) return null; // keep the lease as is
+        const expiresAt = now + this.offerHoldMs;
+        this.entries.set(n, { mac, state: 'offered', expiresAt, hostname });
         this.byMac.set(mac, n);
         this.advance(n);
-        return;
+        const claim = new Claim(action.address, mac, 'offered');
+        this.queue({ kind: 'claim', lease: { address: action.address, mac, state: 'offered', expiresAt, hostname, updatedAt: now } }, claim);
+        return claim;
+      }
       case 'unoffer':
-        if (cur?.state === 'offered' && cur.mac === mac) { this.entries.delete(n); this.poolGeneration++; }
-        return;
+        if (cur?.state === 'offered' && cur.mac === mac) {
+          this.entries.delete(n);
+          this.poolGeneration++;
+          this.queue({ kind: 'unoffer', address: action.address, mac, at: now });
+        }
+        return null;
       case 'bind': {
-        const writes: PoolLease[] = [];
         const prev = this.byMac.get(mac);
         if (prev !== undefined && prev !== n) {
+          // the store gives the MAC's other addresses back when this claim wins (LeaseWrite 'claim')
           const old = this.entries.get(prev);
-          if (old && old.mac === mac && old.state === 'bound') {
+          if (old && old.mac === mac && (old.state === 'bound' || old.state === 'offered')) {
             this.poolGeneration++;
             this.entries.set(prev, { ...old, state: 'released', expiresAt: now });
-            writes.push({ address: intToIp(prev), mac, state: 'released', expiresAt: now, hostname: old.hostname, updatedAt: now });
           }
         }
         const expiresAt = now + action.leaseSeconds * 1000;
         this.entries.set(n, { mac, state: 'bound', expiresAt, hostname });
         this.byMac.set(mac, n);
         this.advance(n);
-        writes.push({ address: action.address, mac, state: 'bound', expiresAt, hostname, updatedAt: now });
-        for (const w of writes) this.pending.set(w.address, w);
-        return;
+        const claim = new Claim(action.address, mac, 'bound');
+        this.queue({ kind: 'claim', lease: { address: action.address, mac, state: 'bound', expiresAt, hostname, updatedAt: now } }, claim);
+        return claim;
       }
       case 'release':
-        if (!cur || cur.mac !== mac) return;
+        if (!cur || cur.mac !== mac) return null;
         this.poolGeneration++;
         this.entries.set(n, { ...cur, state: 'released', expiresAt: now });
-        this.pending.set(action.address, { address: action.address, mac, state: 'released', expiresAt: now, hostname: cur.hostname, updatedAt: now });
-        return;
+        this.queue({ kind: 'release', address: action.address, mac, at: now });
+        return null;
       case 'decline': {
-        if (cur && cur.mac !== mac && cur.state === 'bound' && cur.expiresAt > now) return; // someone else's live lease
+        if (cur && cur.mac !== mac && cur.state === 'bound' && cur.expiresAt > now) return null; // someone else's live lease
         // rate limit: a client declining address after address would take the pool out of service
         const recent = (this.declines.get(mac) ?? []).filter((t) => t > now - this.quarantineMs);
         if (recent.length >= this.maxDeclines) {
@@ -353,8 +466,8 @@ export class DhcpLeases {
         this.declines.set(mac, recent);
         this.entries.set(n, { mac: null, state: 'declined', expiresAt: now + this.quarantineMs, hostname: null });
         if (this.byMac.get(mac) === n) this.byMac.delete(mac);
-        this.pending.set(action.address, { address: action.address, mac: null, state: 'declined', expiresAt: now + this.quarantineMs, hostname: null, updatedAt: now });
-        return;
+        this.queue({ kind: 'decline', address: action.address, mac, until: now + this.quarantineMs, at: now });
+        return null;
       }
     }
   }

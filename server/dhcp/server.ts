@@ -11,7 +11,8 @@ import { networkInterfaces } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import type { Logger } from 'pino';
 import { loadAddon } from '../native-addon.ts';
-import type { Outgoing, RequestHandler, RequestMeta, ServingInterface } from './handle.ts';
+import type { RequestHandler, RequestMeta, ServingInterface } from './handle.ts';
+import { ReplyBatch } from './batch.ts';
 
 const NATIVE_DIR = join(dirname(fileURLToPath(import.meta.url)), 'native');
 
@@ -101,26 +102,21 @@ async function openSocket(spec: SocketSpec, nat: DhcpNative, onMessage: (msg: Bu
 /**
  * Opens every socket. Requests are handled as they arrive; their replies are queued and sent together once the
  * current burst of datagrams is handled, right after `commit()` has written the burst's lease changes in one
- * transaction (group commit: no ACK leaves before its lease is stored). If commit fails, the burst's replies are
- * dropped (clients retry) and the error logged.
+ * transaction (group commit: no ACK leaves before its lease is stored; a reply whose claim lost is decided again,
+ * see batch.ts). If commit fails, the burst's replies are dropped (clients retry) and the error logged.
  */
 export async function openDhcpSockets(specs: SocketSpec[], handler: RequestHandler, log: Logger, commit: () => void = () => {}): Promise<DhcpSockets> {
   const nat = loadNative();
   const socks: dgram.Socket[] = [];
   const stats = { received: 0, sent: 0, sendErrors: 0 };
-  let queue: { sock: dgram.Socket; out: Outgoing; iface: string }[] = [];
+  const batch = new ReplyBatch<{ sock: dgram.Socket; iface: string }>(handler, commit);
   let scheduled = false;
   const flush = () => {
     scheduled = false;
-    const batch = queue;
-    queue = [];
-    try {
-      commit();
-    } catch (err) {
-      log.error({ err, replies: batch.length }, 'dhcp: cannot store leases; replies of this burst dropped');
-      return;
-    }
-    for (const { sock, out, iface } of batch) {
+    const held = batch.size;
+    const { replies, error } = batch.settle();
+    if (error) log.error({ err: error, replies: held - replies.length }, 'dhcp: cannot store leases; replies of this burst dropped');
+    for (const { out, tag: { sock, iface } } of replies) {
       sock.send(out.data, out.port, out.address, (err) => {
         if (err) { stats.sendErrors++; log.warn({ err, to: `${out.address}:${out.port}`, iface }, 'dhcp: send failed'); } else stats.sent++;
       });
@@ -130,15 +126,13 @@ export async function openDhcpSockets(specs: SocketSpec[], handler: RequestHandl
     for (const spec of specs) {
       const s: dgram.Socket = await openSocket(spec, nat, (msg, rinfo) => {
         stats.received++;
-        let out: Outgoing | null;
         try {
-          out = handler(msg, { iface: spec.iface, port: spec.kind, from: { address: rinfo.address, port: rinfo.port } });
+          batch.add(msg, { iface: spec.iface, port: spec.kind, from: { address: rinfo.address, port: rinfo.port } }, { sock: s, iface: spec.iface.name });
         } catch (err) {
           log.error({ err, iface: spec.iface.name }, 'dhcp: handler failed');
           return;
         }
         // flush also when there is no reply: a RELEASE or DECLINE changes a lease too
-        if (out) queue.push({ sock: s, out, iface: spec.iface.name });
         if (!scheduled) { scheduled = true; setImmediate(flush); }
       }, log);
       socks.push(s);

@@ -154,18 +154,25 @@ export class WorkflowRepository {
     return (this.db.prepare('UPDATE workflows SET boots = boots + 1 WHERE id = ? RETURNING boots').get(id) as { boots: number }).boots;
   }
 
-  setState(id: string, state: WorkflowState, fields: { reason?: string | null; exitCode?: number | null; final?: boolean; started?: boolean } = {}): void {
+  /**
+   * Sets the state. With `expected`, a compare-and-set: the row changes only while its state is still `expected`
+   * (PostgreSQL re-checks the condition on the row as committed by a concurrent writer), so of two daemons moving
+   * one workflow from the state they both read, one wins. Returns whether the row changed.
+   */
+  setState(id: string, state: WorkflowState, fields: { reason?: string | null; exitCode?: number | null; final?: boolean; started?: boolean; expected?: WorkflowState } = {}): boolean {
     const now = new Date().toISOString();
-    this.db.prepare(`UPDATE workflows SET state = @state, updated_at = @now,
+    const sql = `UPDATE workflows SET state = @state, updated_at = @now,
       reason = CASE WHEN @setReason = 1 THEN @reason ELSE reason END,
       exit_code = CASE WHEN @setExit = 1 THEN @exitCode ELSE exit_code END,
       started_at = CASE WHEN @started = 1 AND started_at IS NULL THEN @now ELSE started_at END,
       finished_at = CASE WHEN @final = 1 THEN @now ELSE finished_at END
-      WHERE id = @id`).run({
-      id, state, now,
+      WHERE id = @id`;
+    const expected = fields.expected !== undefined ? { expected: fields.expected } : {};
+    return this.db.prepare(fields.expected !== undefined ? `${sql} AND state = @expected` : sql).run({
+      id, state, now, ...expected,
       setReason: fields.reason !== undefined ? 1 : 0, reason: fields.reason ?? null,
       setExit: fields.exitCode !== undefined ? 1 : 0, exitCode: fields.exitCode ?? null,
       started: fields.started ? 1 : 0, final: fields.final ? 1 : 0,
-    });
+    }).changes > 0;
   }
 }

@@ -33,9 +33,14 @@ export interface CreateWorkflowInput {
   targetSize?: number;
 }
 
+/** Told of every event inside the transaction that appends it (server/workflows/fleet-events.ts on PostgreSQL). */
+export interface EventAnnouncer { announce(ev: WorkflowEvent): void }
+
 /**
  * Where a workflow changes state. Every change is one transaction (the row and its event), is logged at info
- * with the MAC, and is published on `events` ('event', WorkflowEvent) for the live stream.
+ * with the MAC, and is published on `events` ('event', WorkflowEvent) for the live stream. Events other daemons
+ * on the same PostgreSQL committed arrive on `events` as 'remote' (fleet-events.ts): views show them, nothing here
+ * acts on them.
  */
 export class WorkflowService {
   readonly events = new EventEmitter();
@@ -46,8 +51,23 @@ export class WorkflowService {
   /** Bootable disks for mode install (server/images/bootable.ts); set by the composition root. */
   bootDisks: BootDiskService | null = null;
 
+  /** Several daemons on one PostgreSQL: announces each event to the others (set by the composition root). */
+  announcer: EventAnnouncer | null = null;
+
   constructor(private store: Store, private log: Logger) {
     this.events.setMaxListeners(0);
+  }
+
+  /**
+   * The outermost transaction of a change. On SQLite it is BEGIN IMMEDIATE: it takes the write lock before its first
+   * read, so a read-then-write of this daemon never works on a snapshot another daemon (another process on the same
+   * file) has overtaken; a deferred one would fail with SQLITE_BUSY_SNAPSHOT instead of seeing the other's change.
+   * PostgreSQL (READ COMMITTED) relies on the compare-and-set in setState instead.
+   */
+  private tx<T>(fn: () => T): T {
+    const sqlite = this.store.sqlite;
+    if (sqlite && !sqlite.inTransaction) return sqlite.transaction(fn).immediate();
+    return this.store.tx(fn);
   }
 
   /**
@@ -80,12 +100,12 @@ export class WorkflowService {
    * live events go out only after the commit, so a refused batch shows nothing on the stream either.
    */
   batch<T>(fn: () => T): T {
-    if (this.deferred) return this.store.tx(fn);
+    if (this.deferred) return this.tx(fn);
     const after: (() => void)[] = [];
     this.deferred = after;
     let result: T;
     try {
-      result = this.store.tx(fn);
+      result = this.tx(fn);
     } finally {
       this.deferred = null;
     }
@@ -97,7 +117,7 @@ export class WorkflowService {
     const { store } = this;
     let created: Workflow;
     let first: WorkflowEvent;
-    store.tx(() => {
+    this.tx(() => {
       const machine = store.machines.getByMac(input.mac);
       if (!machine) throw new WorkflowError(404, 'machine', `no machine with MAC ${input.mac}`);
       const image = store.images.find(input.image);
@@ -133,6 +153,7 @@ export class WorkflowService {
         wipe: input.wipe ?? false, targetSerial: input.targetSerial ?? null, targetSize: input.targetSize ?? null,
       });
       first = store.events.append({ workflowId: created.id, kind: 'state', state: 'pending', message: `created for image ${image.name}` });
+      this.announcer?.announce(first);
     });
     this.log.info({ mac: input.mac, workflow: created!.id, state: 'pending' }, 'workflow created');
     this.events.emit('event', first!);
@@ -141,27 +162,35 @@ export class WorkflowService {
 
   /**
    * Moves a workflow to `to` if the state machine allows it. Returns the updated workflow, or throws a
-   * 409 WorkflowError naming the current state.
+   * 409 WorkflowError naming the current state. The change is a compare-and-set on the state it read: when another
+   * daemon changed the workflow in between, this one is refused (409 with the state the other set) and records
+   * nothing, so of two racing changes exactly one wins and leaves one event.
    */
   transition(id: string, to: WorkflowState, detail: { message?: string; reason?: string; exitCode?: number; payload?: Record<string, unknown> } = {}): Workflow {
     let ev: WorkflowEvent;
     let wf: Workflow;
-    this.store.tx(() => {
+    this.tx(() => {
       const cur = this.store.workflows.get(id);
       if (!cur) throw new WorkflowError(404, 'id', `no workflow ${id}`);
       if (!canTransition(cur.state, to)) {
         throw new WorkflowError(409, 'state', `workflow ${id} is ${cur.state}; it cannot become ${to}`);
       }
-      this.store.workflows.setState(id, to, {
+      const changed = this.store.workflows.setState(id, to, {
         reason: detail.reason !== undefined ? detail.reason : (isFinal(to) ? undefined : null),
         exitCode: detail.exitCode,
         final: isFinal(to),
         started: to === 'booting' || to === 'agent-online',
+        expected: cur.state,
       });
+      if (!changed) {
+        const now = this.store.workflows.get(id);
+        throw new WorkflowError(409, 'state', `workflow ${id} is ${now?.state ?? 'gone'} (changed meanwhile, from ${cur.state}); it was not made ${to}`);
+      }
       ev = this.store.events.append({
         workflowId: id, kind: 'state', state: to, message: detail.message ?? detail.reason ?? null,
         payload: { from: cur.state, ...(detail.exitCode !== undefined ? { exitCode: detail.exitCode } : {}), ...(detail.payload ?? {}) },
       });
+      this.announcer?.announce(ev);
       wf = this.store.workflows.get(id)!;
     });
     this.publish(() => {
@@ -183,7 +212,8 @@ export class WorkflowService {
 
   /** Appends a non-state event (progress, log lines, info). */
   record(e: EventInput): WorkflowEvent {
-    const ev = this.store.events.append(e);
+    const append = () => { const ev = this.store.events.append(e); this.announcer?.announce(ev); return ev; };
+    const ev = this.announcer ? this.tx(append) : append(); // the event and its announcement in one transaction
     this.publish(() => this.events.emit('event', ev));
     return ev;
   }

@@ -24,7 +24,7 @@ const machinesFile = own[own.indexOf('--machines') + 1];
 
 const config = loadServeConfig(serveArgs, {});
 const log = pino({ level: config.logLevel }, pino.destination(2));
-const store = Store.open(config.dataDir);
+const store = Store.open(config.dataDir, { url: config.store });
 if (own.includes('--machines') && machinesFile) {
   const text = readFileSync(machinesFile, 'utf8').trim();
   const list = (text ? JSON.parse(text) : []) as MachineInput[];

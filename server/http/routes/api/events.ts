@@ -12,7 +12,8 @@ export const DEFAULT_SSE_MAX_CLIENTS = 64;
 export const SSE_MAX_BUFFERED_BYTES = 1 << 20;
 
 /**
- * GET /api/v1/events/stream — server-sent events of every workflow event (`event: workflow`), for live views.
+ * GET /api/v1/events/stream — server-sent events of every workflow event (`event: workflow`), for live views:
+ * this daemon's and, on PostgreSQL, those of every daemon on the same database (server/workflows/fleet-events.ts).
  * `?workflow=ID` narrows it to one workflow and first replays that workflow's past events. At most
  * `sseMaxClients` streams are open at once (503 beyond); a client that stops reading is dropped.
  * POST /api/v1/events/ticket — a short-lived ticket for `?ticket=`, so a browser's EventSource need not put
@@ -64,12 +65,13 @@ const eventsRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, wo
       write(`id: ${e.workflowId}:${e.seq}\nevent: workflow\ndata: ${JSON.stringify(eventView(e))}\n\n`);
     };
     const keepAlive = setInterval(() => write(': keep-alive\n\n'), 15000);
-    const stop = () => { clearInterval(keepAlive); workflows.events.off('event', send); open.delete(close); };
+    const stop = () => { clearInterval(keepAlive); workflows.events.off('event', send); workflows.events.off('remote', send); open.delete(close); };
     const close = () => { stop(); res.end(); };
     open.add(close);
     req.raw.on('close', stop);
     write(': ironboot event stream\n\n');
     workflows.events.on('event', send);
+    workflows.events.on('remote', send); // committed by another daemon on the same PostgreSQL (fleet-events.ts)
     if (only) {
       replaying = true;
       for (const e of store.events.list(only)) send(e);
