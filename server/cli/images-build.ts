@@ -11,6 +11,8 @@ import { parseArgs, str } from './args.ts';
 import { bytes } from './format.ts';
 import { Store } from '../store/index.ts';
 import { createImageService, ImageError, type BuildProgress, type ImageSource } from '../images/index.ts';
+import type { ArtifactStore, ArtifactStoreError } from '../images/artifact-store.ts';
+import { ConfigError, resolveImageStore } from '../config.ts';
 
 type Out = (s: string) => void;
 
@@ -19,7 +21,9 @@ ironboot images build [TAG] --oci-layout PATH        an OCI image layout (direct
 ironboot images build [REPO:TAG] --docker-archive PATH   a \`docker save\` tar
 
   Builds locally into --data-dir (IRONBOOT_DATA_DIR, default ./var), recorded in the daemon's store (--store URL or
-  IRONBOOT_STORE when the daemon runs on PostgreSQL; default the data directory's SQLite); with --server URL the daemon builds it
+  IRONBOOT_STORE when the daemon runs on PostgreSQL; default the data directory's SQLite) and, with --images
+  s3://BUCKET/PREFIX (IRONBOOT_IMAGES; --s3-endpoint URL, --s3-path-style), uploaded to the daemons' bucket (needed with
+  a PostgreSQL store: the daemons serve from there); with --server URL the daemon builds it
   (paths are then on the server). Registry credentials: IRONBOOT_REGISTRY_USERNAME/IRONBOOT_REGISTRY_PASSWORD
   or a Docker config.json ($DOCKER_CONFIG, ~/.docker/config.json); the environment ones need
   IRONBOOT_REGISTRY_HOST (the one registry they are for). Passwords go over plain HTTP only with
@@ -80,7 +84,7 @@ function summary(img: Record<string, any>, path?: string): string {
 }
 
 export async function imagesBuildCommand(argv: string[], out: Out): Promise<void> {
-  const a = parseArgs(argv, { bool: ['insecure'] });
+  const a = parseArgs(argv, { bool: ['insecure', 's3-path-style'] });
   if (a.flags.help) { out(IMAGES_BUILD_HELP); return; }
   const f = a.flags;
   const source = sourceFrom(a.positionals[0], f);
@@ -108,9 +112,36 @@ export async function imagesBuildCommand(argv: string[], out: Out): Promise<void
 
   const dataDir = resolve(String(f['data-dir'] ?? process.env.IRONBOOT_DATA_DIR ?? './var'));
   const storeUrl = String(f.store ?? process.env.IRONBOOT_STORE ?? '') || null;
+  // where the disk goes: as the daemons have it (--images), so that every daemon can serve what this builds
+  let imageStore;
+  try {
+    imageStore = resolveImageStore({
+      images: str(f, 'images') ?? process.env.IRONBOOT_IMAGES ?? null, s3Endpoint: str(f, 's3-endpoint') ?? null,
+      s3PathStyle: f['s3-path-style'] === true ? true : null,
+    });
+  } catch (err) {
+    if (err instanceof ConfigError) throw new CliError(err.key.startsWith('AWS_') ? err.message : `--${err.message}`);
+    throw err;
+  }
+  if (storeUrl && imageStore.kind === 'local') {
+    throw new CliError('--store is a PostgreSQL store shared by several daemons: a build into this data directory would be '
+      + 'served by none of them. Give --images s3://BUCKET/PREFIX (as the daemons have it), or build through a daemon with --server URL');
+  }
+  let artifacts: ArtifactStore | undefined;
+  if (imageStore.kind === 's3') {
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+    const { s3ArtifactStore } = await import('../images/s3-store.ts');
+    artifacts = s3ArtifactStore(imageStore);
+    try {
+      await artifacts.check();
+    } catch (err) {
+      const e = err as ArtifactStoreError;
+      throw new CliError(`--${e.setting ?? 'images'}: ${e.message}`);
+    }
+  }
   const store = Store.open(dataDir, { url: storeUrl });
   try {
-    const svc = createImageService({ store, log: pino({ level: 'error' }, pino.destination(2)), registry: new Registry(), dataDir });
+    const svc = createImageService({ store, log: pino({ level: 'error' }, pino.destination(2)), registry: new Registry(), dataDir, artifacts });
     svc.recover();
     let img;
     try {

@@ -10,7 +10,8 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { startS3Server, S3_KEY } from '../helpers/s3-server.ts';
 import { Store } from '../../server/store/index.ts';
 import { CLI, readyImage, spawnDaemon, tempDir, ROOT } from '../helpers/daemon.ts';
 import { createTestDatabase, storeBackends, testPostgres } from '../helpers/stores.ts';
@@ -87,19 +88,44 @@ test('an unreachable --store stops the start, naming --store and the reason (no 
   } finally { dir.remove(); }
 });
 
-test('ironboot images build --store postgres://…: the container disk is recorded in PostgreSQL, ready', { timeout: 120_000 }, (t) => {
+test('ironboot images build --store postgres://… --images s3://…: the disk is uploaded to the bucket and recorded in PostgreSQL, ready; without --images it is refused', { timeout: 120_000 }, async (t) => {
   const dir = tempDir(); t.after(dir.remove);
+  const s3 = await startS3Server('fleet-images');
+  t.after(() => s3.stop());
   const url = createTestDatabase('cli');
   const layout = join(dir.path, 'layout');
   writeOciLayout(layout, buildImage({ layers: [[{ path: 'etc/hostname', content: 'tiny\n' }, { path: 'bin/run', content: '#!/bin/sh\necho hi\n', mode: 0o755 }]], config: { Entrypoint: ['/bin/run'] } }), 'v1');
-  const r = spawnSync(process.execPath, [CLI, 'images', 'build', '--oci-layout', layout, '--name', 'tiny', '--size', '16M', '--data-dir', join(dir.path, 'data'), '--store', url, '--json'],
-    { encoding: 'utf8', timeout: 100_000, env: { ...process.env, CI: '1' } });
+  const build = (extra: string[]) => run(process.execPath, [CLI, 'images', 'build', '--oci-layout', layout, '--name', 'tiny', '--size', '16M', '--data-dir', join(dir.path, 'data'), '--store', url, '--json', ...extra],
+    { ...process.env, CI: '1', AWS_ACCESS_KEY_ID: S3_KEY.accessKeyId, AWS_SECRET_ACCESS_KEY: S3_KEY.secretAccessKey });
+
+  // a shared store with the disk left in this directory would be served by no daemon: refused, nothing recorded
+  const refused = await build([]);
+  assert.notEqual(refused.status, 0);
+  assert.match(refused.stderr, /--store is a PostgreSQL store shared by several daemons.*--images s3:\/\//s);
+  assert.equal(testPostgres().psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'", dbName(url)).trim(), '0', 'the store was not even opened');
+
+  const r = await build(['--images', 's3://fleet-images/disks', '--s3-endpoint', s3.endpoint]);
   assert.equal(r.status, 0, r.stderr);
-  const img = JSON.parse(r.stdout) as { id: string; state: string };
+  const img = JSON.parse(r.stdout) as { id: string; state: string; compressedSha256: string };
   assert.equal(img.state, 'ready');
   assert.equal(testPostgres().psql(`SELECT name || ' ' || state || ' ' || entrypoint FROM images WHERE id = '${img.id}'`, dbName(url)).trim(), 'tiny ready ["/bin/run"]');
   assert.equal(existsSync(join(dir.path, 'data', 'ironboot.db')), false, 'nothing written to a SQLite file');
+  const objects = await s3.list('disks/');
+  const zst = objects.find((o) => o.key.includes(img.id) && o.key.endsWith('.zst'));
+  assert.ok(zst, `the bucket holds ${objects.map((o) => o.key).join(', ')}`);
+  assert.equal(await s3.sha256(zst.key), img.compressedSha256, 'the object is the disk the row describes');
 });
+
+/** A child process, without blocking this one's event loop (the S3 server runs in it). */
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'], timeout: 100_000 });
+    let stdout = ''; let stderr = '';
+    p.stdout.on('data', (d) => { stdout += d; });
+    p.stderr.on('data', (d) => { stderr += d; });
+    p.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+}
 
 const skip = netnsUnavailable('busybox');
 let lab: Lab | null = null;
