@@ -280,7 +280,8 @@ async function seedBench(): Promise<{ ours: Record<string, number>[]; refs: Reco
     }
     return { ours, refs };
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    if (process.env.IRONBOOT_E2E_KEEP) console.error(`seed: serial logs kept in ${dir}`);
+    else rmSync(dir, { recursive: true, force: true });
   }
 }
 

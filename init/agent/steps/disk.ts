@@ -202,7 +202,7 @@ export async function streamToTarget(spec: WorkflowSpec, cfg: AgentConfig, hooks
   });
   const s = (Date.now() - t0) / 1000;
   say(`streamed ${r.compressedBytes} → ${r.rawBytes} bytes in ${s.toFixed(1)} s (${(r.rawBytes / 1e6 / Math.max(s, 0.001)).toFixed(1)} MB/s), ` +
-    `${r.resumes} resume(s); sha256 of the ${r.verifiedOver === 'compressed' ? 'compressed stream' : 'written disk'} ok`);
+    `${r.resumes} resume(s); sha256 ok (${r.verifiedOver === 'compressed' ? 'of the compressed stream' : 'of the written disk'})`);
   if (!isRam && /^ext[234]$/.test(img.format)) {
     const g = await run(PATHS.resize2fs, [target]);
     if (g.code === 0) say(`resize2fs: grew the filesystem to ${target}`);
