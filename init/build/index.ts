@@ -4,8 +4,7 @@
  *   vmlinuz     the host's Debian kernel (or --kernel PATH)
  *   initramfs   newc cpio (our writer, reproducible) compressed with zstd (the kernel has RD_ZSTD):
  *                 /init → busybox (init: PID 1, reaps orphans, respawns the agent from /etc/inittab)
- *                 busybox-static + applet links, node (stripped; in a squashfs image, NODE_IMAGE) + exactly the
- *                 libraries ldd reports,
+ *                 busybox-static + applet links, node (stripped) + exactly the libraries ldd reports,
  *                 zstd, resize2fs, blkdiscard (util-linux, for BLKZEROOUT) + their libraries,
  *                 the bundled agent, kernel modules (closure over modules.dep, depmod'ed)
  *   report.json sizes and contents
@@ -37,8 +36,6 @@ export interface BuildOptions {
   busybox?: string;
   node?: string;
   extraModules?: string[];
-  /** node as a squashfs image, loop-mounted at boot (default: when mksquashfs is installed); false: unpacked. */
-  nodeImage?: boolean;
   /** The operator's CA (PEM): built in as /etc/ironboot/ca.pem, which the agent verifies HTTPS against (init/agent/tls.ts). */
   caFile?: string | null;
 }
@@ -109,36 +106,6 @@ function compress(chunks: Iterable<Buffer>, level: number): Promise<Buffer> {
   });
 }
 
-/**
- * node (86 MB stripped) as a zstd squashfs image, loop-mounted by init before the agent starts: the kernel then
- * unpacks ~30 MB of already compressed bytes instead of decompressing 86 MB into RAM at boot, and only the pages
- * node touches are ever decompressed (measured under TCG: /init reached ~3 s earlier, the entrypoint ~1.6 s).
- */
-export const NODE_IMAGE = {
-  file: '/lib/ironboot/node.sqfs',
-  dir: '/lib/ironboot/nodefs',
-  mount: `modprobe -q -a loop squashfs
-mount -t squashfs -o loop,ro /lib/ironboot/node.sqfs /lib/ironboot/nodefs || echo "ironboot: cannot mount the node image /lib/ironboot/node.sqfs: the agent cannot start" >&2
-`,
-};
-
-function squashNode(mksquashfs: string, node: Buffer): Buffer {
-  const dir = mkdtempSync(join(tmpdir(), 'ironboot-node-image-'));
-  try {
-    mkdirSync(join(dir, 'root'));
-    writeFileSync(join(dir, 'root', 'node'), node, { mode: 0o755 });
-    const img = join(dir, 'node.sqfs');
-    // reproducible: fixed times, root-owned, no xattrs
-    execFileSync(mksquashfs, [join(dir, 'root'), img, '-comp', 'zstd', '-Xcompression-level', '15', '-noappend', '-all-root', '-no-xattrs',
-      '-mkfs-time', '0', '-all-time', '0', '-quiet', '-no-progress'], { stdio: ['ignore', 'ignore', 'pipe'] });
-    return readFileSync(img);
-  } catch (e) {
-    throw new Error(`mksquashfs of node failed: ${(e as Error).message}`);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
 function walk(dir: string): string[] {
   const out: string[] = [];
   for (const name of readdirSync(dir).sort()) {
@@ -197,20 +164,9 @@ export async function buildArtifacts(opts: BuildOptions): Promise<{ kernel: stri
     ['blkdiscard', findBinary(['/usr/sbin/blkdiscard', '/sbin/blkdiscard'], 'blkdiscard', 'util-linux'), false],
   ];
   const libs = new Set<string>();
-  const mksquashfs = opts.nodeImage === false ? null : ['/usr/bin/mksquashfs', '/usr/sbin/mksquashfs'].find((p) => existsSync(p)) ?? null;
-  if (opts.nodeImage !== false && !mksquashfs) log('mksquashfs not found (Debian package squashfs-tools): node goes in unpacked, the machine boots slower');
-  let nodeImage = false;
   for (const [name, path, strip] of tools) {
     log(`${name}: ${path}${strip ? ' (stripping)' : ''}`);
-    const data = strip ? stripped(path) : readFileSync(path);
-    if (name === 'node' && mksquashfs) {
-      addFile(NODE_IMAGE.file.slice(1), squashNode(mksquashfs, data), 0o644, 'node');
-      add({ path: NODE_IMAGE.dir.slice(1), type: 'dir', mode: 0o755 }, 'node');
-      add({ path: 'lib/ironboot/bin/node', type: 'symlink', target: '../nodefs/node' }, 'node');
-      nodeImage = true;
-    } else {
-      addFile(`lib/ironboot/bin/${name}`, data, 0o755, name === 'node' ? 'node' : 'tools');
-    }
+    addFile(`lib/ironboot/bin/${name}`, strip ? stripped(path) : readFileSync(path), 0o755, name === 'node' ? 'node' : 'tools');
     for (const l of librariesOf(path)) libs.add(l);
   }
   add({ path: 'bin/node', type: 'symlink', target: '../lib/ironboot/bin/node' }, 'node');
@@ -222,7 +178,7 @@ export async function buildArtifacts(opts: BuildOptions): Promise<{ kernel: stri
   const agent = await bundleAgent();
   addFile('lib/ironboot/agent.mjs', agent, 0o644, 'agent');
   addFile('lib/ironboot/udhcpc.script', Buffer.from(UDHCPC_SCRIPT), 0o755, 'agent');
-  addFile(EARLY_MOUNTS.slice(1), Buffer.from(`#!/bin/sh\n# ironboot: the early mounts, run by init before the agent and the coldplug\n${earlyMountScript(true)}${nodeImage ? NODE_IMAGE.mount : ''}`), 0o755, 'agent');
+  addFile(EARLY_MOUNTS.slice(1), Buffer.from(`#!/bin/sh\n# ironboot: the early mounts, run by init before the agent and the coldplug\n${earlyMountScript(true)}`), 0o755, 'agent');
   addFile(COLDPLUG.script.slice(1), Buffer.from(COLDPLUG_SCRIPT), 0o755, 'agent');
 
   // --- kernel modules: the closure over modules.dep, then depmod in a staging tree ---

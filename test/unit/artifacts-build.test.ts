@@ -35,15 +35,8 @@ test('the initramfs: busybox init as PID 1, the agent, node with its libraries, 
   assert.match(recs.get('lib/ironboot/agent.mjs')!.data.toString(), /ironboot init agent/);
   assert.match(recs.get('lib/ironboot/udhcpc.script')!.data.toString(), /lease\.\$interface/);
   for (const tool of ['node', 'zstd', 'resize2fs', 'blkdiscard']) assert.ok(recs.get(`lib/ironboot/bin/${tool}`)!.size > 0, tool);
-  // node: a squashfs image that init loop-mounts before the agent starts (with mksquashfs on the host), else unpacked
-  const nodeImage = recs.get('lib/ironboot/node.sqfs');
-  if (have('mksquashfs')) {
-    assert.equal(nodeImage?.data.subarray(0, 4).toString('latin1'), 'hsqs', 'node.sqfs is a squashfs image');
-    assert.equal(link('lib/ironboot/bin/node'), '../nodefs/node');
-    assert.match(recs.get('lib/ironboot/early-mounts.sh')!.data.toString(), /mount -t squashfs -o loop,ro \/lib\/ironboot\/node\.sqfs \/lib\/ironboot\/nodefs/);
-  }
   for (const lib of [...librariesOf(process.execPath), ...librariesOf('/usr/bin/zstd')]) assert.ok(recs.has(lib.slice(1)), `${lib} is shipped`);
-  if (!nodeImage) assert.ok(recs.get('lib/ironboot/bin/node')!.size < readFileSync(process.execPath).length, 'node is stripped');
+  assert.ok(recs.get('lib/ironboot/bin/node')!.size < readFileSync(process.execPath).length, 'node is stripped');
   for (const a of ['modprobe', 'udhcpc', 'mount', 'nsenter', 'sh', 'cttyhack']) assert.equal(link(`bin/${a}`), 'busybox');
   const mdir = `lib/modules/${k.version}`;
   for (const f of ['modules.dep', 'modules.alias', 'modules.dep.bin', 'modules.builtin']) assert.ok(recs.has(`${mdir}/${f}`), f);
@@ -54,7 +47,7 @@ test('the initramfs: busybox init as PID 1, the agent, node with its libraries, 
   assert.equal(r.kernelVersion, k.version);
   assert.equal(r.initramfs.bytes, readFileSync(art.initramfs).length);
   assert.equal(r.initramfs.entries, recs.size);
-  assert.ok(r.groups.node.bytes > (nodeImage ? 20e6 : 50e6) && r.groups.modules.files > 50);
+  assert.ok(r.groups.node.bytes > 50e6 && r.groups.modules.files > 50);
   assert.match(formatReport(r), /initramfs .* MB +\(zstd -\d+/);
 });
 
