@@ -50,6 +50,11 @@ const PHASES: [string, string, string][] = [
   ['entrypoint up', 'mounted', 'running'],
 ];
 
+/** Time of a kernel or agent console line (one line each: not joined with the next, as iPXE's wrapped lines are). */
+function consoleLineAt(vm: LabVm, re: RegExp): number | undefined {
+  return vm.lines.find((l) => re.test(l.text))?.t;
+}
+
 function lineAt(vm: LabVm, re: RegExp, from = 0): number | undefined {
   const i = vm.find(re, from);
   return i >= 0 ? vm.lines[i].t : undefined;
@@ -64,16 +69,16 @@ async function ironbootRun(env: LabEnv, n: number): Promise<Milestones> {
     nicOpen: lineAt(vm, /\(open\)/),
     dhcpOk: lineAt(vm, /Configuring \(net0.*ok/) ?? lineAt(vm, /net0: \d+\.\d+\.\d+\.\d+\//),
     script: at('booting'),
-    initrdDone: lineAt(vm, /artifacts\/initramfs\.\.\. ?ok/) ?? lineAt(vm, /Linux version/),
-    initStart: lineAt(vm, /Run \/init as init process/),
+    initrdDone: lineAt(vm, /artifacts\/initramfs\.\.\..*\bok\b/) ?? lineAt(vm, /Linux version/),
+    initStart: consoleLineAt(vm, /Run \/init as init process/),
     // agent online: the server took the hello; the agent's own steps from its console lines, which arrive as they
     // happen (its events reach the server a little later), the server's events where no line shows
     agentOnline: at('agent-online'),
-    streaming: lineAt(vm, /ironboot\[[\d.]+\]: state streaming/) ?? at('streaming'),
-    verifying: lineAt(vm, /ironboot\[[\d.]+\]: state verifying/) ?? at('verifying'),
-    verified: lineAt(vm, /step stream done/),   // verified (and grown); mount follows
-    mounted: lineAt(vm, /ironboot\[[\d.]+\]: state mounted/) ?? at('mounted'),
-    running: lineAt(vm, /ironboot\[[\d.]+\]: state running/) ?? at('running'),
+    streaming: consoleLineAt(vm, /ironboot\[[\d.]+\]: state streaming/) ?? at('streaming'),
+    verifying: consoleLineAt(vm, /ironboot\[[\d.]+\]: state verifying/) ?? at('verifying'),
+    verified: consoleLineAt(vm, /ironboot\[[\d.]+\]: step stream done/),   // verified (and grown); mount follows
+    mounted: consoleLineAt(vm, /ironboot\[[\d.]+\]: state mounted/) ?? at('mounted'),
+    running: consoleLineAt(vm, /ironboot\[[\d.]+\]: state running/) ?? at('running'),
   };
   await vm.stop();
   return m;
