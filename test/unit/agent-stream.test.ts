@@ -147,3 +147,12 @@ test('reports an HTTP error', { skip: noZstd }, async () => {
     /download failed|ECONNREFUSED/,
   );
 });
+
+test('a zstd that cannot start fails the stream with the reason', { skip: noZstd }, async (t) => {
+  const srv = await startFakeImageServer(zst);
+  t.after(() => srv.close());
+  await assert.rejects(
+    streamDisk({ url: srv.url, rawSize: raw.length, rawSha256: sha, target: join(dir, 'disk9.img'), zstd: join(dir, 'no-such-zstd') }),
+    /cannot start .*no-such-zstd.*ENOENT/,
+  );
+});
