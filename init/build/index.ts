@@ -17,6 +17,8 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpath
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { UDHCPC_SCRIPT } from '../agent/steps/net.ts';
+import { COLDPLUG, COLDPLUG_SCRIPT } from '../agent/steps/drivers.ts';
+import { EARLY_MOUNTS, earlyMountScript } from '../agent/steps/mounts.ts';
 import { bundleAgent } from './bundle.ts';
 import { cpioChunks, normaliseEntries, type CpioEntry } from './cpio.ts';
 import { findKernel } from './kernel.ts';
@@ -54,6 +56,9 @@ export interface ArtifactsReport {
 }
 
 export const INITTAB = `# ironboot: busybox init is PID 1 (reaps orphans); it respawns the agent if the agent dies.
+# The early mounts first (init waits for them), then the coldplug beside the agent: drivers load while node starts.
+::sysinit:/bin/sh ${EARLY_MOUNTS}
+::once:/bin/sh ${COLDPLUG.script}
 ::respawn:/lib/ironboot/bin/node /lib/ironboot/agent.mjs
 ::ctrlaltdel:/bin/busybox reboot -f
 ::shutdown:/bin/busybox sync
@@ -173,6 +178,8 @@ export async function buildArtifacts(opts: BuildOptions): Promise<{ kernel: stri
   const agent = await bundleAgent();
   addFile('lib/ironboot/agent.mjs', agent, 0o644, 'agent');
   addFile('lib/ironboot/udhcpc.script', Buffer.from(UDHCPC_SCRIPT), 0o755, 'agent');
+  addFile(EARLY_MOUNTS.slice(1), Buffer.from(`#!/bin/sh\n# ironboot: the early mounts, run by init before the agent and the coldplug\n${earlyMountScript(true)}`), 0o755, 'agent');
+  addFile(COLDPLUG.script.slice(1), Buffer.from(COLDPLUG_SCRIPT), 0o755, 'agent');
 
   // --- kernel modules: the closure over modules.dep, then depmod in a staging tree ---
   const index = parseModulesDep(readFileSync(`${k.modulesDir}/modules.dep`, 'utf8'));

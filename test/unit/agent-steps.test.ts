@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { detectFsType, FS_PROBE_BYTES } from '../../init/agent/steps/fstype.ts';
 import { resolveUser } from '../../init/agent/steps/user.ts';
 import { entrypointCommand, DEFAULT_PATH } from '../../init/agent/steps/run.ts';
-import { parseLease, prefixOf } from '../../init/agent/steps/net.ts';
+import { linkIsUp, parseLease, prefixOf } from '../../init/agent/steps/net.ts';
+import { COLDPLUG, COLDPLUG_SCRIPT, readModaliases } from '../../init/agent/steps/drivers.ts';
+import { earlyMountScript } from '../../init/agent/steps/mounts.ts';
 import { readInventory } from '../../init/agent/steps/inventory.ts';
 import { diskIds } from '../../init/agent/steps/disk.ts';
 import { EventReporter } from '../../init/agent/reporter.ts';
@@ -188,4 +190,34 @@ test('reporter: a progress event sent while the previous batch is on the wire is
   rep.send({ bytesDone: 10, bytesTotal: 10 });
   await rep.final({ state: 'verifying' });
   assert.deepEqual((got as Array<{ id?: string }>).map(({ id: _id, ...e }) => e), [{ bytesDone: 1, bytesTotal: 10 }, { bytesDone: 10, bytesTotal: 10 }, { state: 'verifying' }]);
+});
+
+test('the scripts init runs before the agent (early mounts, coldplug) are valid shell and leave the coldplug result where the agent waits', () => {
+  for (const script of [earlyMountScript(true), COLDPLUG_SCRIPT]) execFileSync('sh', ['-n', '-c', script]);
+  assert.match(earlyMountScript(true), /^\[ -e \/proc\/self \] \|\| \{ mkdir -p \/proc && mount -t proc/);
+  assert.ok(COLDPLUG_SCRIPT.includes(`mv ${COLDPLUG.done}.tmp ${COLDPLUG.done}`), 'the result appears at once (rename)');
+  assert.ok(COLDPLUG_SCRIPT.includes(`> ${COLDPLUG.aliases}`));
+  assert.match(COLDPLUG_SCRIPT, /modprobe -q -a \$all \$extra/);
+  assert.match(COLDPLUG_SCRIPT, /ironboot\.modules=/);
+});
+
+test('linkIsUp reads IFF_UP from sysfs; readModaliases collects every device alias once', async () => {
+  const root = mkdtempSync(join(tmpdir(), 'iba-sys-'));
+  try {
+    for (const [name, flags] of [['eth0', '0x1003'], ['eth1', '0x1002']]) {
+      mkdirSync(join(root, 'class/net', name), { recursive: true });
+      writeFileSync(join(root, 'class/net', name, 'flags'), `${flags}\n`);
+    }
+    assert.equal(await linkIsUp('eth0', root), true);
+    assert.equal(await linkIsUp('eth1', root), false);
+    assert.equal(await linkIsUp('eth9', root), false);
+    for (const [bus, dev, alias] of [['pci', '0000:00:03.0', 'pci:v00001AF4d00001000'], ['virtio', 'virtio0', 'virtio:d00000001v00001AF4'], ['pci', '0000:00:04.0', 'pci:v00001AF4d00001000']]) {
+      mkdirSync(join(root, 'bus', bus, 'devices', dev), { recursive: true });
+      writeFileSync(join(root, 'bus', bus, 'devices', dev, 'modalias'), `${alias}\n`);
+    }
+    mkdirSync(join(root, 'bus/pci/devices/0000:00:05.0'));   // no modalias
+    assert.deepEqual(await readModaliases(root), ['pci:v00001AF4d00001000', 'virtio:d00000001v00001AF4']);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
 });

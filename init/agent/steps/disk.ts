@@ -189,7 +189,8 @@ export async function streamToTarget(spec: WorkflowSpec, cfg: AgentConfig, hooks
   }
   const t0 = Date.now();
   const r = await streamDisk({
-    url, rawSize: img.rawSize, rawSha256: img.rawSha256, target, zstd: PATHS.zstd,
+    url, rawSize: img.rawSize, rawSha256: img.rawSha256, compressedSha256: img.compressedSha256, compressedSize: img.compressedSize,
+    target, zstd: PATHS.zstd,
     headers: cfg.token ? { authorization: `Bearer ${cfg.token}` } : {},
     onProgress: hooks.progress, onVerifying: hooks.verifying,
     zeroRange: cfg.zeroout ? async (dev, len) => {
@@ -201,7 +202,7 @@ export async function streamToTarget(spec: WorkflowSpec, cfg: AgentConfig, hooks
   });
   const s = (Date.now() - t0) / 1000;
   say(`streamed ${r.compressedBytes} → ${r.rawBytes} bytes in ${s.toFixed(1)} s (${(r.rawBytes / 1e6 / Math.max(s, 0.001)).toFixed(1)} MB/s), ` +
-    `${r.bytesSkipped} zero bytes skipped, ${r.resumes} resume(s); sha256 ok`);
+    `${r.resumes} resume(s); sha256 ok (${r.verifiedOver === 'compressed' ? 'of the compressed stream' : 'of the written disk'})`);
   if (!isRam && /^ext[234]$/.test(img.format)) {
     const g = await run(PATHS.resize2fs, [target]);
     if (g.code === 0) say(`resize2fs: grew the filesystem to ${target}`);

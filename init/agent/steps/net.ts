@@ -69,11 +69,21 @@ async function waitFor<T>(fn: () => Promise<T | null>, ms: number, step = 200): 
   }
 }
 
+/** One shell for the whole configuration: each process node spawns is a fork of a large process (slow under emulation). */
 async function configure(iface: string, ip: string, prefix: number, router: string | null): Promise<void> {
-  await bb('ip', ['addr', 'flush', 'dev', iface]);
-  await mustRun(PATHS.busybox, ['ip', 'addr', 'add', `${ip}/${prefix}`, 'dev', iface]);
-  await bb('ip', ['link', 'set', iface, 'up']);
-  if (router) await mustRun(PATHS.busybox, ['ip', 'route', 'replace', 'default', 'via', router, 'dev', iface]);
+  const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+  await mustRun(PATHS.busybox, ['sh', '-c', [
+    `ip addr flush dev ${q(iface)} 2>/dev/null`,
+    `ip addr add ${q(`${ip}/${prefix}`)} dev ${q(iface)} || exit 1`,
+    `ip link set ${q(iface)} up`,
+    ...(router ? [`ip route replace default via ${q(router)} dev ${q(iface)} || exit 1`] : []),
+  ].join('\n')]);
+}
+
+/** Whether an interface is administratively up already (IFF_UP in its sysfs flags; the coldplug script ups links). */
+export async function linkIsUp(name: string, sysRoot = '/sys'): Promise<boolean> {
+  const flags = Number.parseInt(await readSys(`${sysRoot}/class/net/${name}/flags`), 16);
+  return Number.isFinite(flags) && (flags & 1) === 1;
 }
 
 /** Whether any network hardware is present (PCI class 02xxxx or a virtio-net device), bound or not. */
@@ -88,7 +98,7 @@ export async function networkHardwarePresent(sysRoot = '/sys'): Promise<boolean>
 }
 
 export async function bringUpNetwork(cfg: AgentConfig, say: (m: string) => void): Promise<NetInfo> {
-  await bb('ip', ['link', 'set', 'lo', 'up']);
+  if (!(await linkIsUp('lo'))) await bb('ip', ['link', 'set', 'lo', 'up']);
   if (!cfg.mac && !(await networkHardwarePresent())) throw new Error('no network hardware found');
   // Drivers bind asynchronously: wait for the named interface, or for at least one.
   const found = await waitFor(async () => {
@@ -97,7 +107,7 @@ export async function bringUpNetwork(cfg: AgentConfig, say: (m: string) => void)
     return all.length ? all : null;
   }, cfg.mac ? 20_000 : cfg.mode === 'seed' ? 3000 : 10_000);
   if (!found) throw new Error(cfg.mac ? `no interface with MAC ${cfg.mac} (BOOTIF/ironboot.mac)` : 'no Ethernet interface found (missing driver?)');
-  for (const i of found) await bb('ip', ['link', 'set', i.name, 'up']);
+  for (const i of found) if (!(await linkIsUp(i.name))) await bb('ip', ['link', 'set', i.name, 'up']);
   // Carrier takes a moment after link up (e1000: ~1.4 s under TCG).
   let candidates = await waitFor(async () => {
     const up = (await listEthernet()).filter((i) => found.some((f) => f.name === i.name) && i.carrier);

@@ -1,14 +1,20 @@
 /**
- * The streaming writer: GET a zstd-compressed disk image, decompress it on the fly (the `zstd` binary
- * shipped in the initramfs), hash the raw bytes, and write only the blocks that are not all zeros, each at
- * its own offset. The target's skipped regions must read as zeros: a regular file is truncated to the
- * image size (holes), a block device is zeroed first by the caller's `zeroRange` (BLKZEROOUT through
- * `blkdiscard -z`, which devices with WRITE ZEROES/unmap do almost for free).
+ * The streaming writer: GET a zstd-compressed disk image and let the `zstd` binary shipped in the initramfs
+ * decompress it straight onto the target (`zstd -d --sparse -o TARGET`): no decompressed byte passes through JS,
+ * and zstd seeks over runs of zeros instead of writing them. The target's skipped regions must read as zeros: a
+ * regular file is truncated by zstd (holes), a block device is zeroed first by the caller's `zeroRange`
+ * (BLKZEROOUT through `blkdiscard -z`, which devices with WRITE ZEROES/unmap do almost for free); without it, the
+ * first MiB is still written whole, so no old partition table, superblock or disk marker survives there.
+ *
+ * Verification: the compressed bytes are hashed as they arrive (a few per cent of the raw size) and compared with
+ * the workflow's `compressedSha256`, the digest of the very file the server built from the raw image; decompression
+ * is deterministic, so a match means the disk holds the image whose sha256 is `rawSha256`. Without a compressed
+ * digest the written disk is read back and its first `rawSize` bytes hashed against `rawSha256`.
  *
  * A connection that drops (error, early end, stall) is resumed with `Range: bytes=<received>-` and
  * `If-Range: <etag>`; the compressed bytes keep flowing into the same zstd process, so nothing is redone.
- * A stream whose sha256 differs from the workflow's is refused (ChecksumError) and the first MiB of the
- * target is wiped so nothing mounts it by mistake.
+ * A stream whose sha256 differs is refused (ChecksumError) and the first MiB of the target is wiped so nothing
+ * mounts it by mistake.
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -18,8 +24,11 @@ import http from 'node:http';
 import https from 'node:https';
 
 export class ChecksumError extends Error {
-  constructor(readonly expected: string, readonly actual: string) {
-    super(`sha256 mismatch: expected ${expected}, got ${actual}; the disk was not mounted`);
+  /** `expected`/`actual`: the digests compared (of the compressed stream, or of the raw disk); `image`: the image's raw sha256. */
+  constructor(readonly expected: string, readonly actual: string, readonly over: 'compressed' | 'raw', readonly image: string) {
+    super(over === 'compressed'
+      ? `sha256 mismatch of the compressed stream: expected ${expected}, got ${actual}; the disk image ${image} was not mounted`
+      : `sha256 mismatch: expected ${expected}, got ${actual}; the disk was not mounted`);
     this.name = 'ChecksumError';
   }
 }
@@ -28,13 +37,16 @@ export interface StreamOptions {
   url: string;
   rawSize: number;
   rawSha256: string;
+  /** sha256 and size of the compressed file (the workflow's image): verified instead of re-reading the disk. */
+  compressedSha256?: string;
+  compressedSize?: number;
   /** A regular file (created or truncated) or a block device. */
   target: string;
   zstd: string;
   headers?: Record<string, string>;
-  blockSize?: number;
+  /** Raw bytes done (estimated from the compressed bytes received) of the total. */
   onProgress?: (rawBytesDone: number, rawBytesTotal: number) => void;
-  /** Called once every raw byte has been written, before the checksum is compared. */
+  /** Called once every byte has been written, before the checksum is compared. */
   onVerifying?: () => void;
   /** Makes [0, length) of a block device read as zeros before writing (skipped when absent). */
   zeroRange?: (device: string, length: number) => Promise<void>;
@@ -47,12 +59,15 @@ export interface StreamOptions {
 export interface StreamResult {
   rawBytes: number;
   compressedBytes: number;
-  bytesWritten: number;
-  bytesSkipped: number;
   resumes: number;
+  /** The digest that matched: of the compressed stream (`verifiedOver` compressed) or of the raw disk. */
   sha256: string;
+  verifiedOver: 'compressed' | 'raw';
   targetKind: 'file' | 'block';
 }
+
+/** What the writer leaves whole at the start of a block device it does not zero, and wipes on failure. */
+export const HEAD_BYTES = 1 << 20;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -65,44 +80,58 @@ function get(url: string, headers: Record<string, string>, signal: AbortSignal, 
   });
 }
 
-/** Indexes of the runs of non-zero blocks in buf: [start, end) byte offsets. */
-export function nonZeroRuns(buf: Buffer, blockSize: number): Array<[number, number]> {
-  const zero = Buffer.alloc(blockSize);
-  const runs: Array<[number, number]> = [];
-  let start = -1;
-  for (let off = 0; off < buf.length; off += blockSize) {
-    const end = Math.min(off + blockSize, buf.length);
-    const isZero = buf.compare(zero, 0, end - off, off, end) === 0;
-    if (!isZero && start < 0) start = off;
-    if (isZero && start >= 0) { runs.push([start, off]); start = -1; }
+/** sha256 of the first `length` bytes of a file or device, read in large blocks (few calls into JS). */
+async function hashHead(path: string, length: number): Promise<string> {
+  const h = createHash('sha256');
+  const fh = await open(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(4 << 20);
+    for (let pos = 0; pos < length;) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, length - pos), pos);
+      if (!bytesRead) break;
+      h.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+  } finally {
+    await fh.close();
   }
-  if (start >= 0) runs.push([start, buf.length]);
-  return runs;
+  return h.digest('hex');
+}
+
+async function wipeHead(target: string, rawSize: number): Promise<void> {
+  const n = Math.min(HEAD_BYTES, rawSize);
+  const fh = await open(target, 'r+');
+  try {
+    await fh.write(Buffer.alloc(n), 0, n, 0);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 export async function streamDisk(o: StreamOptions): Promise<StreamResult> {
-  const bs = o.blockSize ?? 4096;
   const log = o.log ?? (() => {});
   const st = await stat(o.target).catch(() => null);
   const targetKind: 'file' | 'block' = st?.isBlockDevice() ? 'block' : 'file';
-  let fh: FileHandle;
+  const wantCompressed = (o.compressedSha256 ?? '').toLowerCase() || null;
   if (targetKind === 'block') {
-    fh = await open(o.target, 'r+');
-    const { size } = await fh.stat();
-    // stat() of a block device reports size 0; ask the device itself by seeking with a read at the end.
-    const devSize = size > 0 ? size : await blockDeviceSize(o.target);
-    if (devSize > 0 && devSize < o.rawSize) {
+    const fh = await open(o.target, 'r+');
+    try {
+      const { size } = await fh.stat();
+      // stat() of a block device reports size 0; ask the device itself by seeking with a read at the end.
+      const devSize = size > 0 ? size : await blockDeviceSize(o.target);
+      if (devSize > 0 && devSize < o.rawSize) throw new Error(`${o.target} holds ${devSize} bytes, the image needs ${o.rawSize}`);
+      // zstd --sparse seeks over zeros: they must read as zeros, at least where signatures and markers live
+      if (o.zeroRange) await o.zeroRange(o.target, o.rawSize);
+      else { const n = Math.min(HEAD_BYTES, o.rawSize); await fh.write(Buffer.alloc(n), 0, n, 0); }
+    } finally {
       await fh.close();
-      throw new Error(`${o.target} holds ${devSize} bytes, the image needs ${o.rawSize}`);
     }
-    if (o.zeroRange) await o.zeroRange(o.target, o.rawSize);
-  } else {
-    fh = await open(o.target, 'w');
-    await fh.truncate(o.rawSize);           // skipped blocks are holes and read as zeros
   }
 
   const ac = new AbortController();
-  const zstd = spawn(o.zstd, ['-d', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  // -f: the target exists (a device, or a file to replace); zstd truncates a regular file and seeks on a device
+  const zstd = spawn(o.zstd, ['-d', '-q', '-f', '--sparse', '-o', o.target], { stdio: ['pipe', 'ignore', 'pipe'] });
   let zstdErr = '';
   zstd.stderr.on('data', (d: Buffer) => { zstdErr += d.toString(); });
   zstd.stdin.on('error', () => { /* EPIPE when zstd gave up; its exit status says why */ });
@@ -110,12 +139,13 @@ export async function streamDisk(o: StreamOptions): Promise<StreamResult> {
   const spawnError = new Promise<never>((_, reject) => zstd.on('error', (e) => reject(new Error(`cannot start ${o.zstd}: ${e.message}`))));
   spawnError.catch(() => {});
 
+  const hash = createHash('sha256');
   let compressedBytes = 0;
   let resumes = 0;
+  let total: number | null = o.compressedSize && o.compressedSize > 0 ? o.compressedSize : null;
 
   const feed = async (): Promise<void> => {
     let etag: string | null = null;
-    let total: number | null = null;
     for (;;) {
       const headers: Record<string, string> = { ...(o.headers ?? {}) };
       if (compressedBytes > 0) {
@@ -136,7 +166,7 @@ export async function streamDisk(o: StreamOptions): Promise<StreamResult> {
         if (res.statusCode !== 200) { res.resume(); throw new Error(`GET ${o.url}: HTTP ${res.statusCode}`); }
         etag = (res.headers.etag as string | undefined) ?? null;
         const cl = res.headers['content-length'];
-        total = cl !== undefined ? Number(cl) : null;
+        if (cl !== undefined) total = Number(cl);
       } else {
         const cr = /^bytes (\d+)-/.exec(String(res.headers['content-range'] ?? ''));
         if (res.statusCode !== 206 || !cr || Number(cr[1]) !== compressedBytes) {
@@ -147,8 +177,10 @@ export async function streamDisk(o: StreamOptions): Promise<StreamResult> {
       try {
         for await (const chunk of res as AsyncIterable<Buffer>) {
           compressedBytes += chunk.length;
+          hash.update(chunk);
           if (!zstd.stdin.write(chunk)) await Promise.race([once(zstd.stdin, 'drain'), zstdExit]);
           if (zstd.exitCode !== null) throw new Error('zstd exited early');
+          if (total) o.onProgress?.(Math.min(o.rawSize - 1, Math.floor(o.rawSize * (compressedBytes / total))), o.rawSize);
         }
       } catch (e) {
         if (ac.signal.aborted || zstd.exitCode !== null) throw e;
@@ -163,55 +195,11 @@ export async function streamDisk(o: StreamOptions): Promise<StreamResult> {
     zstd.stdin.end();
   };
 
-  const hash = createHash('sha256');
-  let pos = 0;
-  let written = 0;
-  let skipped = 0;
-  let writeMs = 0;
-  let hashMs = 0;
-  const writeBlocks = async (buf: Buffer, at: number) => {
-    const tw = performance.now();
-    try { await writeRuns(buf, at); } finally { writeMs += performance.now() - tw; }
-  };
-  const writeRuns = async (buf: Buffer, at: number) => {
-    if (at + buf.length > o.rawSize) throw new Error(`the stream is longer than the image's ${o.rawSize} bytes`);
-    let last = 0;
-    for (const [s, e] of nonZeroRuns(buf, bs)) {
-      let off = s;
-      while (off < e) {
-        const { bytesWritten } = await fh.write(buf, off, e - off, at + off);
-        off += bytesWritten;
-      }
-      written += e - s;
-      skipped += s - last;
-      last = e;
-    }
-    skipped += buf.length - last;
-  };
-  const consume = async (): Promise<void> => {
-    let carry: Buffer = Buffer.alloc(0);
-    for await (const chunk of zstd.stdout as AsyncIterable<Buffer>) {
-      const th = performance.now();
-      hash.update(chunk);
-      hashMs += performance.now() - th;
-      const data = carry.length ? Buffer.concat([carry, chunk]) : chunk;
-      const full = data.length - (data.length % bs);
-      if (full) await writeBlocks(data.subarray(0, full), pos);
-      pos += full;
-      carry = Buffer.from(data.subarray(full));
-      o.onProgress?.(pos + carry.length, o.rawSize);
-    }
-    if (carry.length) { await writeBlocks(carry, pos); pos += carry.length; }
-  };
-
-  // The first failure on either side stops both: the download is aborted and zstd is killed.
   let stoppedBy: Error | null = null;
-  const stopAll = (e: Error) => { stoppedBy ??= e; ac.abort(); zstd.kill('SIGKILL'); throw e; };
-  const feeding = Promise.race([feed(), spawnError]).catch(stopAll);
-  const consuming = Promise.race([consume(), spawnError]).catch(stopAll);
-  await Promise.allSettled([feeding, consuming]);
-  const code = await Promise.race([zstdExit, spawnError.catch(() => 127)]);
   try {
+    // The first failure stops both: the download is aborted and zstd is killed.
+    await Promise.race([feed(), spawnError]).catch((e: Error) => { stoppedBy = e; ac.abort(); zstd.kill('SIGKILL'); });
+    const code = await Promise.race([zstdExit, spawnError.catch(() => 127)]);
     const stop = stoppedBy as Error | null;
     if (stop && /cannot start/.test(stop.message)) throw stop;
     // zstd's own failure (corrupt data) shows up on our side as an early exit or a broken pipe.
@@ -219,20 +207,30 @@ export async function streamDisk(o: StreamOptions): Promise<StreamResult> {
       throw new Error(`zstd could not decompress the stream (exit ${code}): ${zstdErr.trim() || 'corrupt data'}`);
     }
     if (stop) throw stop;
-    if (pos !== o.rawSize) throw new Error(`the stream ended after ${pos} of ${o.rawSize} bytes`);
+    if (targetKind === 'file') {
+      const size = (await stat(o.target)).size;
+      if (size > o.rawSize) throw new Error(`the stream is longer than the image's ${o.rawSize} bytes (${size})`);
+      if (size < o.rawSize) throw new Error(`the stream ended after ${size} of ${o.rawSize} bytes`);
+    }
+    const fh = await open(o.target, 'r+');
+    try { await fh.sync(); } finally { await fh.close(); }
+    o.onProgress?.(o.rawSize, o.rawSize);
     o.onVerifying?.();
-    const sha256 = hash.digest('hex');
-    if (sha256 !== o.rawSha256.toLowerCase()) throw new ChecksumError(o.rawSha256, sha256);
-    await fh.sync();
-    log(`wrote ${written} bytes, skipped ${skipped} zero bytes, ${resumes} resume(s); time in writes ${(writeMs / 1000).toFixed(2)} s, hashing ${(hashMs / 1000).toFixed(2)} s`);
-    return { rawBytes: pos, compressedBytes, bytesWritten: written, bytesSkipped: skipped, resumes, sha256, targetKind };
+    let sha256: string;
+    if (wantCompressed) {
+      sha256 = hash.digest('hex');
+      if (sha256 !== wantCompressed) throw new ChecksumError(wantCompressed, sha256, 'compressed', o.rawSha256);
+    } else {
+      sha256 = await hashHead(o.target, o.rawSize);
+      if (sha256 !== o.rawSha256.toLowerCase()) throw new ChecksumError(o.rawSha256, sha256, 'raw', o.rawSha256);
+    }
+    log(`verified the sha256 of the ${wantCompressed ? `compressed stream (${compressedBytes} bytes)` : `written disk (${o.rawSize} bytes)`}; ${resumes} resume(s)`);
+    return { rawBytes: o.rawSize, compressedBytes, resumes, sha256, verifiedOver: wantCompressed ? 'compressed' : 'raw', targetKind };
   } catch (e) {
     // Nothing may mount what failed: wipe the start of the target (superblocks, partition table).
-    await fh.write(Buffer.alloc(Math.min(1 << 20, o.rawSize)), 0, Math.min(1 << 20, o.rawSize), 0).catch(() => {});
-    await fh.sync().catch(() => {});
+    if (zstd.exitCode === null) { zstd.kill('SIGKILL'); await zstdExit; }
+    await wipeHead(o.target, o.rawSize).catch(() => {});
     throw e;
-  } finally {
-    await fh.close().catch(() => {});
   }
 }
 
