@@ -51,6 +51,12 @@ export interface ServeConfig {
   agentMaxEventBytes: number;
   /** Most concurrent live event stream (SSE) clients. */
   sseMaxClients: number;
+  /** Agents fetch disk chunks from peers that have them (server/p2p); off: every agent fetches the whole file here. */
+  p2p: boolean;
+  /** Bytes per chunk of a compressed disk file (each verified by its sha256). */
+  p2pChunkSize: number;
+  /** The port agents serve their verified chunks on. */
+  p2pPort: number;
 }
 
 export class ConfigError extends Error {
@@ -103,6 +109,9 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 'agentMaxEvents', flag: 'agent-max-events', kind: 'int', help: 'per workflow: most log/progress/info events stored (default 50000)' },
   { key: 'agentMaxEventBytes', flag: 'agent-max-event-bytes', kind: 'int', help: 'per workflow: most bytes of agent output stored (default 67108864)' },
   { key: 'sseMaxClients', flag: 'sse-max-clients', kind: 'int', help: 'most concurrent live event stream clients (default 64)' },
+  { key: 'p2p', flag: 'p2p', kind: 'bool', help: 'agents fetch disk chunks from peers that already have them, each chunk verified by its sha256 (default on; --no-p2p: the whole file from this server)' },
+  { key: 'p2pChunkSize', flag: 'p2p-chunk-size', kind: 'int', help: 'bytes per chunk of a compressed disk (default 4194304; 65536 to 67108864)' },
+  { key: 'p2pPort', flag: 'p2p-port', kind: 'int', help: 'port agents serve their verified chunks on (default 7480)' },
 ];
 
 export const envName = (flag: string): string => 'IRONBOOT_' + flag.toUpperCase().replaceAll('-', '_');
@@ -205,7 +214,15 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
   const publicHttpsUrl = str('publicHttpsUrl', null);
   if (publicHttpsUrl && !/^https:\/\/[^/]+/.test(publicHttpsUrl)) throw new ConfigError('public-https-url', `"${publicHttpsUrl}" is not an https URL`);
 
+  const p2pChunkSize = int('p2pChunkSize', 4 << 20);
+  if (p2pChunkSize < 65536 || p2pChunkSize > 64 << 20) throw new ConfigError('p2p-chunk-size', `${p2pChunkSize} is not between 65536 and 67108864 bytes`);
+  const p2pPort = int('p2pPort', 7480);
+  if (p2pPort < 1 || p2pPort > 65535) throw new ConfigError('p2p-port', `${p2pPort} is not a port (1-65535)`);
+
   return {
+    p2p: bool('p2p', true),
+    p2pChunkSize,
+    p2pPort,
     bootScriptAuth,
     tls: tlsCert && tlsKey ? { cert: resolve(tlsCert), key: resolve(tlsKey), ca: tlsCa ? resolve(tlsCa) : null } : null,
     httpsListen: parseHostPort('https-listen', str('httpsListen', ':8443')!, 8443),

@@ -20,6 +20,8 @@ import { ConfigError } from './config.ts';
 import { PowerService } from './power/service.ts';
 import { powerRoutes } from './http/routes/api/power.ts';
 import { listenAlsoOn, provisioningAddresses, resolveListen } from './listen.ts';
+import { P2pService } from './p2p/service.ts';
+import { isFinal } from './workflows/states.ts';
 
 export const ROOT_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const VERSION: string = JSON.parse(readFileSync(join(ROOT_DIR, 'package.json'), 'utf8')).version;
@@ -85,6 +87,16 @@ export async function startDaemon(givenConfig: ServeConfig, log: Logger): Promis
     const extras = httpExtras({ store, log, registry, config, agentUrl });
     deps.plugins = [...extras.plugins, { plugin: powerRoutes(power) as never, api: true }];
     deps.images = extras.images;
+    if (config.p2p) {
+      const p2p = new P2pService(log.child({ svc: 'p2p' }), registry, { chunkSize: config.p2pChunkSize, port: config.p2pPort });
+      // a holder serves peers only while its workflow runs
+      const onEvent = (ev: { kind: string; state?: string | null; workflowId: string }) => {
+        if (ev.kind === 'state' && ev.state && isFinal(ev.state as never)) p2p.workflowEnded(ev.workflowId);
+      };
+      workflows.events.on('event', onEvent);
+      closers.push(() => { workflows.events.off('event', onEvent); });
+      deps.p2p = p2p;
+    }
     workflows.bootDisks = extras.bootDisks;
     if (config.tls) {
       const read = (key: string, path: string) => {

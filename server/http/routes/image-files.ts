@@ -26,6 +26,7 @@ function imageBytesCounter(registry: Registry): Counter<'kind'> {
 }
 
 const FILE = /^([a-z0-9]{1,64})\.ext4(\.zst)?$/;
+const CHUNKS = /^([a-z0-9]{1,64})\.(ext4|disk)\.zst\.chunks$/;
 const INSTALL_FILE = /^([a-z0-9]{1,64})\.disk(\.zst)?$/;
 
 const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts) => {
@@ -33,7 +34,24 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
   if (!svc || typeof svc.filePath !== 'function') throw new Error('image-files: no imageService given');
   const { store, workflows, log, adminToken } = opts;
   const bytesSent = imageBytesCounter(opts.registry);
+  const p2p = opts.p2p ?? null;
+  /** The chunk manifest of a compressed disk (server/p2p): served under the same token rules as the file. */
+  const manifest = async (path: string, sha256: string | null, reply: FastifyReply) => {
+    if (!p2p || !sha256) return reply.code(404).send({ error: 'Not Found', message: 'peer-to-peer fetching is off (--no-p2p)' });
+    reply.header('cache-control', 'no-store');
+    return p2p.manifest(path, sha256);
+  };
   const handler = async (req: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply) => {
+    const c = CHUNKS.exec(req.params.file);
+    if (c && c[2] === 'ext4') {
+      if (!tokenMatches(bearer(req.headers.authorization), adminToken)) {
+        const wf = authorizeSession(store, workflows, log, req);
+        if (wf.imageId !== c[1]) return reply.code(403).send({ error: 'Forbidden', field: 'image', message: `workflow ${wf.id} uses image ${wf.imageId}, not ${c[1]}` });
+      }
+      const img = store.images.get(c[1]);
+      if (!img || img.state !== 'ready') return reply.code(404).send({ error: 'Not Found', message: img ? `image ${img.id} is ${img.state}` : `no image ${c[1]}` });
+      return manifest(svc.filePath(img.id, 'zst'), img.compressedSha256 ?? null, reply);
+    }
     const m = FILE.exec(req.params.file);
     if (!m) return reply.code(404).send({ error: 'Not Found', message: 'expected /images/<id>.ext4 or /images/<id>.ext4.zst' });
     if (!tokenMatches(bearer(req.headers.authorization), adminToken)) {
@@ -61,7 +79,8 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
   // mode install: the bootable disk of an image (server/images/bootable.ts), same rules as the container disk
   const boot = opts.bootDisks ?? null;
   app.get('/install/:file', { schema: { hide: true } as never, logLevel: 'warn' }, async (req: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply) => {
-    const m = INSTALL_FILE.exec(req.params.file);
+    const c = CHUNKS.exec(req.params.file);
+    const m = INSTALL_FILE.exec(req.params.file) ?? (c && c[2] === 'disk' ? c : null);
     if (!m || !boot) return reply.code(404).send({ error: 'Not Found', message: 'expected /install/<id>.disk or /install/<id>.disk.zst' });
     if (!tokenMatches(bearer(req.headers.authorization), adminToken)) {
       const wf = authorizeSession(store, workflows, log, req);
@@ -72,6 +91,7 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
     }
     const disk = boot.get(m[1]);
     if (!disk) return reply.code(404).send({ error: 'Not Found', message: `no bootable disk of image ${m[1]} (built when an install workflow is created)` });
+    if (m === c) return manifest(boot.filePath(m[1], 'zst'), disk.compressedSha256, reply);
     const kind = m[2] ? 'zst' : 'raw';
     const out = sendFile(req, reply, boot.filePath(m[1], kind), {
       cacheControl: 'private, max-age=3600',
