@@ -11,6 +11,8 @@
  *   - a holder serves at most `maxUploadsPerHolder` askers at once (an asker fetches its small window of chunks from
  *     it); an assignment ends when the asker reports the chunk held, reports the peer bad, leaves, or after
  *     `assignmentTtlMs`;
+ *   - a holder still fetching a chunk is handed out only while the chain behind it is short (`maxChainDepth` hops
+ *     to a holder that has it or to the server): each hop adds one chunk's store-and-forward time;
  *   - a chunk asked for again (the first source failed) goes only to holders that already have it: a source that
  *     is itself still fetching could be waiting on the asker, and the server is always there;
  *   - holders leave when their workflow ends (drop) or a peer reports them bad (banned for that file);
@@ -27,10 +29,12 @@ export interface TrackerLimits {
   maxQuery: number;
   /** Most peers banned per file (the oldest ban goes first). */
   maxBannedPerFile: number;
+  /** Most hops of holders that are still fetching a chunk, behind the one handed out (0: only holders that have it). */
+  maxChainDepth: number;
 }
 
 export const DEFAULT_TRACKER_LIMITS: TrackerLimits = {
-  maxFiles: 64, maxHoldersPerFile: 4096, maxUploadsPerHolder: 3, assignmentTtlMs: 30_000, maxQuery: 32, maxBannedPerFile: 1024,
+  maxFiles: 64, maxHoldersPerFile: 4096, maxUploadsPerHolder: 4, assignmentTtlMs: 30_000, maxQuery: 32, maxBannedPerFile: 1024, maxChainDepth: 3,
 };
 
 export type Why = 'has-it' | 'fetching-it' | 'no-holder' | 'holders-busy' | 'retry-no-holder' | 'not-tracked';
@@ -41,8 +45,8 @@ interface Holder {
   id: string;
   addr: string | null;
   have: Uint8Array;
-  /** chunk → until (ms): the holder asked for its source and will hold it soon. */
-  coming: Map<number, number>;
+  /** chunk → until (ms) and depth (hops of still-fetching holders before a source that has it): held soon. */
+  coming: Map<number, { until: number; depth: number }>;
   /** asker → (chunk → until, ms): the assignments this holder is serving. */
   uploads: Map<string, Map<number, number>>;
   /** chunk → holder id (or null: the server), what this agent was sent to, so a report can release it. */
@@ -130,8 +134,8 @@ export class PeerTracker {
       for (const h of f.holders.values()) {
         if (h === me || !h.addr || h.addr === askerAddr || f.banned.has(h.addr)) continue;
         const has = h.have[chunk] === 1;
-        const until = h.coming.get(chunk);
-        const fetching = !has && until !== undefined && until > t;
+        const c = h.coming.get(chunk);
+        const fetching = !has && c !== undefined && c.until > t && c.depth < this.limits.maxChainDepth;
         if (!has && !fetching) continue;
         if (retry && !has) continue;
         const load = this.liveUploads(h, t);
@@ -139,7 +143,7 @@ export class PeerTracker {
         if (load >= this.limits.maxUploadsPerHolder && !already) { busy = true; continue; }
         // a holder that has the chunk beats one still fetching it; then one already serving this asker (no new
         // upload slot), then the least loaded, then the longest idle
-        const rank = (has ? 0 : 1000) + (already ? 0 : 100) + load;
+        const rank = (has ? 0 : 1000 * (1 + c!.depth)) + (already ? 0 : 100) + load;
         if (rank < bestRank || (rank === bestRank && h.lastAssigned < bestIdle)) { best = h; bestRank = rank; bestIdle = h.lastAssigned; }
       }
       if (best) {
@@ -153,7 +157,10 @@ export class PeerTracker {
         if (me) me.sources.set(chunk, null);
         out.push({ chunk, peer: null, holder: null, why: retry ? 'retry-no-holder' : busy ? 'holders-busy' : 'no-holder' });
       }
-      if (me?.addr && me.have[chunk] !== 1) me.coming.set(chunk, t + this.limits.assignmentTtlMs);
+      if (me?.addr && me.have[chunk] !== 1) {
+        const depth = best && best.have[chunk] !== 1 ? best.coming.get(chunk)!.depth + 1 : 0;
+        me.coming.set(chunk, { until: t + this.limits.assignmentTtlMs, depth });
+      }
     }
     return out;
   }

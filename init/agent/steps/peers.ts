@@ -168,25 +168,27 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export async function* fetchChunks(o: ChunkFetchOptions, stats: ChunkFetchStats = newStats()): AsyncGenerator<Buffer> {
   const m = o.manifest;
   const count = m.chunks.length;
-  const window = Math.max(1, Math.min(o.window ?? 4, P2P_MAX_QUERY));
+  const window = Math.max(1, Math.min(o.window ?? 8, P2P_MAX_QUERY));
   const log = o.log ?? (() => {});
   const fetchPeer = o.fetchPeer ?? o.fetch;
   const sources = new Map<number, Promise<string | null>>();
   const auth = { authorization: `Bearer ${o.token}` };
   let asked = 0;
 
-  // sources for the next chunks, one query per window's worth (a failed query: the server for those)
+  const query = (from: number, k: number): Promise<Map<number, string | null>> => {
+    const q = `${o.server}${AGENT_API_PREFIX}/peers?file=${m.file}&from=${from}&count=${k}${o.hold ? `&port=${o.hold.port}` : ''}`;
+    return o.fetch(q, auth, 10_000, 1 << 20).then((r) => {
+      if (r.status !== 200) throw new Error(`HTTP ${r.status}: ${r.body.toString().slice(0, 200)}`);
+      return new Map((JSON.parse(r.body.toString()) as PeersReply).chunks.map((c) => [c.chunk, c.peer] as const));
+    }).catch((e: Error) => { log(`peers query (chunks ${from}-${from + k - 1}) failed: ${e.message}; fetching them from the server`); return new Map<number, string | null>(); });
+  };
+  // sources for the next chunks, one query per window (a failed query: the server for those)
   const sourceOf = (n: number): Promise<string | null> => {
     if (!sources.has(n)) {
       const from = asked;
       const k = Math.min(count - from, window, P2P_MAX_QUERY);
       asked = from + k;
-      const q = `${o.server}${AGENT_API_PREFIX}/peers?file=${m.file}&from=${from}&count=${k}${o.hold ? `&port=${o.hold.port}` : ''}`;
-      const reply = o.fetch(q, auth, 10_000, 1 << 20).then((r) => {
-        if (r.status !== 200) throw new Error(`HTTP ${r.status}: ${r.body.toString().slice(0, 200)}`);
-        const map = new Map((JSON.parse(r.body.toString()) as PeersReply).chunks.map((c) => [c.chunk, c.peer] as const));
-        return map;
-      }).catch((e: Error) => { log(`peers query (chunks ${from}-${from + k - 1}) failed: ${e.message}; fetching them from the server`); return new Map<number, string | null>(); });
+      const reply = query(from, k);
       for (let i = from; i < from + k; i++) sources.set(i, reply.then((map) => map.get(i) ?? null));
     }
     return sources.get(n)!;
@@ -228,8 +230,15 @@ export async function* fetchChunks(o: ChunkFetchOptions, stats: ChunkFetchStats 
     throw new Error(`chunk ${n} (bytes ${start}-${end - 1}) could not be fetched from the server: ${last}`);
   };
 
+  // a peer that failed once is not asked again, also for chunks it was already assigned
+  const refused = new Set<string>();
   const one = async (n: number): Promise<Buffer> => {
-    const peer = await sourceOf(n);
+    let peer = await sourceOf(n);
+    // sent to a peer that already failed: ask once more (the tracker then names only peers that have the chunk)
+    if (peer && refused.has(peer)) peer = (await query(n, 1)).get(n) ?? null;
+    if (peer && refused.has(peer)) peer = null;
+    // the next window's sources are asked for while this one is fetched: the query is off the critical path
+    if (n + window < count) void sourceOf(n + window);
     let b: Buffer | null = null;
     if (peer) {
       const { start, end } = span(n);
@@ -244,6 +253,7 @@ export async function* fetchChunks(o: ChunkFetchOptions, stats: ChunkFetchStats 
       }
       if (b) { stats.fromPeers++; stats.peerBytes += b.length; stats.sources[n] = peer; } else {
         log(`chunk ${n} from peer ${peer}: ${reason === 'hash' ? 'sha256 differs from the manifest' : reason === 'slow' ? 'not in time' : 'no chunk'}; fetching it from the server and reporting the peer`);
+        refused.add(peer);
         stats.badPeers.push({ chunk: n, peer, reason: reason! });
         pendingBad.push({ chunk: n, peer, reason: reason! });
         void flush();

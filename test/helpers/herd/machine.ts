@@ -153,7 +153,11 @@ export async function bootMachine(m: MachineSpec, t0: number, o: BootOptions = {
           const toServer = new nodeHttp.Agent({ keepAlive: true, maxSockets: 4, localAddress: m.ip } as nodeHttp.AgentOptions);
           const toPeers = new nodeHttp.Agent({ keepAlive: true, maxSockets: 8, localAddress: m.ip } as nodeHttp.AgentOptions);
           try {
-            const fetch = fetchBufferWith({ http: toServer });
+            const timedFetch = (f: ReturnType<typeof fetchBufferWith>): ReturnType<typeof fetchBufferWith> => async (u, h, t, mx) => {
+              const s0 = performance.now();
+              try { return await f(u, h, t, mx); } finally { if (process.env.HERD_P2P_LOG) process.stderr.write(`${m.mac} T ${(performance.now() - t0).toFixed(0)} ${(performance.now() - s0).toFixed(0)}ms ${u.replace(/[0-9a-f]{64}/, 'F')}\n`); }
+            };
+            const fetch = timedFetch(fetchBufferWith({ http: toServer }));
             const mr = await fetch(spec.image.chunksUrl, { authorization: `Bearer ${cfg.token!}` }, 60_000, 16 << 20);
             if (mr.status !== 200) throw new Error(`GET ${spec.image.chunksUrl}: HTTP ${mr.status} ${mr.body.toString().slice(0, 200)}`);
             const manifest = JSON.parse(mr.body.toString()) as ChunkManifest;
@@ -164,7 +168,7 @@ export async function bootMachine(m: MachineSpec, t0: number, o: BootOptions = {
             const whole = createHash('sha256');
             let got = 0;
             for await (const b of fetchChunks({
-              manifest, fileUrl: spec.image.url, server: cfg.server!, token: cfg.token!, fetch, fetchPeer: fetchBufferWith({ http: toPeers }),
+              manifest, fileUrl: spec.image.url, server: cfg.server!, token: cfg.token!, fetch, fetchPeer: timedFetch(fetchBufferWith({ http: toPeers })),
               post: postJsonFrom(toServer), hold: { chunks, port: ps.port }, log: (x) => { cons.say(x); if (process.env.HERD_P2P_LOG) process.stderr.write(`${m.mac} ${x}\n`); },
             }, stats)) {
               whole.update(b); got += b.length;
