@@ -21,7 +21,6 @@ import { PowerService } from './power/service.ts';
 import { powerRoutes } from './http/routes/api/power.ts';
 import { listenAlsoOn, provisioningAddresses, resolveListen } from './listen.ts';
 import { P2pService } from './p2p/service.ts';
-import { isFinal } from './workflows/states.ts';
 
 export const ROOT_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const VERSION: string = JSON.parse(readFileSync(join(ROOT_DIR, 'package.json'), 'utf8')).version;
@@ -90,11 +89,8 @@ export async function startDaemon(givenConfig: ServeConfig, log: Logger): Promis
     if (config.p2p) {
       const p2p = new P2pService(log.child({ svc: 'p2p' }), registry, { chunkSize: config.p2pChunkSize, port: config.p2pPort });
       // a holder serves peers only while its workflow runs
-      const onEvent = (ev: { kind: string; state?: string | null; workflowId: string }) => {
-        if (ev.kind === 'state' && ev.state && isFinal(ev.state as never)) p2p.workflowEnded(ev.workflowId);
-      };
-      workflows.events.on('event', onEvent);
-      closers.push(() => { workflows.events.off('event', onEvent); });
+      closers.push(p2p.follow(workflows.events));
+      if (config.tls) log.warn('peer-to-peer disk fetching is on with HTTPS: chunks travel between machines over plain HTTP (each verified by its sha256, not encrypted); --no-p2p keeps every disk byte on HTTPS');
       deps.p2p = p2p;
     }
     workflows.bootDisks = extras.bootDisks;

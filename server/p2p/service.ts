@@ -9,6 +9,8 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import { ManifestCache, type Manifest } from './manifest.ts';
 import { PeerTracker, type Decision, type TrackerLimits } from './tracker.ts';
 import type { ChunkManifest } from '../agent/api.ts';
+import type { EventEmitter } from 'node:events';
+import { isFinal, type WorkflowState } from '../workflows/states.ts';
 
 export const DEFAULT_CHUNK_SIZE = 4 << 20;
 export const DEFAULT_PEER_PORT = 7480;
@@ -88,6 +90,15 @@ export class P2pService {
     }
     this.log.debug({ mac: ctx.mac, workflow: ctx.workflowId, file, have: have.length, accepted }, 'p2p: chunks held');
     return { accepted, banned };
+  }
+
+  /** Drops each holder whose workflow reaches a final state (the workflow service's events); returns the unsubscribe. */
+  follow(events: EventEmitter): () => void {
+    const on = (ev: { kind: string; state?: string | null; workflowId: string }) => {
+      if (ev.kind === 'state' && ev.state && isFinal(ev.state as WorkflowState)) this.workflowEnded(ev.workflowId);
+    };
+    events.on('event', on);
+    return () => { events.off('event', on); };
   }
 
   /** The workflow ended: its agent leaves every file's holders. */

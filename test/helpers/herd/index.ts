@@ -136,11 +136,13 @@ export class Herd {
 
   /** A real `ironboot serve` (DHCP on br0 in reservation mode, TFTP, HTTP) and the herd against it. */
   async runIronboot(sizes: HerdSizes, o: { serveArgs?: string[]; env?: NodeJS.ProcessEnv; nodeArgs?: string[];
-    runner?: Pick<RunnerConfig, 'sequential' | 'holdEntrypoints' | 'corruptPeers'> } = {}): Promise<StackRun> {
+    runner?: Pick<RunnerConfig, 'sequential' | 'holdEntrypoints' | 'corruptPeers'>;
+    /** The daemon's data directory under the herd's (default "data"): a second run on the same herd needs its own. */
+    dataDir?: string } = {}): Promise<StackRun> {
     const { artifacts, oci } = this.prepare(sizes);
     const token = randomBytes(18).toString('base64url');
     const url = `http://${SERVER_IP}:8080`;
-    const serve = this.srv.spawn(process.execPath, [...(o.nodeArgs ?? []), CLI, 'serve', '--data-dir', join(this.dir.path, 'data'), '--dhcp-interface', 'br0',
+    const serve = this.srv.spawn(process.execPath, [...(o.nodeArgs ?? []), CLI, 'serve', '--data-dir', join(this.dir.path, o.dataDir ?? 'data'), '--dhcp-interface', 'br0',
       '--http-listen', `${SERVER_IP}:8080`, '--tftp-listen', `${SERVER_IP}:69`, '--public-url', url,
       '--artifacts-dir', artifacts, '--no-build-artifacts', ...(o.serveArgs ?? [])],
     { env: { ...process.env, IRONBOOT_TOKEN: token, CI: '1', ...o.env } });
