@@ -74,6 +74,13 @@ function print(ib: StackRun, ref: StackRun): void {
 const herd = await Herd.create(N);
 try {
   console.log(`herd: ${N} machines; kernel ${sizes.kernelBytes / MB} MiB, initramfs ${sizes.initrdBytes / MB} MiB, disk payload ${sizes.diskPayloadBytes / MB} MiB`);
+  if (process.env.HERD_P2P === 'only') {
+    // a quick look at the peers-on run alone (no reference, no peers-off run): what a tuning change does
+    const chunk = Number(process.env.HERD_P2P_CHUNK_KB ?? 512) * 1024;
+    const p = (await herd.runIronboot(sizes, { serveArgs: ['--p2p-chunk-size', String(chunk)] })).summary;
+    console.log(`peers on only: ${p.succeeded}/${p.machines}, egress ${fmt(p.egressRatio, 3)}, disk p50/p99 ${fmt(p.phases.disk.p50, 0)}/${fmt(p.phases.disk.p99, 0)} ms, `
+      + `span ${fmt(p.spanMs / 1000, 2)} s, refused ${p.badPeerChunks} ${JSON.stringify(p.badPeerReasons)}`);
+  } else {
   const ib = await herd.runIronboot(sizes, { serveArgs: ['--no-p2p'] });
   const img = ib.report.image!;
   const file = find(join(herd.dir.path, 'data'), `${img.id}.ext4.zst`);
@@ -102,6 +109,7 @@ try {
     for (const f of p.failed.slice(0, 5)) console.log(`peers on FAILED ${f.mac}: ${f.error}`);
   }
   if (process.env.HERD_JSON) console.log(JSON.stringify({ ironboot: ib.summary, reference: ref.summary, p2p: p2p?.summary ?? null }));
+  }
 } finally {
   await herd.destroy();
 }

@@ -268,17 +268,18 @@ export async function* fetchChunks(o: ChunkFetchOptions, stats: ChunkFetchStats 
 
   const inFlight: Promise<Buffer>[] = [];
   let next = 0;
+  // a later chunk may fail while an earlier one is awaited: handled here, rethrown when its turn comes
+  const start = () => { const p = one(next++); p.catch(() => {}); inFlight.push(p); };
   try {
-    while (next < Math.min(window, count)) inFlight.push(one(next++));
+    while (next < Math.min(window, count)) start();
     for (let n = 0; n < count; n++) {
       const b = await inFlight.shift()!;
-      if (next < count) inFlight.push(one(next++));
+      if (next < count) start();
       stats.chunks++;
       yield b;
     }
     await flush();
   } finally {
-    for (const p of inFlight) p.catch(() => {});
     o.hold?.chunks.settle();
   }
 }

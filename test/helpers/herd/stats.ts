@@ -35,6 +35,8 @@ export interface HerdSummary {
   peerDiskBytes: number;
   serverDiskBytesClient: number;
   badPeerChunks: number;
+  /** Peer chunks refused, by reason (hash, error, slow). */
+  badPeerReasons: Record<string, number>;
 }
 
 /** Sum of a Prometheus counter's samples whose labels match `labels` (e.g. kind="zst"). */
@@ -89,5 +91,6 @@ export function summarize(r: RunnerReport): HerdSummary {
     peerDiskBytes: r.results.reduce((n, x) => n + x.peerDiskBytes, 0),
     serverDiskBytesClient: r.results.reduce((n, x) => n + x.serverDiskBytes, 0),
     badPeerChunks: r.results.reduce((n, x) => n + x.badPeers.length, 0),
+    badPeerReasons: r.results.flatMap((x) => x.badPeers).reduce<Record<string, number>>((o, b) => { o[b.reason] = (o[b.reason] ?? 0) + 1; return o; }, {}),
   };
 }
