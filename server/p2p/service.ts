@@ -78,15 +78,17 @@ export class P2pService {
   }
 
   report(file: string, ctx: { workflowId: string; mac: string; ip: string }, port: number | null,
-    have: number[], bad: { chunk: number; peer: string; reason: string }[] = []): { accepted: number; banned: number } {
+    have: number[], bad: { chunk: number; peer: string; reason: 'hash' | 'error' | 'slow' }[] = []): { accepted: number; banned: number } {
     const accepted = this.tracker.report(file, ctx.workflowId, port ? `${ctx.ip}:${port}` : null, have);
     let banned = 0;
     for (const b of bad) {
-      const who = this.tracker.reportBad(file, ctx.workflowId, b.peer, b.chunk);
+      const r = this.tracker.reportBad(file, ctx.workflowId, b.peer, b.chunk, b.reason);
       this.bad.inc({ reason: b.reason });
-      if (who) banned++;
-      this.log.info({ mac: ctx.mac, workflow: ctx.workflowId, file, chunk: b.chunk, peer: b.peer, reason: b.reason, banned: who },
-        who ? `p2p: peer ${b.peer} reported bad (${b.reason}) for chunk ${b.chunk}: no longer handed out for this file` : `p2p: report of peer ${b.peer} ignored: the reporter was not sent there for chunk ${b.chunk}`);
+      if (r?.action === 'banned') banned++;
+      this.log.info({ mac: ctx.mac, workflow: ctx.workflowId, file, chunk: b.chunk, peer: b.peer, reason: b.reason, holder: r?.holder ?? null, action: r?.action ?? 'ignored' },
+        !r ? `p2p: report of peer ${b.peer} ignored: the reporter was not sent there for chunk ${b.chunk}`
+          : r.action === 'banned' ? `p2p: peer ${b.peer} reported bad (${b.reason}) for chunk ${b.chunk}: no longer handed out for this file`
+            : `p2p: peer ${b.peer} reported (${b.reason}) for chunk ${b.chunk}: not handed out for a while`);
     }
     this.log.debug({ mac: ctx.mac, workflow: ctx.workflowId, file, have: have.length, accepted }, 'p2p: chunks held');
     return { accepted, banned };

@@ -15,7 +15,10 @@
  *     to a holder that has it or to the server): each hop adds one chunk's store-and-forward time;
  *   - a chunk asked for again (the first source failed) goes only to holders that already have it: a source that
  *     is itself still fetching could be waiting on the asker, and the server is always there;
- *   - holders leave when their workflow ends (drop) or a peer reports them bad (banned for that file);
+ *   - holders leave when their workflow ends (drop) or a peer got a chunk from them whose sha256 is wrong (banned for
+ *     that file: proof of bad data); a holder reported for an error or for being late is only suspended for
+ *     `suspendMs` (congestion is no proof, and banning every slow holder of an overloaded rack sends it all back
+ *     to the server);
  *   - everything is bounded: files tracked, holders per file, chunks per query.
  */
 
@@ -29,12 +32,14 @@ export interface TrackerLimits {
   maxQuery: number;
   /** Most peers banned per file (the oldest ban goes first). */
   maxBannedPerFile: number;
+  /** How long a holder reported for an error or lateness is not handed out. */
+  suspendMs: number;
   /** Most hops of holders that are still fetching a chunk, behind the one handed out (0: only holders that have it). */
   maxChainDepth: number;
 }
 
 export const DEFAULT_TRACKER_LIMITS: TrackerLimits = {
-  maxFiles: 64, maxHoldersPerFile: 4096, maxUploadsPerHolder: 4, assignmentTtlMs: 30_000, maxQuery: 32, maxBannedPerFile: 1024, maxChainDepth: 3,
+  maxFiles: 64, maxHoldersPerFile: 4096, maxUploadsPerHolder: 4, assignmentTtlMs: 30_000, maxQuery: 32, maxBannedPerFile: 1024, maxChainDepth: 3, suspendMs: 30_000,
 };
 
 export type Why = 'has-it' | 'fetching-it' | 'no-holder' | 'holders-busy' | 'retry-no-holder' | 'not-tracked';
@@ -54,6 +59,8 @@ interface Holder {
   seen: number;
   /** When this holder was last handed out (ties go to the longest idle one, so load spreads). */
   lastAssigned: number;
+  /** Not handed out before this (ms): reported for an error or lateness. */
+  suspendedUntil: number;
 }
 
 interface FileState {
@@ -93,7 +100,7 @@ export class PeerTracker {
       return h;
     }
     if (f.holders.size >= this.limits.maxHoldersPerFile) return null;
-    h = { id, addr: addr && !f.banned.has(addr) ? addr : null, have: new Uint8Array(f.chunkCount), coming: new Map(), uploads: new Map(), sources: new Map(), seen: this.now(), lastAssigned: 0 };
+    h = { id, addr: addr && !f.banned.has(addr) ? addr : null, have: new Uint8Array(f.chunkCount), coming: new Map(), uploads: new Map(), sources: new Map(), seen: this.now(), lastAssigned: 0, suspendedUntil: 0 };
     f.holders.set(id, h);
     return h;
   }
@@ -132,7 +139,7 @@ export class PeerTracker {
       if (me) this.release(f, me, chunk);
       let best: Holder | null = null; let bestRank = Infinity; let bestIdle = Infinity; let busy = false;
       for (const h of f.holders.values()) {
-        if (h === me || !h.addr || h.addr === askerAddr || f.banned.has(h.addr)) continue;
+        if (h === me || !h.addr || h.addr === askerAddr || f.banned.has(h.addr) || h.suspendedUntil > t) continue;
         const has = h.have[chunk] === 1;
         const c = h.coming.get(chunk);
         const fetching = !has && c !== undefined && c.until > t && c.depth < this.limits.maxChainDepth;
@@ -183,11 +190,12 @@ export class PeerTracker {
   }
 
   /**
-   * `reporter` got a bad chunk (or none in time) from the peer at `peerAddr`: that peer is never handed out for
-   * this file again and its assignments end. Only a peer the reporter was actually sent to can be reported, so an
-   * agent cannot knock out holders it never dealt with. Returns the holder banned, or null.
+   * `reporter` got a chunk whose sha256 is wrong from the peer at `peerAddr` (reason hash: that peer is never handed
+   * out for this file again and its assignments end), or an error or nothing in time (suspended for suspendMs).
+   * Only a peer the reporter was actually sent to for that chunk can be reported, so an agent cannot knock out
+   * holders it never dealt with. Returns what happened to the holder, or null when the report was ignored.
    */
-  reportBad(file: string, reporter: string, peerAddr: string, chunk: number): string | null {
+  reportBad(file: string, reporter: string, peerAddr: string, chunk: number, reason: 'hash' | 'error' | 'slow' = 'hash'): { holder: string; action: 'banned' | 'suspended' } | null {
     const f = this.files.get(file);
     const me = f?.holders.get(reporter);
     if (!f || !me) return null;
@@ -195,10 +203,14 @@ export class PeerTracker {
     const h = src ? f.holders.get(src) : undefined;
     if (!h || h.addr !== peerAddr) return null;
     this.release(f, me, chunk);
+    if (reason !== 'hash') {
+      h.suspendedUntil = this.now() + this.limits.suspendMs;
+      return { holder: h.id, action: 'suspended' };
+    }
     if (f.banned.size >= this.limits.maxBannedPerFile) f.banned.delete(f.banned.values().next().value!);
     f.banned.add(peerAddr);
     this.removeHolder(f, h.id);
-    return h.id;
+    return { holder: h.id, action: 'banned' };
   }
 
   private removeHolder(f: FileState, id: string): void {

@@ -63,8 +63,8 @@ test('a peer reported bad is never handed out again for the file; only the peer 
   const d = tr.assign(F, 'a', '10.0.0.50:7480', 0, 1)[0];
   assert.ok(d.peer);
   const other = d.peer === '10.0.0.0:7480' ? '10.0.0.1:7480' : '10.0.0.0:7480';
-  assert.equal(tr.reportBad(F, 'a', other, 0), null, 'a peer it was not sent to for that chunk: ignored');
-  assert.equal(tr.reportBad(F, 'a', d.peer!, 0), d.holder);
+  assert.equal(tr.reportBad(F, 'a', other, 0, 'hash'), null, 'a peer it was not sent to for that chunk: ignored');
+  assert.deepEqual(tr.reportBad(F, 'a', d.peer!, 0, 'hash'), { holder: d.holder, action: 'banned' });
   for (let i = 0; i < 6; i++) {
     for (const x of tr.assign(F, `z${i}`, null, 0, 4)) assert.notEqual(x.peer, d.peer, 'the bad peer is out');
   }
@@ -72,7 +72,7 @@ test('a peer reported bad is never handed out again for the file; only the peer 
   tr.report(F, 'again', d.peer, [0, 1, 2, 3]);
   for (const x of tr.assign(F, 'q', null, 0, 4)) assert.notEqual(x.peer, d.peer);
   // an agent that was never sent anywhere cannot ban anyone
-  assert.equal(tr.reportBad(F, 'stranger', other, 0), null);
+  assert.equal(tr.reportBad(F, 'stranger', other, 0, 'hash'), null);
   assert.equal(tr.stats().banned, 1, 'only the one peer');
 });
 
@@ -126,4 +126,15 @@ test('an agent that serves nobody gets peers but is never handed out', () => {
   assert.equal(tr.stats().holders, 1);
   tr.drop('h0');
   assert.deepEqual(tr.assign(F, 'x', '10.0.0.8:7480', 0, 2).map((d) => d.peer), [null, null]);
+});
+
+test('a peer reported late or failing is suspended for a while, not banned', () => {
+  const { tr, c } = withHolders(1, 4, { suspendMs: 10_000 });
+  const d = tr.assign(F, 'a', null, 0, 1)[0];
+  assert.equal(d.peer, '10.0.0.0:7480');
+  assert.deepEqual(tr.reportBad(F, 'a', d.peer!, 0, 'slow'), { holder: 'h0', action: 'suspended' });
+  assert.deepEqual(tr.assign(F, 'b', null, 0, 4).map((x) => x.peer), [null, null, null, null], 'suspended');
+  c.advance(10_001);
+  assert.equal(tr.assign(F, 'c', null, 0, 1)[0].peer, '10.0.0.0:7480', 'handed out again');
+  assert.equal(tr.stats().banned, 0);
 });

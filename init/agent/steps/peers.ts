@@ -103,7 +103,7 @@ export function servePeers(files: Map<string, HeldChunks>, o: { host?: string; p
     const want = Buffer.from(`Bearer ${held.manifest.peerToken}`);
     const got = Buffer.from(String(req.headers.authorization ?? ''));
     if (got.length !== want.length || !timingSafeEqual(got, want)) { res.writeHead(401).end(); return; }
-    const b = await held.get(Number(m[2]), o.waitMs ?? 20_000);
+    const b = await held.get(Number(m[2]), o.waitMs ?? 15_000);
     if (!b) { res.writeHead(404).end(); return; }
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': b.length });
     res.end(b);
@@ -139,7 +139,10 @@ export interface ChunkFetchOptions {
   hold?: { chunks: HeldChunks; port: number };
   /** Chunks in flight at once. */
   window?: number;
-  /** A peer chunk not received within this long is fetched from the server (and the peer reported slow). */
+  /**
+   * A peer chunk not received within this long is fetched from the server (and the peer reported slow); longer
+   * than a peer server waits for a chunk it is still fetching (15 s), so a peer behind a slow one answers 404 first.
+   */
   peerTimeoutMs?: number;
   serverTimeoutMs?: number;
   serverTries?: number;
@@ -244,7 +247,7 @@ export async function* fetchChunks(o: ChunkFetchOptions, stats: ChunkFetchStats 
       const { start, end } = span(n);
       let reason: 'hash' | 'error' | 'slow' | null = null;
       try {
-        const r = await fetchPeer(`http://${peer}/p2p/${m.file}/${n}`, { authorization: `Bearer ${m.peerToken}` }, o.peerTimeoutMs ?? 20_000, end - start);
+        const r = await fetchPeer(`http://${peer}/p2p/${m.file}/${n}`, { authorization: `Bearer ${m.peerToken}` }, o.peerTimeoutMs ?? 30_000, end - start);
         if (r.status !== 200) reason = 'error';
         else if (sha256(r.body) !== m.chunks[n]) reason = 'hash';
         else b = r.body;

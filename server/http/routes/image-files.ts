@@ -38,8 +38,15 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
   /** The chunk manifest of a compressed disk (server/p2p): served under the same token rules as the file. */
   const manifest = async (path: string, sha256: string | null, reply: FastifyReply) => {
     if (!p2p || !sha256) return reply.code(404).send({ error: 'Not Found', message: 'peer-to-peer fetching is off (--no-p2p)' });
-    reply.header('cache-control', 'no-store');
-    return p2p.manifest(path, sha256);
+    try {
+      const m = await p2p.manifest(path, sha256);
+      reply.header('cache-control', 'no-store');
+      return m;
+    } catch (err) {
+      // the agent then fetches the whole file, whose sha256 it checks as before
+      log.error({ err, file: sha256 }, 'chunk manifest not served');
+      return reply.code(500).send({ error: 'Internal Server Error', message: `no chunk manifest of ${sha256}: ${(err as Error).message}` });
+    }
   };
   const handler = async (req: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply) => {
     const c = CHUNKS.exec(req.params.file);
