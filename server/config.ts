@@ -56,6 +56,12 @@ export interface ServeConfig {
   sseMaxClients: number;
   /** Where built images live (--images): DATA_DIR/images, or an S3 bucket that DATA_DIR/images caches. */
   imageStore: ImageStoreConfig;
+  /** Agents fetch disk chunks from peers that have them (server/p2p); off: every agent fetches the whole file here. */
+  p2p: boolean;
+  /** Bytes per chunk of a compressed disk file (each verified by its sha256). */
+  p2pChunkSize: number;
+  /** The port agents serve their verified chunks on. */
+  p2pPort: number;
 }
 
 export class ConfigError extends Error {
@@ -115,6 +121,9 @@ export const SERVE_SETTINGS: Spec[] = [
   { key: 's3PathStyle', flag: 's3-path-style', kind: 'bool', help: 'path-style S3 URLs (http://host/bucket/key), as most S3-compatible servers need (default on with an endpoint, off for AWS)' },
   { key: 'imagesRedirect', flag: 'images-redirect', kind: 'bool', help: 'with --images s3://: answer GET /images/<id>.ext4.zst (after the token check) with a 307 to a presigned S3 URL instead of streaming it' },
   { key: 'imagesRedirectSeconds', flag: 'images-redirect-expiry', kind: 'int', help: 'seconds a presigned image URL stays valid (default 300)' },
+  { key: 'p2p', flag: 'p2p', kind: 'bool', help: 'agents fetch disk chunks from peers that already have them, each chunk verified by its sha256 (default on; --no-p2p: the whole file from this server)' },
+  { key: 'p2pChunkSize', flag: 'p2p-chunk-size', kind: 'int', help: 'bytes per chunk of a compressed disk (default 4194304; 65536 to 67108864)' },
+  { key: 'p2pPort', flag: 'p2p-port', kind: 'int', help: 'port agents serve their verified chunks on (default 7480)' },
 ];
 
 export const envName = (flag: string): string => 'IRONBOOT_' + flag.toUpperCase().replaceAll('-', '_');
@@ -255,9 +264,17 @@ export function loadServeConfig(argv: string[], env: NodeJS.ProcessEnv = process
     if (!/^postgres(?:ql)?:\/\/\S*$/.test(store)) throw new ConfigError('store', `"${store.replace(/:[^:@/]*@/, ':***@')}" is not a postgres://… or postgresql://… URL (leave it out for SQLite in the data directory)`);
   }
 
+  const p2pChunkSize = int('p2pChunkSize', 4 << 20);
+  if (p2pChunkSize < 65536 || p2pChunkSize > 64 << 20) throw new ConfigError('p2p-chunk-size', `${p2pChunkSize} is not between 65536 and 67108864 bytes`);
+  const p2pPort = int('p2pPort', 7480);
+  if (p2pPort < 1 || p2pPort > 65535) throw new ConfigError('p2p-port', `${p2pPort} is not a port (1-65535)`);
+
   return {
     imageStore,
     store: store && store !== 'sqlite' ? store : null,
+    p2p: bool('p2p', true),
+    p2pChunkSize,
+    p2pPort,
     bootScriptAuth,
     tls: tlsCert && tlsKey ? { cert: resolve(tlsCert), key: resolve(tlsKey), ca: tlsCa ? resolve(tlsCa) : null } : null,
     httpsListen: parseHostPort('https-listen', str('httpsListen', ':8443')!, 8443),

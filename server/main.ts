@@ -22,6 +22,7 @@ import type { ArtifactStore, ArtifactStoreError } from './images/artifact-store.
 import { PowerService } from './power/service.ts';
 import { powerRoutes } from './http/routes/api/power.ts';
 import { listenAlsoOn, provisioningAddresses, resolveListen } from './listen.ts';
+import { P2pService } from './p2p/service.ts';
 
 export const ROOT_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const VERSION: string = JSON.parse(readFileSync(join(ROOT_DIR, 'package.json'), 'utf8')).version;
@@ -96,6 +97,13 @@ export async function startDaemon(givenConfig: ServeConfig, log: Logger): Promis
     const extras = httpExtras({ store, log, registry, config, agentUrl, artifacts: imageStore });
     deps.plugins = [...extras.plugins, { plugin: powerRoutes(power) as never, api: true }];
     deps.images = extras.images;
+    if (config.p2p) {
+      const p2p = new P2pService(log.child({ svc: 'p2p' }), registry, { chunkSize: config.p2pChunkSize, port: config.p2pPort });
+      // a holder serves peers only while its workflow runs
+      closers.push(p2p.follow(workflows.events));
+      if (config.tls) log.warn('peer-to-peer disk fetching is on with HTTPS: chunks travel between machines over plain HTTP (each verified by its sha256, not encrypted); --no-p2p keeps every disk byte on HTTPS');
+      deps.p2p = p2p;
+    }
     workflows.bootDisks = extras.bootDisks;
     if (config.tls) {
       const read = (key: string, path: string) => {

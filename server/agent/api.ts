@@ -6,6 +6,10 @@
  *                                                         carries the session token)
  *   POST /agent/v1/events  EventBatch   → { accepted }    (Authorization: Bearer <session token>)
  *   POST /agent/v1/boot    PersistentBootReport → PersistentBootReply  (Bearer <persistent-boot token from the disk's marker>)
+ *   GET  <image.chunksUrl>  ChunkManifest                 (Bearer <session token>, same rules as the file itself)
+ *   GET  /agent/v1/peers   PeersQuery   → PeersReply      (Bearer <session token>): per chunk a peer, or the server
+ *   POST /agent/v1/chunks  ChunkReport  → ChunkReportReply (Bearer <session token>): chunks held, peers found bad
+ *   GET  http://PEER:PORT/p2p/<file sha256>/<n>           (Bearer <manifest.peerToken>): one verified chunk, agent to agent
  */
 import { Type, type Static } from '@sinclair/typebox';
 
@@ -83,6 +87,8 @@ export const WorkflowSpec = Type.Object({
     compressedSha256: Type.String(),
     rawSize: Type.Integer(),
     rawSha256: Type.String(),              // verified by the agent over the decompressed bytes
+    /** Peer-to-peer fetching is on: the chunk manifest of `url` (ChunkManifest); absent: the whole file from `url`. */
+    chunksUrl: Type.Optional(Type.String()),
   }),
   target: Type.String(),                   // /dev/sda, /dev/disk/by-id/…, or "ram"
   after: AfterAction,
@@ -189,3 +195,64 @@ export const PersistentBootReply = Type.Object({
   spec: Type.Optional(WorkflowSpec),
 });
 export type PersistentBootReply = Static<typeof PersistentBootReply>;
+
+const Sha256Hex = Type.String({ pattern: '^[0-9a-f]{64}$' });
+
+/** Most chunks one report or one peers query may name. */
+export const P2P_MAX_REPORT = 4096;
+export const P2P_MAX_QUERY = 32;
+
+/**
+ * Fixed byte ranges of the compressed disk file (chunk n is [n·chunkSize, min(size, (n+1)·chunkSize))), each with its
+ * sha256: a chunk from a peer is checked against it before a byte of it is used.
+ */
+export const ChunkManifest = Type.Object({
+  /** sha256 of the whole file (its ETag): names the file between agents. */
+  file: Sha256Hex,
+  size: Type.Integer({ minimum: 0 }),
+  chunkSize: Type.Integer({ minimum: 1 }),
+  chunks: Type.Array(Sha256Hex),
+  /** What peers ask for before they serve a chunk of this file: only agents the server let fetch it know it. */
+  peerToken: Type.String({ minLength: 16 }),
+  /** The port agents serve chunks on (GET /p2p/<file>/<n>). */
+  port: Type.Integer({ minimum: 1, maximum: 65535 }),
+});
+export type ChunkManifest = Static<typeof ChunkManifest>;
+
+/** A query string: numbers as decimal strings (the server does not coerce types), bounds checked by the route. */
+export const PeersQuery = Type.Object({
+  file: Sha256Hex,
+  /** The first chunk. */
+  from: Type.String({ pattern: '^[0-9]{1,9}$' }),
+  /** How many chunks, 1 to P2P_MAX_QUERY. */
+  count: Type.String({ pattern: '^[0-9]{1,3}$' }),
+  /** The port the asker serves its chunks on; absent: it keeps nothing (too big for its memory) and serves nobody. */
+  port: Type.Optional(Type.String({ pattern: '^[0-9]{1,5}$' })),
+});
+export type PeersQuery = Static<typeof PeersQuery>;
+
+export const PeersReply = Type.Object({
+  chunks: Type.Array(Type.Object({
+    chunk: Type.Integer({ minimum: 0 }),
+    /** ADDRESS:PORT of a peer that holds (or is fetching) the chunk; null: fetch it from the server (a Range request). */
+    peer: Type.Union([Type.String(), Type.Null()]),
+  })),
+});
+export type PeersReply = Static<typeof PeersReply>;
+
+export const ChunkReport = Type.Object({
+  file: Sha256Hex,
+  /** The port the agent serves its chunks on; absent: `have` only releases the peers it fetched from. */
+  port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
+  /** Chunks verified against the manifest since the last report. */
+  have: Type.Array(Type.Integer({ minimum: 0 }), { maxItems: P2P_MAX_REPORT }),
+  /** Peers that answered a chunk whose sha256 differs, or nothing in time: never handed out for this file again. */
+  bad: Type.Optional(Type.Array(Type.Object({
+    chunk: Type.Integer({ minimum: 0 }), peer: Type.String({ maxLength: 64 }),
+    reason: Type.Union([Type.Literal('hash'), Type.Literal('error'), Type.Literal('slow')]),
+  }), { maxItems: 64 })),
+});
+export type ChunkReport = Static<typeof ChunkReport>;
+
+export const ChunkReportReply = Type.Object({ accepted: Type.Integer(), banned: Type.Integer() });
+export type ChunkReportReply = Static<typeof ChunkReportReply>;

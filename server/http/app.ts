@@ -17,6 +17,7 @@ import type { Registry } from 'prom-client';
 import type { Store } from '../store/index.ts';
 import type { WorkflowService } from '../workflows/service.ts';
 import type { AgentEventLimits } from '../workflows/agent-events.ts';
+import type { P2pService } from '../p2p/service.ts';
 import { errorHandler, ApiError } from './errors.ts';
 import { bearer, tokenMatches } from './auth.ts';
 import { ErrorReply } from './schemas.ts';
@@ -57,6 +58,8 @@ export interface AppDeps {
   streamTickets?: StreamTickets;
   /** Extra plugins (boot scripts, image files, image builds) registered by the composition root. */
   plugins?: AppPlugin[];
+  /** Peer-to-peer disk fetching (server/p2p); null or absent: agents fetch the whole file from the server. */
+  p2p?: P2pService | null;
   /** PEM certificate and key: the app serves HTTPS (iPXE's plain-HTTP paths go through plainHttpHandler). */
   https?: { cert: Buffer; key: Buffer };
 }

@@ -6,6 +6,12 @@
  * Prints the span from the first DISCOVER to the last acknowledged `succeeded`, p50/p99 per phase, DHCP drops,
  * TFTP retransmissions, HTTP and disk bytes/s, the daemon's RSS and event-loop lag, and ironboot/reference ratios.
  * Sizes: HERD_KERNEL_MB (4), HERD_INITRD_MB (8), HERD_DISK_PAYLOAD_MB (8, incompressible file in the image).
+ *
+ * ironboot runs twice: with peer-to-peer fetching off (--no-p2p: every machine gets the whole disk from the server,
+ * as the reference does; the ratios against the reference are of this run) and on (chunks of HERD_P2P_CHUNK_KB,
+ * default 512, from peers the tracker names, verified each). For both it prints server egress / (N × disk size),
+ * counted from what the daemon itself says it sent (ironboot_image_bytes_sent_total), and the disk phase's
+ * p50/p99. HERD_P2P=0 skips the peers-on run.
  */
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -54,9 +60,7 @@ function print(ib: StackRun, ref: StackRun): void {
   row('server RSS max (MiB)', fmt(ib.rss.maxBytes / MB, 0), fmt(ref.rss.maxBytes / MB, 0), ratio(ib.rss.maxBytes, ref.rss.maxBytes));
   row('event-loop lag p99, worst 0.5 s (ms)', fmt(a.lagP99MaxMs), '—', '');
   row('event-loop lag max (ms)', fmt(a.lagMaxMs), '—', '');
-  const disk = ib.report.image!;
-  row('server egress / (N × disk size)', fmt(ib.report.results.reduce((n, r) => n + r.diskBytes, 0) / (N * disk.compressedSize), 2),
-    fmt(ref.report.results.reduce((n, r) => n + r.diskBytes, 0) / (N * disk.compressedSize), 2), '');
+  row('server egress / (N × disk size)', fmt(a.egressRatio, 2), fmt(b.egressRatio, 2), '');
   for (const [name, s] of [['ironboot', a], ['reference', b]] as const) {
     for (const f of s.failed.slice(0, 5)) console.log(`${name} FAILED ${f.mac}: ${f.error}`);
   }
@@ -70,14 +74,42 @@ function print(ib: StackRun, ref: StackRun): void {
 const herd = await Herd.create(N);
 try {
   console.log(`herd: ${N} machines; kernel ${sizes.kernelBytes / MB} MiB, initramfs ${sizes.initrdBytes / MB} MiB, disk payload ${sizes.diskPayloadBytes / MB} MiB`);
-  const ib = await herd.runIronboot(sizes);
+  if (process.env.HERD_P2P === 'only') {
+    // a quick look at the peers-on run alone (no reference, no peers-off run): what a tuning change does
+    const chunk = Number(process.env.HERD_P2P_CHUNK_KB ?? 512) * 1024;
+    const p = (await herd.runIronboot(sizes, { serveArgs: ['--p2p-chunk-size', String(chunk)] })).summary;
+    console.log(`peers on only: ${p.succeeded}/${p.machines}, egress ${fmt(p.egressRatio, 3)}, disk p50/p99 ${fmt(p.phases.disk.p50, 0)}/${fmt(p.phases.disk.p99, 0)} ms, `
+      + `span ${fmt(p.spanMs / 1000, 2)} s, refused ${p.badPeerChunks} ${JSON.stringify(p.badPeerReasons)}`);
+  } else {
+  const ib = await herd.runIronboot(sizes, { serveArgs: ['--no-p2p'] });
   const img = ib.report.image!;
   const file = find(join(herd.dir.path, 'data'), `${img.id}.ext4.zst`);
   if (!file) throw new Error('the built disk file is missing from the data dir');
   console.log(`container disk ${img.id}: ${(statSync(file).size / MB).toFixed(2)} MiB compressed, ${(img.rawSize / MB).toFixed(0)} MiB raw`);
   const ref = await herd.runReference(sizes, { ...img, file });
   print(ib, ref);
-  if (process.env.HERD_JSON) console.log(JSON.stringify({ ironboot: ib.summary, reference: ref.summary }));
+  let p2p: StackRun | null = null;
+  if (process.env.HERD_P2P !== '0') {
+    const chunk = Number(process.env.HERD_P2P_CHUNK_KB ?? 512) * 1024;
+    p2p = await herd.runIronboot(sizes, { dataDir: 'data-p2p', serveArgs: ['--p2p-chunk-size', String(chunk)] });
+    const a = ib.summary; const p = p2p.summary; const r = ref.summary;
+    const chunks = Math.ceil(img.compressedSize / chunk);
+    console.log(`\npeer-to-peer fetching (${chunk / 1024} KiB chunks, ${chunks} per disk):`);
+    const row = (k: string, ...v: string[]) => console.log(`${k.padEnd(34)} ${v.map((x) => x.padStart(12)).join(' ')}`);
+    row('', 'peers on', 'peers off', 'reference');
+    row('machines succeeded', `${p.succeeded}/${p.machines}`, `${a.succeeded}/${a.machines}`, `${r.succeeded}/${r.machines}`);
+    row('server egress / (N × disk size)', fmt(p.egressRatio, 3), fmt(a.egressRatio, 3), fmt(r.egressRatio, 3));
+    row('  disk p50 / p99 (ms)', `${fmt(p.phases.disk.p50, 0)}/${fmt(p.phases.disk.p99, 0)}`, `${fmt(a.phases.disk.p50, 0)}/${fmt(a.phases.disk.p99, 0)}`,
+      `${fmt(r.phases.disk.p50, 0)}/${fmt(r.phases.disk.p99, 0)}`);
+    row('first DISCOVER → last succeeded (s)', fmt(p.spanMs / 1000, 2), fmt(a.spanMs / 1000, 2), fmt(r.spanMs / 1000, 2));
+    row('disk bytes from peers / server (MiB)', `${fmt(p.peerDiskBytes / MB, 0)}/${fmt(p.serverDiskBytesClient / MB, 0)}`, `0/${fmt(a.serverDiskBytesClient / MB, 0)}`, '');
+    row('peer chunks refused (hash/error/late)', String(p.badPeerChunks), '', '');
+    row('server RSS max (MiB)', fmt(p2p.rss.maxBytes / MB, 0), fmt(ib.rss.maxBytes / MB, 0), fmt(ref.rss.maxBytes / MB, 0));
+    row('event-loop lag p99, worst 0.5 s (ms)', fmt(p.lagP99MaxMs), fmt(a.lagP99MaxMs), '—');
+    for (const f of p.failed.slice(0, 5)) console.log(`peers on FAILED ${f.mac}: ${f.error}`);
+  }
+  if (process.env.HERD_JSON) console.log(JSON.stringify({ ironboot: ib.summary, reference: ref.summary, p2p: p2p?.summary ?? null }));
+  }
 } finally {
   await herd.destroy();
 }

@@ -3,8 +3,9 @@
  * (DHCP in reservation mode on a bridge in a namespace, TFTP, HTTP, the agent API). Each machine has its own
  * macvlan and reservation and boots over real sockets: DHCP → TFTP undionly.kpxe → DHCP (iPXE) → boot script,
  * kernel, initramfs → DHCP (agent) → hello → the container disk (sha256 checked) → events → succeeded.
- * Every workflow must reach succeeded and no DHCP request may go unanswered. No timings are asserted
- * (test/bench/herd.ts measures them).
+ * Every workflow must reach succeeded and no DHCP request may go unanswered. Peer-to-peer fetching is on (64 KiB
+ * chunks, so the small disk spans many): the machines take chunks from each other, and the server's container-disk
+ * bytes (its own counter) stay well below N disks. No timings are asserted (test/bench/herd.ts measures them).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,16 +19,21 @@ test(`herd: ${N} machines provision at once against ironboot serve`, { skip, tim
   const herd = await Herd.create(N);
   t.after(() => herd.destroy());
   // small stand-ins: the server serves them as its real artifacts and a container disk it builds itself
-  const run = await herd.runIronboot({ kernelBytes: 1 << 20, initrdBytes: 2 << 20, diskPayloadBytes: 1 << 20 });
+  const run = await herd.runIronboot({ kernelBytes: 1 << 20, initrdBytes: 2 << 20, diskPayloadBytes: 1 << 20 }, { serveArgs: ['--p2p-chunk-size', '65536'] });
   const s = run.summary;
   t.diagnostic(`span ${(s.spanMs / 1000).toFixed(2)} s, DHCP drops ${s.dhcpDrops}, TFTP retransmissions ${s.tftpRetransmits}, ` +
-    `event-loop lag p99 max ${s.lagP99MaxMs?.toFixed(1)} ms, RSS max ${((s.rssMaxBytes ?? 0) / 2 ** 20).toFixed(0)} MiB`);
+    `event-loop lag p99 max ${s.lagP99MaxMs?.toFixed(1)} ms, RSS max ${((s.rssMaxBytes ?? 0) / 2 ** 20).toFixed(0)} MiB; ` +
+    `server egress / (N × disk) ${s.egressRatio.toFixed(3)}, disk p50/p99 ${s.phases.disk.p50.toFixed(0)}/${s.phases.disk.p99.toFixed(0)} ms, ` +
+    `peer chunks refused ${s.badPeerChunks}`);
   assert.deepEqual(s.failed, [], `machines failed:\n${s.failed.map((f) => `${f.mac}: ${f.error}`).join('\n')}\n--- daemon (tail) ---\n${run.log.slice(-3000)}`);
   assert.equal(s.succeeded, N);
   assert.deepEqual(run.report.finalStates, { succeeded: N }, 'every workflow, as the API reports it');
   assert.equal(s.dhcpDrops, 0, 'every DHCP request answered without a retransmission');
   const disk = run.report.image!;
   assert.equal(run.report.results.reduce((n, r) => n + r.diskBytes, 0), N * disk.compressedSize, 'each machine got the whole disk');
+  // what the daemon itself counted as sent: far less than a disk per machine, the rest came from peers
+  assert.ok(s.egressRatio < 0.5, `server egress / (N × disk size) = ${s.egressRatio}`);
+  assert.equal(s.peerDiskBytes + s.serverDiskBytesClient, N * disk.compressedSize);
   // the daemon's own counters agree: every workflow went through every state, none left active
   assert.match(run.report.daemonMetrics ?? '', /ironboot_nodejs_eventloop_lag_p99_seconds/);
 });

@@ -9,6 +9,53 @@ import type { AgentConfig } from '../cmdline.ts';
 import type { StreamHooks } from '../main.ts';
 import { bb, mustRun, run, PATHS, sleep } from '../sys.ts';
 import { blockDeviceSize, streamDisk } from './stream.ts';
+import { Value } from '@sinclair/typebox/value';
+import { ChunkManifest } from '../../../server/agent/api.ts';
+import { postJson } from '../reporter.ts';
+import { fetchBufferWith, fetchChunks, HeldChunks, keepChunksCap, newStats, servePeers, type ChunkFetchStats, type PeerServer } from './peers.ts';
+
+/** The chunks this agent serves to peers, for as long as it runs (the entrypoint keeps it running). */
+const served = new Map<string, HeldChunks>();
+let peerServer: Promise<PeerServer | null> | null = null;
+
+/**
+ * Peer-to-peer fetching when the server offers it (spec.image.chunksUrl): the chunk source for streamDisk, or
+ * null for the whole-file path (no manifest, or it could not be read).
+ */
+async function peerChunks(spec: WorkflowSpec, cfg: AgentConfig, url: string, say: (m: string) => void, stats: ChunkFetchStats): Promise<AsyncIterable<Buffer> | null> {
+  const img = spec.image;
+  if (!img.chunksUrl || !cfg.token || !cfg.server) return null;
+  const fetch = fetchBufferWith();
+  const murl = img.chunksUrl.startsWith('/') ? `${cfg.server}${img.chunksUrl}` : img.chunksUrl;
+  let manifest: ChunkManifest;
+  try {
+    const r = await fetch(murl, { authorization: `Bearer ${cfg.token}` }, 120_000, 16 << 20);
+    if (r.status !== 200) throw new Error(`HTTP ${r.status}`);
+    const m = JSON.parse(r.body.toString());
+    if (!Value.Check(ChunkManifest, m)) throw new Error('not a chunk manifest');
+    if (m.file !== img.compressedSha256 || m.size !== img.compressedSize) throw new Error(`the manifest is of ${m.file} (${m.size} bytes), not of the workflow's file`);
+    manifest = m;
+  } catch (e) {
+    say(`no chunk manifest (${(e as Error).message}); fetching the whole file from the server`);
+    return null;
+  }
+  // serve what we fetch only when it fits well in memory; otherwise fetch from peers but serve nobody
+  let hold: { chunks: HeldChunks; port: number } | undefined;
+  const cap = keepChunksCap();
+  if (manifest.size <= cap) {
+    peerServer ??= servePeers(served, { port: manifest.port, log: say }).catch((e: Error) => { say(`cannot serve chunks to peers on port ${manifest.port}: ${e.message}`); return null; });
+    const ps = await peerServer;
+    if (ps) {
+      const chunks = new HeldChunks(manifest);
+      served.set(manifest.file, chunks);
+      hold = { chunks, port: ps.port };
+    }
+  } else {
+    say(`the disk (${manifest.size} bytes) is over what this machine keeps to serve peers (${cap} bytes); fetching without serving`);
+  }
+  say(`fetching ${manifest.chunks.length} chunks of ${manifest.chunkSize} bytes from peers or the server${hold ? `; serving them on port ${hold.port}` : ''}`);
+  return fetchChunks({ manifest, fileUrl: url, server: cfg.server, token: cfg.token, fetch, post: postJson, hold, log: say }, stats);
+}
 
 const read = (p: string) => readFile(p, 'utf8').then((s) => s.trim()).catch(() => '');
 const clean = (s: string) => s.trim().replace(/\s+/g, '_');
@@ -188,7 +235,10 @@ export async function streamToTarget(spec: WorkflowSpec, cfg: AgentConfig, hooks
     say(spec.wipe ? `target ${target}: checked; wipe allowed` : `target ${target}: no partition table or filesystem found; writing`);
   }
   const t0 = Date.now();
+  const p2p = newStats();
+  const chunks = await peerChunks(spec, cfg, url, say, p2p);
   const r = await streamDisk({
+    chunks: chunks ?? undefined,
     url, rawSize: img.rawSize, rawSha256: img.rawSha256, compressedSha256: img.compressedSha256, compressedSize: img.compressedSize,
     target, zstd: PATHS.zstd,
     headers: cfg.token ? { authorization: `Bearer ${cfg.token}` } : {},
@@ -202,7 +252,11 @@ export async function streamToTarget(spec: WorkflowSpec, cfg: AgentConfig, hooks
   });
   const s = (Date.now() - t0) / 1000;
   say(`streamed ${r.compressedBytes} → ${r.rawBytes} bytes in ${s.toFixed(1)} s (${(r.rawBytes / 1e6 / Math.max(s, 0.001)).toFixed(1)} MB/s), ` +
-    `${r.resumes} resume(s); sha256 ok (${r.verifiedOver === 'compressed' ? 'of the compressed stream' : 'of the written disk'})`);
+    `${r.resumes} resume(s); sha256 of the ${r.verifiedOver === 'compressed' ? 'compressed stream' : 'written disk'} ok`);
+  if (chunks) {
+    say(`chunks: ${p2p.fromPeers} from peers (${p2p.peerBytes} bytes), ${p2p.fromServer} from the server (${p2p.serverBytes} bytes)` +
+      `${p2p.badPeers.length ? `; ${p2p.badPeers.length} refused from peers (${p2p.badPeers.map((b) => `${b.peer} chunk ${b.chunk}: ${b.reason}`).slice(0, 5).join(', ')})` : ''}`);
+  }
   if (!isRam && /^ext[234]$/.test(img.format)) {
     const g = await run(PATHS.resize2fs, [target]);
     if (g.code === 0) say(`resize2fs: grew the filesystem to ${target}`);

@@ -13,6 +13,8 @@
  *
  * A connection that drops (error, early end, stall) is resumed with `Range: bytes=<received>-` and
  * `If-Range: <etag>`; the compressed bytes keep flowing into the same zstd process, so nothing is redone.
+ * With `chunks` (peer-to-peer fetching, init/agent/steps/peers.ts) the compressed bytes come from that source instead,
+ * in order, each chunk already checked against its manifest; the whole stream is still hashed and compared as above.
  * A stream whose sha256 differs is refused (ChecksumError) and the first MiB of the target is wiped so nothing
  * mounts it by mistake.
  */
@@ -44,6 +46,8 @@ export interface StreamOptions {
   target: string;
   zstd: string;
   headers?: Record<string, string>;
+  /** The compressed file in order, chunk by chunk (init/agent/steps/peers.ts fetchChunks): replaces the GET of `url`. */
+  chunks?: AsyncIterable<Buffer>;
   /** Raw bytes done (estimated from the compressed bytes received) of the total. */
   onProgress?: (rawBytesDone: number, rawBytesTotal: number) => void;
   /** Called once every byte has been written, before the checksum is compared. */
@@ -144,7 +148,24 @@ export async function streamDisk(o: StreamOptions): Promise<StreamResult> {
   let resumes = 0;
   let total: number | null = o.compressedSize && o.compressedSize > 0 ? o.compressedSize : null;
 
+  const write = async (chunk: Buffer): Promise<void> => {
+    compressedBytes += chunk.length;
+    hash.update(chunk);
+    if (!zstd.stdin.write(chunk)) await Promise.race([once(zstd.stdin, 'drain'), zstdExit]);
+    if (zstd.exitCode !== null) throw new Error('zstd exited early');
+    if (total) o.onProgress?.(Math.min(o.rawSize - 1, Math.floor(o.rawSize * (compressedBytes / total))), o.rawSize);
+  };
+
+  const feedChunks = async (chunks: AsyncIterable<Buffer>): Promise<void> => {
+    for await (const chunk of chunks) {
+      if (ac.signal.aborted) throw new Error('stopped');
+      await write(chunk);
+    }
+    zstd.stdin.end();
+  };
+
   const feed = async (): Promise<void> => {
+    if (o.chunks) return feedChunks(o.chunks);
     let etag: string | null = null;
     for (;;) {
       const headers: Record<string, string> = { ...(o.headers ?? {}) };
@@ -175,13 +196,7 @@ export async function streamDisk(o: StreamOptions): Promise<StreamResult> {
         }
       }
       try {
-        for await (const chunk of res as AsyncIterable<Buffer>) {
-          compressedBytes += chunk.length;
-          hash.update(chunk);
-          if (!zstd.stdin.write(chunk)) await Promise.race([once(zstd.stdin, 'drain'), zstdExit]);
-          if (zstd.exitCode !== null) throw new Error('zstd exited early');
-          if (total) o.onProgress?.(Math.min(o.rawSize - 1, Math.floor(o.rawSize * (compressedBytes / total))), o.rawSize);
-        }
+        for await (const chunk of res as AsyncIterable<Buffer>) await write(chunk);
       } catch (e) {
         if (ac.signal.aborted || zstd.exitCode !== null) throw e;
         log(`connection cut at byte ${compressedBytes} (${(e as Error).message})`);

@@ -1,5 +1,5 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
-import { Hello, WorkflowSpec, EventBatch, EventBatchReply, AGENT_EVENTS_BODY_LIMIT } from '../../agent/api.ts';
+import { Hello, WorkflowSpec, EventBatch, EventBatchReply, AGENT_EVENTS_BODY_LIMIT, PeersQuery, PeersReply, ChunkReport, ChunkReportReply, P2P_MAX_QUERY } from '../../agent/api.ts';
 import { applyAgentBatch } from '../../workflows/agent-events.ts';
 import type { Workflow } from '../../store/workflows.ts';
 import type { Store } from '../../store/index.ts';
@@ -104,7 +104,7 @@ export function buildSpec(store: Store, wf: Workflow, baseUrl: string): Workflow
 }
 
 /** /agent/v1: the init agent on a machine says hello and reports its steps. */
-const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, workflows, log, agentEventLimits }) => {
+const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, workflows, log, agentEventLimits, p2p }) => {
   const errors = { 400: ErrorReply, 401: ErrorReply, 403: ErrorReply, 409: ErrorReply };
   const tokens = new AgentTokens(store);
 
@@ -158,8 +158,38 @@ const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, wor
       }
       // persistent: a fresh disk-marker token per hello (only its sha256 is kept); the last hello's disk is the one marked
       if (wf.mode === 'persistent') spec.persistent = { token: persistentBootToken(store, wf.id) };
+      if (p2p) spec.image.chunksUrl = `${spec.image.url}.chunks`;
       return spec;
     });
+
+  if (p2p) {
+    // the compressed file this workflow's agent streams: a peer query or report about another file is refused
+    const fileOf = (wf: Workflow): string | null => (wf.mode === 'install'
+      ? workflows.bootDisks?.get(wf.imageId)?.compressedSha256 ?? null
+      : store.images.get(wf.imageId)?.compressedSha256 ?? null);
+    const session = (req: { ip: string; headers: { authorization?: string } }, file: string) => {
+      const wf = authorizeSession(store, workflows, log, req);
+      const own = fileOf(wf);
+      if (own !== file) throw new ApiError(403, 'file', `workflow ${wf.id} streams ${own ?? 'no compressed file'}, not ${file}`);
+      if (!p2p.tracker.isTracked(file)) throw new ApiError(409, 'file', `no manifest of ${file} was served since the server started; GET the image's chunksUrl first`);
+      return { workflowId: wf.id, mac: wf.machineMac, ip: plainAddress(req.ip) };
+    };
+    app.get('/peers', { logLevel: 'warn', schema: { tags: ['agent'], summary: 'Where to fetch the next chunks of the disk: per chunk a peer (ADDRESS:PORT), or null for the server', querystring: PeersQuery, response: { 200: PeersReply, ...errors } } },
+      async (req) => {
+        const count = Number(req.query.count);
+        const port = req.query.port === undefined ? null : Number(req.query.port);
+        if (count < 1 || count > P2P_MAX_QUERY) throw badRequest('count', `${count} is not between 1 and ${P2P_MAX_QUERY}`);
+        if (port !== null && (port < 1 || port > 65535)) throw badRequest('port', `${port} is not a port (1-65535)`);
+        const ctx = session(req, req.query.file);
+        const out = p2p.assign(req.query.file, ctx, Number(req.query.from), count, port);
+        return { chunks: out.map((d) => ({ chunk: d.chunk, peer: d.peer })) };
+      });
+    app.post('/chunks', { logLevel: 'warn', schema: { tags: ['agent'], summary: 'Chunks the agent verified (and serves to peers), and peers that served it a bad chunk', body: ChunkReport, response: { 200: ChunkReportReply, ...errors } } },
+      async (req) => {
+        const ctx = session(req, req.body.file);
+        return p2p.report(req.body.file, ctx, req.body.port ?? null, req.body.have, req.body.bad ?? []);
+      });
+  }
 
   app.post('/events', { bodyLimit: AGENT_EVENTS_BODY_LIMIT, schema: { tags: ['agent'], summary: 'Agent reports steps, progress, log lines, exit code (one transaction per batch)', body: EventBatch, response: { 200: EventBatchReply, ...errors } } },
     async (req) => {

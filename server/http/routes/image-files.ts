@@ -43,7 +43,14 @@ function imageRedirectsCounter(registry: Registry): Counter<'kind'> {
   });
 }
 
+/** A file the S3 artifact cache could not provide (server/images/artifact-cache.ts): its status and reason. */
+function fetchFailed(err: unknown, reply: FastifyReply) {
+  if (!(err instanceof ArtifactFetchError)) throw err;
+  return reply.code(err.status).send({ error: err.status === 503 ? 'Service Unavailable' : err.status === 404 ? 'Not Found' : 'Bad Gateway', field: 'image', message: err.message });
+}
+
 const FILE = /^([a-z0-9]{1,64})\.ext4(\.zst)?$/;
+const CHUNKS = /^([a-z0-9]{1,64})\.(ext4|disk)\.zst\.chunks$/;
 const INSTALL_FILE = /^([a-z0-9]{1,64})\.disk(\.zst)?$/;
 
 const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts) => {
@@ -54,7 +61,38 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
   const redirects = imageRedirectsCounter(opts.registry);
   const bucket = svc.artifactStore ?? null;
   const redirect = opts.redirect && bucket ? opts.redirect : null;
+  const p2p = opts.p2p ?? null;
+  /** The chunk manifest of a compressed disk (server/p2p): served under the same token rules as the file. */
+  const manifest = async (path: string, sha256: string | null, reply: FastifyReply) => {
+    if (!p2p || !sha256) return reply.code(404).send({ error: 'Not Found', message: 'peer-to-peer fetching is off (--no-p2p)' });
+    try {
+      const m = await p2p.manifest(path, sha256);
+      reply.header('cache-control', 'no-store');
+      return m;
+    } catch (err) {
+      // the agent then fetches the whole file, whose sha256 it checks as before
+      log.error({ err, file: sha256 }, 'chunk manifest not served');
+      return reply.code(500).send({ error: 'Internal Server Error', message: `no chunk manifest of ${sha256}: ${(err as Error).message}` });
+    }
+  };
   const handler = async (req: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply) => {
+    const c = CHUNKS.exec(req.params.file);
+    if (c && c[2] === 'ext4') {
+      if (!tokenMatches(bearer(req.headers.authorization), adminToken)) {
+        const wf = authorizeSession(store, workflows, log, req);
+        if (wf.imageId !== c[1]) return reply.code(403).send({ error: 'Forbidden', field: 'image', message: `workflow ${wf.id} uses image ${wf.imageId}, not ${c[1]}` });
+      }
+      const img = store.images.get(c[1]);
+      if (!img || img.state !== 'ready') return reply.code(404).send({ error: 'Not Found', message: img ? `image ${img.id} is ${img.state}` : `no image ${c[1]}` });
+      // with an S3 artifact store the file may not be here yet: fetched and verified into the cache first
+      let path: string;
+      try {
+        path = await svc.localFile(img, 'zst');
+      } catch (err) {
+        return fetchFailed(err, reply);
+      }
+      return manifest(path, img.compressedSha256 ?? null, reply);
+    }
     const m = FILE.exec(req.params.file);
     if (!m) return reply.code(404).send({ error: 'Not Found', message: 'expected /images/<id>.ext4 or /images/<id>.ext4.zst' });
     if (!tokenMatches(bearer(req.headers.authorization), adminToken)) {
@@ -83,8 +121,7 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
     try {
       path = await svc.localFile(img, kind);
     } catch (err) {
-      if (!(err instanceof ArtifactFetchError)) throw err;
-      return reply.code(err.status).send({ error: err.status === 503 ? 'Service Unavailable' : err.status === 404 ? 'Not Found' : 'Bad Gateway', field: 'image', message: err.message });
+      return fetchFailed(err, reply);
     }
     const out = sendFile(req, reply, path, {
       cacheControl: 'public, max-age=31536000, immutable',
@@ -101,7 +138,8 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
   // mode install: the bootable disk of an image (server/images/bootable.ts), same rules as the container disk
   const boot = opts.bootDisks ?? null;
   app.get('/install/:file', { schema: { hide: true } as never, logLevel: 'warn' }, async (req: FastifyRequest<{ Params: { file: string } }>, reply: FastifyReply) => {
-    const m = INSTALL_FILE.exec(req.params.file);
+    const c = CHUNKS.exec(req.params.file);
+    const m = INSTALL_FILE.exec(req.params.file) ?? (c && c[2] === 'disk' ? c : null);
     if (!m || !boot) return reply.code(404).send({ error: 'Not Found', message: 'expected /install/<id>.disk or /install/<id>.disk.zst' });
     if (!tokenMatches(bearer(req.headers.authorization), adminToken)) {
       const wf = authorizeSession(store, workflows, log, req);
@@ -112,6 +150,7 @@ const imageFilesRoutes: FastifyPluginAsync<ImageFilesOptions> = async (app, opts
     }
     const disk = boot.get(m[1]);
     if (!disk) return reply.code(404).send({ error: 'Not Found', message: `no bootable disk of image ${m[1]} (built when an install workflow is created)` });
+    if (m === c) return manifest(boot.filePath(m[1], 'zst'), disk.compressedSha256, reply);
     const kind = m[2] ? 'zst' : 'raw';
     const out = sendFile(req, reply, boot.filePath(m[1], kind), {
       cacheControl: 'private, max-age=3600',

@@ -113,7 +113,7 @@ export class Herd {
     const p = this.rack.spawn('nice', ['-n', nice, process.execPath, '--import', 'tsx', RUNNER, file], { cwd: ROOT });
     let out = ''; let err = '';
     p.stdout!.on('data', (d) => { out += d; });
-    p.stderr!.on('data', (d) => { err += d; });
+    p.stderr!.on('data', (d) => { err += d; if (process.env.HERD_LOG) appendFileSync(process.env.HERD_LOG, d); });
     const code = await new Promise<number | null>((r) => p.on('close', r));
     if (code !== 0) throw new Error(`herd runner (${label}) exited with ${code}:\n${err.slice(-3000)}`);
     return JSON.parse(out.trim().split('\n').pop()!) as RunnerReport;
@@ -135,11 +135,14 @@ export class Herd {
   }
 
   /** A real `ironboot serve` (DHCP on br0 in reservation mode, TFTP, HTTP) and the herd against it. */
-  async runIronboot(sizes: HerdSizes, o: { serveArgs?: string[]; env?: NodeJS.ProcessEnv; nodeArgs?: string[] } = {}): Promise<StackRun> {
+  async runIronboot(sizes: HerdSizes, o: { serveArgs?: string[]; env?: NodeJS.ProcessEnv; nodeArgs?: string[];
+    runner?: Pick<RunnerConfig, 'sequential' | 'holdEntrypoints' | 'corruptPeers'>;
+    /** The daemon's data directory under the herd's (default "data"): a second run on the same herd needs its own. */
+    dataDir?: string } = {}): Promise<StackRun> {
     const { artifacts, oci } = this.prepare(sizes);
     const token = randomBytes(18).toString('base64url');
     const url = `http://${SERVER_IP}:8080`;
-    const serve = this.srv.spawn(process.execPath, [...(o.nodeArgs ?? []), CLI, 'serve', '--data-dir', join(this.dir.path, 'data'), '--dhcp-interface', 'br0',
+    const serve = this.srv.spawn(process.execPath, [...(o.nodeArgs ?? []), CLI, 'serve', '--data-dir', join(this.dir.path, o.dataDir ?? 'data'), '--dhcp-interface', 'br0',
       '--http-listen', `${SERVER_IP}:8080`, '--tftp-listen', `${SERVER_IP}:69`, '--public-url', url,
       '--artifacts-dir', artifacts, '--no-build-artifacts', ...(o.serveArgs ?? [])],
     { env: { ...process.env, IRONBOOT_TOKEN: token, CI: '1', ...o.env } });
@@ -152,7 +155,7 @@ export class Herd {
       await this.waitFor(serve, () => log, /ironboot serving HTTP/, 'ironboot serve');
       const rss = this.sampleRss(() => [serve.pid!]);
       const report = await this.runner({
-        machines: this.machines, metricsUrl: `${url}/metrics`,
+        machines: this.machines, metricsUrl: `${url}/metrics`, ...o.runner,
         api: { url, token, ociLayout: oci, imageName: 'herd' },
       }, 'ironboot').catch((e: Error) => {
         throw new Error(`${e.message}\n--- ironboot serve (exit ${serve.exitCode ?? serve.signalCode ?? 'running'}; tail) ---\n${log.slice(-4000)}`);

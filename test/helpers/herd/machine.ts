@@ -7,10 +7,15 @@
  *             request), hello (init/agent/steps/hello.ts), the disk over HTTP, hashed and checked against the
  *             workflow's compressedSha256 then discarded, and the agent's EventReporter for every event.
  *
+ * With peer-to-peer fetching on (the spec names a chunk manifest), the disk comes chunk by chunk through the agent's
+ * own init/agent/steps/peers.ts: from the peers the tracker names or the server, every chunk verified, and the
+ * machine serves its verified chunks on its own address (port from the manifest) until the herd ends.
+ *
  * Nothing is written: the kernel, initramfs and disk bytes are hashed and dropped. Each phase is timed.
  */
 import { performance } from 'node:perf_hooks';
-import { runAgent, type AgentSteps, type NetInfo } from '../../../init/agent/main.ts';
+import { runAgent, type AgentSteps, type NetInfo, type StreamHooks } from '../../../init/agent/main.ts';
+import type { WorkflowSpec } from '../../../server/agent/api.ts';
 import { parseAgentConfig } from '../../../init/agent/cmdline.ts';
 import { sayHello } from '../../../init/agent/steps/hello.ts';
 import { EventReporter } from '../../../init/agent/reporter.ts';
@@ -18,6 +23,24 @@ import type { Console } from '../../../init/agent/sys.ts';
 import { dhcpExchangeOffThread as dhcpExchange } from './dhcp.ts';
 import { tftpFetch } from './tftp.ts';
 import { httpGet, machineAgent, postJsonFrom } from './http.ts';
+import nodeHttp from 'node:http';
+import { createHash } from 'node:crypto';
+import { fetchBufferWith, fetchChunks, HeldChunks, newStats, servePeers, type PeerServer } from '../../../init/agent/steps/peers.ts';
+import type { ChunkManifest } from '../../../server/agent/api.ts';
+
+/** A peer that serves every chunk with one byte flipped (what a broken or hostile machine would send). */
+class CorruptChunks extends HeldChunks {
+  override async get(n: number, ms: number): Promise<Buffer | null> {
+    const b = await super.get(n, ms);
+    if (!b) return b;
+    const c = Buffer.from(b);
+    c[c.length >> 1] ^= 0xff;
+    return c;
+  }
+}
+
+/** The peer servers of every machine of this runner (closed when the herd is done). */
+export const peerServers: PeerServer[] = [];
 
 export interface MachineSpec { mac: string; ip: string; iface: string; prefix: number }
 
@@ -35,6 +58,13 @@ export interface MachineResult {
   tftpDuplicates: number;
   httpBytes: number;
   diskBytes: number;
+  /** Disk bytes this machine got from the server, and from peers (peer-to-peer fetching; 0 without it). */
+  serverDiskBytes: number;
+  peerDiskBytes: number;
+  /** Peer chunks refused (sha256 differs, error, late), each fetched again from the server. */
+  badPeers: { chunk: number; peer: string; reason: string }[];
+  /** Per chunk: the peer it came from, or null for the server (empty without peer-to-peer fetching). */
+  chunkSources: (string | null)[];
   workflowId: string | null;
   serverState: string | null;
 }
@@ -44,10 +74,19 @@ const hexhyp = (mac: string) => mac.replaceAll(':', '-');
 /** iPXE's expansion of the settings a DHCP boot file or script may name. */
 const expand = (s: string, mac: string) => s.replace(/\$\{(mac|net0\/mac)(:hexhyp)?\}/g, (_m, _k, hyp) => (hyp ? hexhyp(mac) : mac));
 
-export async function bootMachine(m: MachineSpec, t0: number): Promise<MachineResult> {
+export interface BootOptions {
+  /** This machine's peer server flips a byte of every chunk it serves. */
+  corruptPeer?: boolean;
+  /** The entrypoint runs until this settles (a service that keeps running; its agent keeps serving chunks). */
+  entrypointUntil?: Promise<void>;
+  /** Called when the disk phase ends, verified or not. */
+  onDiskDone?: () => void;
+}
+
+export async function bootMachine(m: MachineSpec, t0: number, o: BootOptions = {}): Promise<MachineResult> {
   const r: MachineResult = {
     mac: m.mac, ok: false, error: null, phases: {}, dhcpRetransmits: 0, tftpRetransmits: 0, tftpDuplicates: 0,
-    httpBytes: 0, diskBytes: 0, workflowId: null, serverState: null,
+    httpBytes: 0, diskBytes: 0, serverDiskBytes: 0, peerDiskBytes: 0, badPeers: [], chunkSources: [], workflowId: null, serverState: null,
   };
   const timed = async <T>(p: Phase, fn: () => Promise<T>): Promise<T> => {
     const s = performance.now() - t0;
@@ -101,20 +140,55 @@ export async function bootMachine(m: MachineSpec, t0: number): Promise<MachineRe
         return { iface: m.iface, mac: m.mac, ip: l.yiaddr, prefix: m.prefix, router: null, dns: [], hostname: null, domain: null };
       }),
       hello: (c, net) => timed('hello', () => sayHello(c, net, cons.say, { post, inventory: { cpus: { count: 2 }, memoryBytes: 1 << 30, firmware: 'bios' } })),
-      stream: (spec, _c, hooks) => timed('disk', async () => {
+      stream: (spec, _c, hooks) => timed('disk', async () => { try { return await streamOne(spec, hooks); } finally { o.onDiskDone?.(); } }),
+      rootDevice: async () => { throw new Error('no seed flow in the herd'); },
+      mount: async () => ({ fsType: 'ext4' }),
+      run: async (_spec, onLine) => { onLine({ stream: 'stdout', line: `herd machine ${m.mac} up` }); await o.entrypointUntil; return 0; },
+      after: async () => {},
+    };
+    async function streamOne(spec: WorkflowSpec, hooks: StreamHooks): Promise<{ device: string }> {
         const { compressedSize: size, compressedSha256: want, rawSize } = spec.image;
+        if (spec.image.chunksUrl) {
+          // the agent's own chunk fetcher, from this machine's address; a socket pool for the server, one for peers
+          const toServer = new nodeHttp.Agent({ keepAlive: true, maxSockets: 4, localAddress: m.ip } as nodeHttp.AgentOptions);
+          const toPeers = new nodeHttp.Agent({ keepAlive: true, maxSockets: 8, localAddress: m.ip } as nodeHttp.AgentOptions);
+          try {
+            const timedFetch = (f: ReturnType<typeof fetchBufferWith>): ReturnType<typeof fetchBufferWith> => async (u, h, t, mx) => {
+              const s0 = performance.now();
+              try { return await f(u, h, t, mx); } finally { if (process.env.HERD_P2P_LOG) process.stderr.write(`${m.mac} T ${(performance.now() - t0).toFixed(0)} ${(performance.now() - s0).toFixed(0)}ms ${u.replace(/[0-9a-f]{64}/, 'F')}\n`); }
+            };
+            const fetch = timedFetch(fetchBufferWith({ http: toServer }));
+            const mr = await fetch(spec.image.chunksUrl, { authorization: `Bearer ${cfg.token!}` }, 60_000, 16 << 20);
+            if (mr.status !== 200) throw new Error(`GET ${spec.image.chunksUrl}: HTTP ${mr.status} ${mr.body.toString().slice(0, 200)}`);
+            const manifest = JSON.parse(mr.body.toString()) as ChunkManifest;
+            const chunks = o.corruptPeer ? new CorruptChunks(manifest) : new HeldChunks(manifest);
+            const ps = await servePeers(new Map([[manifest.file, chunks]]), { host: m.ip, port: manifest.port });
+            peerServers.push(ps);
+            const stats = newStats();
+            const whole = createHash('sha256');
+            let got = 0;
+            for await (const b of fetchChunks({
+              manifest, fileUrl: spec.image.url, server: cfg.server!, token: cfg.token!, fetch, fetchPeer: timedFetch(fetchBufferWith({ http: toPeers })),
+              post: postJsonFrom(toServer), hold: { chunks, port: ps.port }, log: (x) => { cons.say(x); if (process.env.HERD_P2P_LOG) process.stderr.write(`${m.mac} ${x}\n`); },
+            }, stats)) {
+              whole.update(b); got += b.length;
+              hooks.progress(Math.floor((got / size) * rawSize), rawSize);
+            }
+            hooks.verifying();
+            const h = whole.digest('hex');
+            if (got !== size || h !== want) throw new Error(`disk chunks: ${got} bytes sha256 ${h}, the workflow says ${size} bytes ${want}`);
+            r.diskBytes += got; r.httpBytes += stats.serverBytes;
+            r.serverDiskBytes = stats.serverBytes; r.peerDiskBytes = stats.peerBytes; r.badPeers = stats.badPeers; r.chunkSources = stats.sources;
+            return { device: '/dev/vda' };
+          } finally { toServer.destroy(); toPeers.destroy(); }
+        }
         const g = await httpGet(spec.image.url, http, { token: cfg.token!, onData: (n) => hooks.progress(Math.floor((n / size) * rawSize), rawSize) });
         if (g.status !== 200) throw new Error(`GET ${spec.image.url}: HTTP ${g.status}`);
         hooks.verifying();
         if (g.bytes !== size || g.sha256 !== want) throw new Error(`disk stream: ${g.bytes} bytes sha256 ${g.sha256}, the workflow says ${size} bytes ${want}`);
-        r.diskBytes += g.bytes; r.httpBytes += g.bytes;
+        r.diskBytes += g.bytes; r.httpBytes += g.bytes; r.serverDiskBytes += g.bytes;
         return { device: '/dev/vda' };
-      }),
-      rootDevice: async () => { throw new Error('no seed flow in the herd'); },
-      mount: async () => ({ fsType: 'ext4' }),
-      run: async (_spec, onLine) => { onLine({ stream: 'stdout', line: `herd machine ${m.mac} up` }); return 0; },
-      after: async () => {},
-    };
+    }
     const out = await runAgent({ cfg, steps, reporter, console: cons });
     http.destroy();
     r.serverState = reporter.serverState;

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
-import { bootMachine, type MachineSpec, type MachineResult } from './machine.ts';
+import { bootMachine, peerServers, type MachineSpec, type MachineResult } from './machine.ts';
 
 export interface RunnerConfig {
   machines: MachineSpec[];
@@ -14,6 +14,12 @@ export interface RunnerConfig {
   api?: { url: string; token: string; ociLayout: string; imageName: string };
   /** Sampled every 500 ms while the herd boots (ironboot's Prometheus endpoint). */
   metricsUrl?: string;
+  /** One machine after the other (each starts when the one before has its disk) instead of all at once. */
+  sequential?: boolean;
+  /** Entrypoints keep running (and agents serving chunks) until every machine has its disk. */
+  holdEntrypoints?: boolean;
+  /** MACs whose peer server corrupts every chunk it serves. */
+  corruptPeers?: string[];
 }
 
 export interface MetricsSample { t: number; rssBytes: number | null; lagP99Seconds: number | null; lagMaxSeconds: number | null }
@@ -83,7 +89,34 @@ export async function runHerdInNamespace(cfg: RunnerConfig): Promise<RunnerRepor
       await sleep(500);
     }
   })();
-  const results = await Promise.all(cfg.machines.map((m) => bootMachine(m, t0)));
+  let release = () => {};
+  const allHaveDisks = new Promise<void>((r) => { release = r; });
+  let settled = 0;
+  // a machine's disk phase ended (verified or failed), or its flow ended before it: once all have, entrypoints end
+  const settle = () => { if (++settled === cfg.machines.length) release(); };
+  const boot = (m: MachineSpec, diskDone: () => void): Promise<MachineResult> => {
+    let once = false;
+    const done = () => { if (!once) { once = true; settle(); diskDone(); } };
+    return bootMachine(m, t0, {
+      corruptPeer: cfg.corruptPeers?.includes(m.mac), entrypointUntil: cfg.holdEntrypoints ? allHaveDisks : undefined, onDiskDone: done,
+    }).finally(done);
+  };
+  let results: MachineResult[];
+  if (cfg.sequential) {
+    // the next machine starts once this one's disk is verified (its entrypoint may still be running)
+    const runs: Promise<MachineResult>[] = [];
+    for (const m of cfg.machines) {
+      let diskDone = () => {};
+      const disk = new Promise<void>((r) => { diskDone = r; });
+      runs.push(boot(m, diskDone));
+      await disk;
+    }
+    results = await Promise.all(runs);
+  } else {
+    results = await Promise.all(cfg.machines.map((m) => boot(m, () => {})));
+  }
+  release();
+  await Promise.all(peerServers.splice(0).map((p) => p.close()));
   const wallMs = performance.now() - t0;
   runnerLag.disable();
   sampling = false;

@@ -26,6 +26,27 @@ export interface HerdSummary {
   lagP99MaxMs: number | null;
   lagMaxMs: number | null;
   rssMaxBytes: number | null;
+  /**
+   * Container-disk bytes the server sent over N × the compressed disk's size: from the daemon's own counter
+   * (ironboot_image_bytes_sent_total) when it has one, else what the machines got from the server (the reference).
+   */
+  egressRatio: number;
+  /** Disk bytes the machines got from peers, from the server (client side), and peer chunks refused. */
+  peerDiskBytes: number;
+  serverDiskBytesClient: number;
+  badPeerChunks: number;
+  /** Peer chunks refused, by reason (hash, error, slow). */
+  badPeerReasons: Record<string, number>;
+}
+
+/** Sum of a Prometheus counter's samples whose labels match `labels` (e.g. kind="zst"). */
+export function metricSum(text: string, name: string, labels = ''): number | null {
+  let sum: number | null = null;
+  for (const m of text.matchAll(new RegExp(`^${name}(\\{[^}]*\\})? ([\\d.eE+-]+)$`, 'gm'))) {
+    if (labels && !(m[1] ?? '').includes(labels)) continue;
+    sum = (sum ?? 0) + Number(m[2]);
+  }
+  return sum;
 }
 
 export function summarize(r: RunnerReport): HerdSummary {
@@ -61,5 +82,15 @@ export function summarize(r: RunnerReport): HerdSummary {
     lagP99MaxMs: lags.length ? Math.max(...lags) * 1000 : null,
     lagMaxMs: maxes.length ? Math.max(...maxes) * 1000 : null,
     rssMaxBytes: rss.length ? Math.max(...rss) : null,
+    egressRatio: (() => {
+      const size = r.image?.compressedSize ?? (ok[0] ? ok[0].diskBytes : 0);
+      const daemon = r.daemonMetrics ? metricSum(r.daemonMetrics, 'ironboot_image_bytes_sent_total', 'kind="zst"') : null;
+      const sent = daemon ?? r.results.reduce((n, x) => n + x.serverDiskBytes, 0);
+      return size ? sent / (r.results.length * size) : NaN;
+    })(),
+    peerDiskBytes: r.results.reduce((n, x) => n + x.peerDiskBytes, 0),
+    serverDiskBytesClient: r.results.reduce((n, x) => n + x.serverDiskBytes, 0),
+    badPeerChunks: r.results.reduce((n, x) => n + x.badPeers.length, 0),
+    badPeerReasons: r.results.flatMap((x) => x.badPeers).reduce<Record<string, number>>((o, b) => { o[b.reason] = (o[b.reason] ?? 0) + 1; return o; }, {}),
   };
 }
