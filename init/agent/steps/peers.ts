@@ -14,6 +14,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
+import { MAX_REDIRECTS, redirectTarget } from '../redirect.ts';
 import { readFileSync } from 'node:fs';
 import { AGENT_API_PREFIX, P2P_MAX_QUERY, type ChunkManifest, type ChunkReport, type PeersReply } from '../../../server/agent/api.ts';
 import type { PostJson } from '../reporter.ts';
@@ -24,6 +25,20 @@ export interface FetchReply { status: number; body: Buffer; headers: http.Incomi
 export type FetchBuffer = (url: string, headers: Record<string, string>, timeoutMs: number, maxBytes: number) => Promise<FetchReply>;
 
 export function fetchBufferWith(agents: { http?: http.Agent; https?: https.Agent } = {}): FetchBuffer {
+  const once = fetchOnce(agents);
+  // a server chunk under --images-redirect: a 307 to a presigned S3 URL (init/agent/redirect.ts)
+  return async (url, headers, timeoutMs, maxBytes) => {
+    for (let hop = 0; ; hop++) {
+      const r = await once(url, headers, timeoutMs, maxBytes);
+      const next = redirectTarget(url, r.status, r.headers.location, headers);
+      if (!next) return r;
+      if (hop >= MAX_REDIRECTS) throw new Error(`GET ${url}: more than ${MAX_REDIRECTS} redirects`);
+      ({ url, headers } = next);
+    }
+  };
+}
+
+function fetchOnce(agents: { http?: http.Agent; https?: https.Agent }): FetchBuffer {
   return (url, headers, timeoutMs, maxBytes) => new Promise((resolve, reject) => {
     const tls = url.startsWith('https:');
     const req = (tls ? https : http).get(url, { headers, agent: tls ? agents.https : agents.http }, (res) => {

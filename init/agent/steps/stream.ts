@@ -24,6 +24,7 @@ import { once } from 'node:events';
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
+import { MAX_REDIRECTS, redirectTarget } from '../redirect.ts';
 
 export class ChecksumError extends Error {
   /** `expected`/`actual`: the digests compared (of the compressed stream, or of the raw disk); `image`: the image's raw sha256. */
@@ -75,7 +76,19 @@ export const HEAD_BYTES = 1 << 20;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function get(url: string, headers: Record<string, string>, signal: AbortSignal, stallMs: number): Promise<http.IncomingMessage> {
+/** GET, following redirects (init/agent/redirect.ts: --images-redirect sends the agent to a presigned S3 URL). */
+async function get(url: string, headers: Record<string, string>, signal: AbortSignal, stallMs: number): Promise<http.IncomingMessage> {
+  for (let hop = 0; ; hop++) {
+    const res = await getOnce(url, headers, signal, stallMs);
+    const next = redirectTarget(url, res.statusCode ?? 0, res.headers.location, headers);
+    if (!next) return res;
+    res.resume();
+    if (hop >= MAX_REDIRECTS) throw new Error(`GET ${url}: more than ${MAX_REDIRECTS} redirects`);
+    ({ url, headers } = next);
+  }
+}
+
+function getOnce(url: string, headers: Record<string, string>, signal: AbortSignal, stallMs: number): Promise<http.IncomingMessage> {
   return new Promise((resolve, reject) => {
     const mod = url.startsWith('https:') ? https : http;
     const req = mod.get(url, { headers, signal }, resolve);
