@@ -14,18 +14,9 @@ import { readCpio, writeCpio, type CpioEntry } from '../../init/build/cpio.ts';
 import { testArtifacts } from '../helpers/agent-artifacts.ts';
 import { makeBusyboxRootfs } from '../helpers/agent-rootfs.ts';
 import { startVm } from '../helpers/qemu.ts';
+import { SHELL_INIT } from './reference-init.ts';
 
 const RUNS = Number(process.argv[2] ?? 3);
-const SHELL_INIT = `#!/bin/sh
-export PATH=/bin:/sbin
-mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /run
-for pass in 1 2; do modprobe -q -a $(cat $(find /sys/bus/*/devices/*/ -maxdepth 1 -name modalias) 2>/dev/null | sort -u); sleep 0.2; done
-modprobe -q -a crc32c_generic sd_mod ext4
-for i in $(seq 1 100); do [ -b /dev/sda ] && break; sleep 0.1; done
-mkdir -p /mnt; mount -t ext4 /dev/sda /mnt
-for d in dev proc sys run; do mount -o rbind /$d /mnt/$d; done
-exec chroot /mnt /entry.sh
-`;
 
 function stats(xs: number[]): string {
   const s = [...xs].sort((a, b) => a - b);

@@ -25,6 +25,7 @@ import { findKernel } from '../../init/build/kernel.ts';
 import { readCpio, writeCpio, type CpioEntry } from '../../init/build/cpio.ts';
 import { makeBusyboxRootfs } from '../helpers/agent-rootfs.ts';
 import { startVm } from '../helpers/qemu.ts';
+import { SHELL_INIT } from './reference-init.ts';
 
 const args = process.argv.slice(2);
 const opt = (name: string, def: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1] : def; };
@@ -218,18 +219,7 @@ async function installBench(): Promise<void> {
   row('total', ours.totalSeconds, refTotal);
 }
 
-/** The seed flow's reference: busybox + the same kernel modules as ironboot's initramfs + a shell /init doing the same work. */
-const SHELL_INIT = `#!/bin/sh
-export PATH=/bin:/sbin
-mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /run
-for pass in 1 2; do modprobe -q -a $(cat $(find /sys/bus/*/devices/*/ -maxdepth 1 -name modalias) 2>/dev/null | sort -u); sleep 0.2; done
-modprobe -q -a crc32c_generic sd_mod ext4
-for i in $(seq 1 100); do [ -b /dev/sda ] && break; sleep 0.1; done
-mkdir -p /mnt; mount -t ext4 /dev/sda /mnt
-for d in dev proc sys run; do mount -o rbind /$d /mnt/$d; done
-exec chroot /mnt /entry.sh
-`;
-
+/** The seed flow's reference initramfs: ours with /init replaced by SHELL_INIT (test/bench/reference-init.ts). */
 function referenceInitramfs(ours: string, out: string): void {
   const cpio = readCpio(execFileSync('zstd', ['-d', '-c', ours], { maxBuffer: 1 << 30 }));
   const keep = cpio.filter((e) => /^(bin|dev|lib\/modules|etc\/(passwd|group)|sbin|usr|proc|sys|run|tmp|mnt)(\/|$)/.test(e.name) && !/^bin\/(node|zstd|resize2fs)$/.test(e.name));
