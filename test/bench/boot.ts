@@ -219,7 +219,7 @@ async function installBench(): Promise<void> {
   row('total', ours.totalSeconds, refTotal);
 }
 
-/** The seed flow's reference initramfs: ours with /init replaced by SHELL_INIT (test/bench/reference-init.ts). */
+/** The seed flow's reference initramfs: ours (busybox, modules) without node, zstd, resize2fs and the agent, and SHELL_INIT (test/bench/reference-init.ts) as /init. */
 function referenceInitramfs(ours: string, out: string): void {
   const cpio = readCpio(execFileSync('zstd', ['-d', '-c', ours], { maxBuffer: 1 << 30 }));
   const keep = cpio.filter((e) => /^(bin|dev|lib\/modules|etc\/(passwd|group)|sbin|usr|proc|sys|run|tmp|mnt)(\/|$)/.test(e.name) && !/^bin\/(node|zstd|resize2fs)$/.test(e.name));
