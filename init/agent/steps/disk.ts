@@ -252,7 +252,7 @@ export async function streamToTarget(spec: WorkflowSpec, cfg: AgentConfig, hooks
   });
   const s = (Date.now() - t0) / 1000;
   say(`streamed ${r.compressedBytes} → ${r.rawBytes} bytes in ${s.toFixed(1)} s (${(r.rawBytes / 1e6 / Math.max(s, 0.001)).toFixed(1)} MB/s), ` +
-    `${r.resumes} resume(s); sha256 of the ${r.verifiedOver === 'compressed' ? 'compressed stream' : 'written disk'} ok`);
+    `${r.resumes} resume(s); sha256 ok (${r.verifiedOver === 'compressed' ? 'of the compressed stream' : 'of the written disk'})`);
   if (chunks) {
     say(`chunks: ${p2p.fromPeers} from peers (${p2p.peerBytes} bytes), ${p2p.fromServer} from the server (${p2p.serverBytes} bytes)` +
       `${p2p.badPeers.length ? `; ${p2p.badPeers.length} refused from peers (${p2p.badPeers.map((b) => `${b.peer} chunk ${b.chunk}: ${b.reason}`).slice(0, 5).join(', ')})` : ''}`);
