@@ -150,7 +150,13 @@ async function handle(/** @type {PgRequest} */ req) {
     // no SQLSTATE (the socket closed: "Connection terminated unexpectedly") or a connection/shutdown class one:
     // this connection is done, whether or not pg has said so yet
     const code = /** @type {any} */ (err).code;
-    if (client && (typeof code !== 'string' || /^(08|57P)/.test(code))) drop(client);
+    // a socket error (EPIPE, ECONNRESET, …: written to a connection the server had just closed) is a lost
+    // connection too, and is said as one
+    const socketError = typeof code === 'string' && /^E[A-Z]+$/.test(code);
+    if (client && (typeof code !== 'string' || socketError || /^(08|57P)/.test(code))) drop(client);
+    if (socketError) {
+      return { id, ok: false, error: { name: 'PgConnectionLostError', code: '08006', message: `the connection to PostgreSQL was lost (${/** @type {Error} */ (err).message}); the next call connects again` } };
+    }
     return { id, ok: false, error: errorInfo(err) };
   }
 }
