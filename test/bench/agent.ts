@@ -7,14 +7,13 @@
  * coldplug, mount root, chroot) — the cost of the Node agent is the ratio between the two.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { readCpio, writeCpio, type CpioEntry } from '../../init/build/cpio.ts';
 import { testArtifacts } from '../helpers/agent-artifacts.ts';
 import { makeBusyboxRootfs } from '../helpers/agent-rootfs.ts';
 import { startVm } from '../helpers/qemu.ts';
-import { SHELL_INIT } from './reference-init.ts';
+import { referenceInitramfs } from './reference-init.ts';
 
 const RUNS = Number(process.argv[2] ?? 3);
 
@@ -53,18 +52,8 @@ async function main() {
     console.log(`  kernel ${(r.kernel.bytes / 1e6).toFixed(1)} MB (${r.kernelVersion})`);
 
     // reference: busybox + the same modules + a shell /init
-    const cpio = readCpio(execFileSync('zstd', ['-d', '-c', art.initramfs], { maxBuffer: 1 << 30 }));
-    const keep = cpio.filter((e) => /^(bin|dev|lib\/modules|etc\/(passwd|group)|sbin|usr|proc|sys|run|tmp|mnt)(\/|$)/.test(e.name) && !/^bin\/(node|zstd|resize2fs)$/.test(e.name));
-    const entries: CpioEntry[] = keep.map((e) => {
-      const type = e.mode & 0o170000;
-      if (type === 0o040000) return { path: e.name, type: 'dir', mode: e.mode & 0o7777 };
-      if (type === 0o120000) return { path: e.name, type: 'symlink', target: e.data.toString() };
-      if (type === 0o020000) return { path: e.name, type: 'char', mode: e.mode & 0o7777, major: e.rdev[0], minor: e.rdev[1] };
-      return { path: e.name, type: 'file', mode: e.mode & 0o7777, data: Buffer.from(e.data) };
-    });
-    entries.push({ path: 'init', type: 'file', mode: 0o755, data: Buffer.from(SHELL_INIT) });
     const ref = join(dir, 'reference.cpio.zst');
-    writeFileSync(ref, execFileSync('zstd', ['-q', '-12', '-T0', '-c'], { input: writeCpio(entries), maxBuffer: 1 << 30 }));
+    referenceInitramfs(art.initramfs, ref);
     console.log(`  reference (busybox + same modules, shell /init): ${(execFileSync('stat', ['-c', '%s', ref], { encoding: 'utf8' }).trim() as unknown as number / 1e6).toFixed(1)} MB`);
 
     const disk = join(dir, 'root.img');

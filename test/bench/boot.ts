@@ -14,7 +14,7 @@
  *   seed  the article's flow, `root=/dev/sda entrypoint=…` (no network, no server), QEMU start → entrypoint, against
  *         a busybox-only initramfs with the same kernel modules and a shell /init doing the same work.
  */
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,10 +22,9 @@ import { LabEnv, buildHttpdDisk, provision, labUnavailable, ensureArtifacts, typ
 import type { LabFirmware, LabNic } from '../../server/lab/qemu.ts';
 import { accelArgs, chooseAccel, describeAccel, type AccelChoice } from '../../server/lab/accel.ts';
 import { findKernel } from '../../init/build/kernel.ts';
-import { readCpio, writeCpio, type CpioEntry } from '../../init/build/cpio.ts';
 import { makeBusyboxRootfs } from '../helpers/agent-rootfs.ts';
 import { startVm } from '../helpers/qemu.ts';
-import { SHELL_INIT } from './reference-init.ts';
+import { referenceInitramfs } from './reference-init.ts';
 
 const args = process.argv.slice(2);
 const opt = (name: string, def: string) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1] : def; };
@@ -217,21 +216,6 @@ async function installBench(): Promise<void> {
   row('PXE → disk written (+ first-boot data)', ours.installSeconds, ref?.streamSeconds ?? NaN);
   row('reboot → login prompt from the disk', ours.rebootToLoginSeconds, ref?.bootSeconds ?? NaN);
   row('total', ours.totalSeconds, refTotal);
-}
-
-/** The seed flow's reference initramfs: ours (busybox, modules) without node, zstd, resize2fs and the agent, and SHELL_INIT (test/bench/reference-init.ts) as /init. */
-function referenceInitramfs(ours: string, out: string): void {
-  const cpio = readCpio(execFileSync('zstd', ['-d', '-c', ours], { maxBuffer: 1 << 30 }));
-  const keep = cpio.filter((e) => /^(bin|dev|lib\/modules|etc\/(passwd|group)|sbin|usr|proc|sys|run|tmp|mnt)(\/|$)/.test(e.name) && !/^bin\/(node|zstd|resize2fs)$/.test(e.name));
-  const entries: CpioEntry[] = keep.map((e) => {
-    const type = e.mode & 0o170000;
-    if (type === 0o040000) return { path: e.name, type: 'dir', mode: e.mode & 0o7777 };
-    if (type === 0o120000) return { path: e.name, type: 'symlink', target: e.data.toString() };
-    if (type === 0o020000) return { path: e.name, type: 'char', mode: e.mode & 0o7777, major: e.rdev[0], minor: e.rdev[1] };
-    return { path: e.name, type: 'file', mode: e.mode & 0o7777, data: Buffer.from(e.data) };
-  });
-  entries.push({ path: 'init', type: 'file', mode: 0o755, data: Buffer.from(SHELL_INIT) });
-  writeFileSync(out, execFileSync('zstd', ['-q', '-12', '-T0', '-c'], { input: writeCpio(entries), maxBuffer: 1 << 30 }));
 }
 
 const SEED_PHASES: [string, string, string][] = [

@@ -3,6 +3,10 @@
  * modules as ironboot's initramfs, and a shell /init doing the same work (mounts, module coldplug, mount the disk,
  * chroot into its entrypoint) with nothing else.
  */
+import { execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { readCpio, writeCpio, type CpioEntry } from '../../init/build/cpio.ts';
+
 export const SHELL_INIT = `#!/bin/sh
 export PATH=/bin:/sbin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /run
@@ -13,3 +17,18 @@ mkdir -p /mnt; mount -t ext4 /dev/sda /mnt
 for d in dev proc sys run; do mount -o rbind /$d /mnt/$d; done
 exec chroot /mnt /entry.sh
 `;
+
+/** The seed flow's reference initramfs: ours (busybox, modules) without node, zstd, resize2fs and the agent, and SHELL_INIT as /init. */
+export function referenceInitramfs(ours: string, out: string): void {
+  const cpio = readCpio(execFileSync('zstd', ['-d', '-c', ours], { maxBuffer: 1 << 30 }));
+  const keep = cpio.filter((e) => /^(bin|dev|lib\/modules|etc\/(passwd|group)|sbin|usr|proc|sys|run|tmp|mnt)(\/|$)/.test(e.name) && !/^bin\/(node|zstd|resize2fs)$/.test(e.name));
+  const entries: CpioEntry[] = keep.map((e) => {
+    const type = e.mode & 0o170000;
+    if (type === 0o040000) return { path: e.name, type: 'dir', mode: e.mode & 0o7777 };
+    if (type === 0o120000) return { path: e.name, type: 'symlink', target: e.data.toString() };
+    if (type === 0o020000) return { path: e.name, type: 'char', mode: e.mode & 0o7777, major: e.rdev[0], minor: e.rdev[1] };
+    return { path: e.name, type: 'file', mode: e.mode & 0o7777, data: Buffer.from(e.data) };
+  });
+  entries.push({ path: 'init', type: 'file', mode: 0o755, data: Buffer.from(SHELL_INIT) });
+  writeFileSync(out, execFileSync('zstd', ['-q', '-12', '-T0', '-c'], { input: writeCpio(entries), maxBuffer: 1 << 30 }));
+}
