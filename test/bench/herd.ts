@@ -11,7 +11,9 @@
  * as the reference does; the ratios against the reference are of this run) and on (chunks of HERD_P2P_CHUNK_KB,
  * default 512, from peers the tracker names, verified each). For both it prints server egress / (N × disk size),
  * counted from what the daemon itself says it sent (ironboot_image_bytes_sent_total), and the disk phase's
- * p50/p99. HERD_P2P=0 skips the peers-on run.
+ * p50/p99. HERD_P2P=0 skips the peers-on run; HERD_P2P=only (peers on) or off-only runs that one alone, without the
+ * reference, and prints the simulator's own event-loop delay: a late client is the simulator's doing, not the
+ * daemon's. HERD_RUNNER_NODE_ARGS passes node flags to the simulator (e.g. --cpu-prof --cpu-prof-dir=DIR).
  */
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -74,12 +76,15 @@ function print(ib: StackRun, ref: StackRun): void {
 const herd = await Herd.create(N);
 try {
   console.log(`herd: ${N} machines; kernel ${sizes.kernelBytes / MB} MiB, initramfs ${sizes.initrdBytes / MB} MiB, disk payload ${sizes.diskPayloadBytes / MB} MiB`);
-  if (process.env.HERD_P2P === 'only') {
+  if (process.env.HERD_P2P === 'only' || process.env.HERD_P2P === 'off-only') {
     // a quick look at the peers-on run alone (no reference, no peers-off run): what a tuning change does
     const chunk = Number(process.env.HERD_P2P_CHUNK_KB ?? 512) * 1024;
-    const p = (await herd.runIronboot(sizes, { serveArgs: ['--p2p-chunk-size', String(chunk)] })).summary;
-    console.log(`peers on only: ${p.succeeded}/${p.machines}, egress ${fmt(p.egressRatio, 3)}, disk p50/p99 ${fmt(p.phases.disk.p50, 0)}/${fmt(p.phases.disk.p99, 0)} ms, `
-      + `span ${fmt(p.spanMs / 1000, 2)} s, refused ${p.badPeerChunks} ${JSON.stringify(p.badPeerReasons)}`);
+    const run = await herd.runIronboot(sizes, { serveArgs: process.env.HERD_P2P === 'only' ? ['--p2p-chunk-size', String(chunk)] : ['--no-p2p'] });
+    const p = run.summary;
+    console.log(`simulator's own event-loop delay: p99 ${fmt(run.report.runnerLag.p99Ms)} ms, max ${fmt(run.report.runnerLag.maxMs)} ms`);
+    console.log(`peers ${process.env.HERD_P2P === 'only' ? 'on' : 'off'} only: ${p.succeeded}/${p.machines}, egress ${fmt(p.egressRatio, 3)}, disk p50/p99 ${fmt(p.phases.disk.p50, 0)}/${fmt(p.phases.disk.p99, 0)} ms, `
+      + `span ${fmt(p.spanMs / 1000, 2)} s, refused ${p.badPeerChunks} ${JSON.stringify(p.badPeerReasons)}, lag p99 worst 0.5 s ${fmt(p.lagP99MaxMs)} ms`);
+    for (const f of p.failed.slice(0, 5)) console.log(`peers ${process.env.HERD_P2P === 'only' ? 'on' : 'off'} FAILED ${f.mac}: ${f.error}`);
   } else {
   const ib = await herd.runIronboot(sizes, { serveArgs: ['--no-p2p'] });
   const img = ib.report.image!;

@@ -110,7 +110,9 @@ export class Herd {
     // the simulator at a lower priority (nice 10; HERD_NICE): in a rack the clients are other machines, and here they
     // share the server's 2 cores. Both stacks meet the same niced simulator.
     const nice = process.env.HERD_NICE ?? '10';
-    const p = this.rack.spawn('nice', ['-n', nice, process.execPath, '--import', 'tsx', RUNNER, file], { cwd: ROOT });
+    // HERD_RUNNER_NODE_ARGS: node flags for the simulator (e.g. "--cpu-prof --cpu-prof-dir=/tmp/herd-prof")
+    const nodeArgs = (process.env.HERD_RUNNER_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const p = this.rack.spawn('nice', ['-n', nice, process.execPath, ...nodeArgs, '--import', 'tsx', RUNNER, file], { cwd: ROOT });
     let out = ''; let err = '';
     p.stdout!.on('data', (d) => { out += d; });
     p.stderr!.on('data', (d) => { err += d; if (process.env.HERD_LOG) appendFileSync(process.env.HERD_LOG, d); });
