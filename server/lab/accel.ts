@@ -4,7 +4,8 @@
  * `/dev/kvm` being there is not enough: under some nested hypervisors KVM opens, but `-cpu host` aborts QEMU
  * (an MSR assertion) and a plain CPU model hangs the kernel right after decompression. (Measured on one such host:
  * `-cpu host,-arch-capabilities` gets past the MSR abort, but the kernel's decompressor was still running after
- * 70 s, RIP sampled every 3 s through the monitor, where TCG takes about a second: KVM that slow is no use.) So the choice is made by
+ * 70 s, RIP sampled every 3 s through the monitor, while under TCG the whole kernel boot takes a few seconds in
+ * test/bench/boot.ts: KVM that slow is no use.) So the choice is made by
  * a probe (blocking, up to 20 s, once): boot the kernel the VMs boot, with no initramfs, under KVM; it must reach its "no root" panic and QEMU
  * must exit (`-no-reboot`) within a deadline. The result is cached per kernel and QEMU binary, so the probe runs
  * once per machine.

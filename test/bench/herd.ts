@@ -77,14 +77,15 @@ const herd = await Herd.create(N);
 try {
   console.log(`herd: ${N} machines; kernel ${sizes.kernelBytes / MB} MiB, initramfs ${sizes.initrdBytes / MB} MiB, disk payload ${sizes.diskPayloadBytes / MB} MiB`);
   if (process.env.HERD_P2P === 'only' || process.env.HERD_P2P === 'off-only') {
-    // a quick look at the peers-on run alone (no reference, no peers-off run): what a tuning change does
+    // one ironboot run alone (no reference, not the other mode): what a tuning change does
+    const peers = process.env.HERD_P2P === 'only' ? 'on' : 'off';
     const chunk = Number(process.env.HERD_P2P_CHUNK_KB ?? 512) * 1024;
-    const run = await herd.runIronboot(sizes, { serveArgs: process.env.HERD_P2P === 'only' ? ['--p2p-chunk-size', String(chunk)] : ['--no-p2p'] });
+    const run = await herd.runIronboot(sizes, { serveArgs: peers === 'on' ? ['--p2p-chunk-size', String(chunk)] : ['--no-p2p'] });
     const p = run.summary;
     console.log(`simulator's own event-loop delay: p99 ${fmt(run.report.runnerLag.p99Ms)} ms, max ${fmt(run.report.runnerLag.maxMs)} ms`);
-    console.log(`peers ${process.env.HERD_P2P === 'only' ? 'on' : 'off'} only: ${p.succeeded}/${p.machines}, egress ${fmt(p.egressRatio, 3)}, disk p50/p99 ${fmt(p.phases.disk.p50, 0)}/${fmt(p.phases.disk.p99, 0)} ms, `
+    console.log(`peers ${peers} only: ${p.succeeded}/${p.machines}, egress ${fmt(p.egressRatio, 3)}, disk p50/p99 ${fmt(p.phases.disk.p50, 0)}/${fmt(p.phases.disk.p99, 0)} ms, `
       + `span ${fmt(p.spanMs / 1000, 2)} s, refused ${p.badPeerChunks} ${JSON.stringify(p.badPeerReasons)}, lag p99 worst 0.5 s ${fmt(p.lagP99MaxMs)} ms`);
-    for (const f of p.failed.slice(0, 5)) console.log(`peers ${process.env.HERD_P2P === 'only' ? 'on' : 'off'} FAILED ${f.mac}: ${f.error}`);
+    for (const f of p.failed.slice(0, 5)) console.log(`peers ${peers} FAILED ${f.mac}: ${f.error}`);
   } else {
   const ib = await herd.runIronboot(sizes, { serveArgs: ['--no-p2p'] });
   const img = ib.report.image!;

@@ -33,8 +33,8 @@ let lossVia = '';
  * client's to repeat (curl sends it once with a short --connect-timeout), while this test is about the server
  * recovering everything after it. The option handshake (OACK, opcode 6, and the ACK of block 0 that answers it) is
  * not dropped either: when ACK 0 is lost the server repeats its OACK, as RFC 2347 has it, and atftp 0.8 aborts on
- * a second OACK ("tftp: unexpected OACK"), a client limit the server cannot work around (seen in CI, about one
- * run in thirty). Every DATA block and every later ACK stays subject to the loss.
+ * a second OACK ("tftp: unexpected OACK"), a client limit the server cannot work around (seen once in CI; dropping
+ * a single ACK 0 by hand reproduces it). Every DATA block and every later ACK stays subject to the loss.
  */
 function addLoss(ns: Namespace, dev: string): string {
   const handshake = '@th,64,16 != 6 @th,64,32 != 0x00040000'; // UDP payload: opcode 6 (OACK); opcode 4 block 0
