@@ -30,7 +30,7 @@ const sizes = {
   diskPayloadBytes: Number(process.env.HERD_DISK_PAYLOAD_MB ?? 8) * MB,
 };
 
-const why = netnsUnavailable('dnsmasq', 'nginx', 'zstd');
+const why = netnsUnavailable('dnsmasq', 'nginx', 'zstd', 'tc');
 if (why) { console.log(`herd bench skipped: ${why}`); process.exit(0); }
 void have;
 

@@ -13,7 +13,7 @@ import { netnsUnavailable } from '../helpers/netns.ts';
 import { Herd } from '../helpers/herd/index.ts';
 
 const N = Number(process.env.IRONBOOT_HERD_N ?? 50);
-const skip = netnsUnavailable('zstd') || (process.env.CI_SKIP_HERD ? 'CI_SKIP_HERD set' : false);
+const skip = netnsUnavailable('zstd', 'tc') || (process.env.CI_SKIP_HERD ? 'CI_SKIP_HERD set' : false);
 
 test(`herd: ${N} machines provision at once against ironboot serve`, { skip, timeout: 300_000 }, async (t) => {
   const herd = await Herd.create(N);

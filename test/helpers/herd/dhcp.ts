@@ -1,6 +1,6 @@
 /**
  * The herd's DHCP client: requests sent from a socket bound to the machine's own macvlan (SO_BINDTODEVICE, as
- * udhcpc binds its interface), replies read on the rack's uplink; DISCOVER → OFFER → REQUEST → ACK with the retransmission a PXE ROM does. The
+ * udhcpc binds its interface), replies read where the rack steers them (dhr0); DISCOVER → OFFER → REQUEST → ACK with the retransmission a PXE ROM does. The
  * three flavours are the three DHCP exchanges of a real boot: the PXE ROM, iPXE (user class "iPXE"), and the
  * agent's udhcpc. Every request that had to be sent again because no answer came in time counts as a drop.
  */
@@ -36,8 +36,8 @@ type Waiter = (p: ReturnType<typeof parseDhcpPacket>) => void;
 
 /**
  * Replies are broadcast, so a socket on port 68 per machine would get every machine's replies (N² datagrams: at
- * 500 machines the simulator, not the server, dropped them). One listener on the rack's uplink (SO_BINDTODEVICE,
- * so each broadcast is seen once, not once per macvlan) hands each reply to the machine waiting for its xid.
+ * 500 machines the simulator, not the server, dropped them). One listener on the interface the rack's replies are
+ * steered into (index.ts steerDhcp: dhr0, SO_BINDTODEVICE) hands each reply to the machine waiting for its xid.
  */
 class ReplyListener {
   private static instance: Promise<ReplyListener> | null = null;
@@ -50,11 +50,11 @@ class ReplyListener {
       try { const p = parseDhcpPacket(msg); if (p.op === 2) w(p); } catch { /* not a DHCP reply */ }
     });
   }
-  static get(uplink: string): Promise<ReplyListener> {
+  static get(replyIface: string): Promise<ReplyListener> {
     ReplyListener.instance ??= (async () => {
       const sock = dgram.createSocket({ type: 'udp4', reuseAddr: true });
       await new Promise<void>((resolve, reject) => { sock.once('error', reject); sock.bind(68, '0.0.0.0', () => resolve()); });
-      loadNative().bindToDevice(fdOf(sock), uplink);
+      loadNative().bindToDevice(fdOf(sock), replyIface);
       try { sock.setRecvBufferSize(16 << 20); } catch { /* capped by rmem_max */ }
       sock.unref();
       return new ReplyListener(sock);
@@ -65,10 +65,10 @@ class ReplyListener {
 
 /**
  * One DHCP exchange: requests leave from the machine's own macvlan `iface` (SO_BINDTODEVICE: its MAC on the wire),
- * replies come through the uplink's listener. Retransmits after 1, 2, 4, 4… s (at most `attempts` sends).
+ * replies come through the listener on replyIface. Retransmits after 1, 2, 4, 4… s (at most `attempts` sends).
  */
-export async function dhcpExchange(iface: string, mac: string, flavour: DhcpFlavour, o: { attempts?: number; uplink?: string } = {}): Promise<DhcpLease> {
-  const listener = await ReplyListener.get(o.uplink ?? 'up0');
+export async function dhcpExchange(iface: string, mac: string, flavour: DhcpFlavour, o: { attempts?: number; replyIface?: string } = {}): Promise<DhcpLease> {
+  const listener = await ReplyListener.get(o.replyIface ?? 'dhr0');
   const sock = dgram.createSocket({ type: 'udp4' });
   const macHex = mac.replaceAll(':', '').toLowerCase();
   let xid = (Math.random() * 0xffffffff) >>> 0;
@@ -108,7 +108,7 @@ let worker: Promise<{ w: import('node:worker_threads').Worker; pending: Map<numb
 let nextId = 0;
 
 /** dhcpExchange on the DHCP thread (dhcp-worker.ts); the herd's machines use this one. */
-export async function dhcpExchangeOffThread(iface: string, mac: string, flavour: DhcpFlavour, uplink = 'up0'): Promise<DhcpLease> {
+export async function dhcpExchangeOffThread(iface: string, mac: string, flavour: DhcpFlavour, replyIface = 'dhr0'): Promise<DhcpLease> {
   worker ??= (async () => {
     const { Worker } = await import('node:worker_threads');
     const w = new Worker(new URL('./dhcp-worker.mjs', import.meta.url));
@@ -124,7 +124,7 @@ export async function dhcpExchangeOffThread(iface: string, mac: string, flavour:
   const { w, pending } = await worker;
   const id = nextId++;
   w.ref();
-  const r = await new Promise<{ lease?: DhcpLease; error?: string }>((resolve) => { pending.set(id, resolve); w.postMessage({ id, iface, mac, flavour, uplink }); });
+  const r = await new Promise<{ lease?: DhcpLease; error?: string }>((resolve) => { pending.set(id, resolve); w.postMessage({ id, iface, mac, flavour, replyIface }); });
   if (r.error) throw new Error(r.error);
   return r.lease!;
 }

@@ -1,27 +1,182 @@
-/** HTTP for the herd: every request leaves from the machine's own address (an http.Agent per boot stage). */
+/**
+ * HTTP for the herd: every request leaves from the machine's own address.
+ *
+ * Downloads (boot script, kernel, initramfs, the whole disk) go through HttpConnection: one keep-alive TCP
+ * connection, HTTP/1.1 parsed here, the body read straight from the socket into one reusable buffer (net's
+ * `onread`: no Buffer per read, no stream machinery, no http.IncomingMessage). Five hundred machines receiving
+ * gigabytes on the server's own two cores must cost the simulator little per byte, or a slow simulator is
+ * measured instead of the server. The body is counted, hashed only when asked (the disk), kept only when asked
+ * (scripts). The agent API's small JSON posts use node:http as the agent does (postJsonFrom).
+ */
 import http from 'node:http';
-import { createHash } from 'node:crypto';
+import net from 'node:net';
+import { createHash, type Hash } from 'node:crypto';
 import type { PostJson } from '../../../init/agent/reporter.ts';
 
 export const machineAgent = (localAddress: string, keepAlive: boolean): http.Agent =>
   new http.Agent({ keepAlive, maxSockets: keepAlive ? 1 : 8, localAddress } as http.AgentOptions);
 
-export interface GetResult { status: number; bytes: number; sha256: string; body: Buffer | null; headers: http.IncomingHttpHeaders }
+export interface GetResult { status: number; bytes: number; sha256: string | null; body: Buffer | null; headers: Record<string, string> }
 
-/** GET url; the body is hashed as it arrives and kept only when `keep` (scripts), else discarded. */
-export function httpGet(url: string, agent: http.Agent, o: { keep?: boolean; onData?: (n: number) => void; timeoutMs?: number; token?: string } = {}): Promise<GetResult> {
-  return new Promise((resolve, reject) => {
-    const req = http.get(url, { agent, headers: o.token ? { authorization: `Bearer ${o.token}` } : {} }, (res) => {
-      const hash = createHash('sha256');
-      const kept: Buffer[] = [];
-      let bytes = 0;
-      res.on('data', (c: Buffer) => { hash.update(c); bytes += c.length; if (o.keep) kept.push(c); o.onData?.(bytes); });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, bytes, sha256: hash.digest('hex'), body: o.keep ? Buffer.concat(kept) : null, headers: res.headers }));
-      res.on('error', reject);
+/** One read buffer for every connection of this process: onread callbacks run one at a time, each consumes its bytes before returning. */
+const READ_BUFFER = Buffer.allocUnsafe(256 << 10);
+
+interface Pending {
+  url: string;
+  resolve: (r: GetResult) => void;
+  reject: (e: Error) => void;
+  keep: boolean;
+  hash: Hash | null;
+  onData?: (n: number) => void;
+  head: Buffer[];
+  headBytes: number;
+  status: number;
+  headers: Record<string, string>;
+  /** 'head' until the blank line; then 'length' (remaining), 'chunked' (chunk state) or 'close' (to EOF). */
+  body: 'head' | 'length' | 'chunked' | 'close';
+  remaining: number;
+  chunk: { size: number; line: string; state: 'size' | 'data' | 'data-crlf' | 'trailer' };
+  bytes: number;
+  kept: Buffer[];
+}
+
+/** A keep-alive HTTP/1.1 connection from `localAddress`; requests one after the other (as iPXE makes them). */
+export class HttpConnection {
+  private sock: net.Socket | null = null;
+  private host = '';
+  private port = 0;
+  private p: Pending | null = null;
+
+  constructor(readonly localAddress: string, readonly timeoutMs = 60_000) {}
+
+  get(url: string, o: { keep?: boolean; hash?: boolean; token?: string; onData?: (n: number) => void } = {}): Promise<GetResult> {
+    if (this.p) return Promise.reject(new Error(`GET ${url}: the connection is busy with ${this.p.url}`));
+    const u = new URL(url);
+    if (u.protocol !== 'http:') return Promise.reject(new Error(`GET ${url}: only http:// is fetched by the herd`));
+    const port = Number(u.port || 80);
+    if (this.sock && (this.host !== u.hostname || this.port !== port)) this.destroy();
+    return new Promise<GetResult>((resolve, reject) => {
+      this.p = {
+        url, resolve, reject, keep: !!o.keep, hash: o.hash ? createHash('sha256') : null, onData: o.onData,
+        head: [], headBytes: 0, status: 0, headers: {}, body: 'head', remaining: 0, chunk: { size: 0, line: '', state: 'size' }, bytes: 0, kept: [],
+      };
+      const req = `GET ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\nUser-Agent: ironboot-herd\r\n`
+        + `${o.token ? `Authorization: Bearer ${o.token}\r\n` : ''}\r\n`;
+      if (!this.sock) this.open(u.hostname, port);
+      this.sock!.write(req);
     });
-    req.setTimeout(o.timeoutMs ?? 60_000, () => req.destroy(new Error(`GET ${url}: no data for ${o.timeoutMs ?? 60_000} ms`)));
-    req.on('error', reject);
-  });
+  }
+
+  destroy(): void {
+    this.sock?.destroy();
+    this.sock = null;
+  }
+
+  private open(host: string, port: number): void {
+    this.host = host; this.port = port;
+    const sock = net.connect({
+      host, port, localAddress: this.localAddress, noDelay: true,
+      onread: { buffer: READ_BUFFER, callback: (n: number, buf: Uint8Array) => { this.onBytes(buf as Buffer, n); return true; } },
+    } as net.NetConnectOpts);
+    sock.setTimeout(this.timeoutMs, () => this.fail(new Error(`no data for ${this.timeoutMs} ms`)));
+    // events of a connection this one has already let go of (closed after a response) are not the current request's
+    sock.on('error', (e) => { if (this.sock === sock) this.fail(e); });
+    sock.on('end', () => {
+      if (this.sock !== sock) return;
+      if (this.p?.body === 'close') { this.sock = null; sock.destroy(); this.finish(); } else this.fail(new Error('the server closed the connection mid-response'));
+    });
+    sock.on('close', () => { if (this.sock !== sock) return; this.sock = null; if (this.p) this.fail(new Error('connection closed')); });
+    this.sock = sock;
+  }
+
+  private fail(e: Error): void {
+    const p = this.p;
+    this.p = null;
+    this.destroy();
+    if (p) p.reject(new Error(`GET ${p.url}: ${e.message}`));
+  }
+
+  private finish(): void {
+    const p = this.p!;
+    this.p = null;
+    const headers = p.headers;
+    if (this.sock && (headers.connection?.toLowerCase() === 'close')) this.destroy();
+    p.resolve({ status: p.status, bytes: p.bytes, sha256: p.hash ? p.hash.digest('hex') : null, body: p.keep ? Buffer.concat(p.kept) : null, headers });
+  }
+
+  private onBytes(buf: Buffer, n: number): void {
+    let data = buf.subarray(0, n);
+    const p = this.p;
+    if (!p) { this.destroy(); return; } // bytes nobody asked for
+    if (p.body === 'head') {
+      p.head.push(Buffer.from(data)); // READ_BUFFER is reused: copy
+      p.headBytes += data.length;
+      const all = p.head.length === 1 ? p.head[0] : Buffer.concat(p.head);
+      const end = all.indexOf('\r\n\r\n');
+      if (end < 0) {
+        if (p.headBytes > 64 << 10) this.fail(new Error('response head larger than 64 KiB'));
+        else p.head = [all];
+        return;
+      }
+      const lines = all.subarray(0, end).toString('latin1').split('\r\n');
+      const m = /^HTTP\/1\.([01]) (\d{3})/.exec(lines[0]);
+      if (!m) return this.fail(new Error(`not an HTTP response: ${JSON.stringify(lines[0].slice(0, 80))}`));
+      p.status = Number(m[2]);
+      for (const l of lines.slice(1)) {
+        const i = l.indexOf(':');
+        if (i > 0) p.headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim();
+      }
+      if (m[1] === '0') p.headers.connection ??= 'close';
+      if (/chunked/i.test(p.headers['transfer-encoding'] ?? '')) p.body = 'chunked';
+      else if (p.headers['content-length'] !== undefined) { p.body = 'length'; p.remaining = Number(p.headers['content-length']); }
+      else p.body = 'close';
+      data = all.subarray(end + 4);
+      if (p.body === 'length' && p.remaining === 0) return this.finish();
+    }
+    if (data.length) this.onBody(p, data);
+  }
+
+  private take(p: Pending, d: Buffer): void {
+    if (!d.length) return;
+    p.bytes += d.length;
+    p.hash?.update(d);
+    if (p.keep) p.kept.push(Buffer.from(d));
+    p.onData?.(p.bytes);
+  }
+
+  private onBody(p: Pending, data: Buffer): void {
+    if (p.body === 'close') return this.take(p, data);
+    if (p.body === 'length') {
+      const n = Math.min(p.remaining, data.length);
+      this.take(p, data.subarray(0, n));
+      p.remaining -= n;
+      if (p.remaining === 0) this.finish();
+      return;
+    }
+    // chunked: size line, data, CRLF, … a zero size, trailers, blank line
+    let i = 0;
+    const c = p.chunk;
+    while (i < data.length && this.p === p) {
+      if (c.state === 'data') {
+        const n = Math.min(c.size, data.length - i);
+        this.take(p, data.subarray(i, i + n));
+        c.size -= n; i += n;
+        if (c.size === 0) { c.state = 'data-crlf'; c.line = ''; }
+        continue;
+      }
+      const nl = data.indexOf(10, i);
+      c.line += data.subarray(i, nl < 0 ? data.length : nl + 1).toString('latin1');
+      i = nl < 0 ? data.length : nl + 1;
+      if (nl < 0) continue;
+      const line = c.line.trim();
+      c.line = '';
+      if (c.state === 'data-crlf') { c.state = 'size'; continue; }
+      if (c.state === 'trailer') { if (line === '') this.finish(); continue; }
+      const size = parseInt(line.split(';')[0], 16);
+      if (Number.isNaN(size)) return this.fail(new Error(`bad chunk size line ${JSON.stringify(line.slice(0, 40))}`));
+      if (size === 0) c.state = 'trailer'; else { c.size = size; c.state = 'data'; }
+    }
+  }
 }
 
 /** init/agent/reporter.ts's postJson, but from the machine's address (the agent's own sends from its only one). */

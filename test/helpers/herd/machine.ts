@@ -11,7 +11,7 @@
  * own init/agent/steps/peers.ts: from the peers the tracker names or the server, every chunk verified, and the
  * machine serves its verified chunks on its own address (port from the manifest) until the herd ends.
  *
- * Nothing is written: the kernel, initramfs and disk bytes are hashed and dropped. Each phase is timed.
+ * Nothing is written: the kernel and initramfs are counted and dropped, the disk hashed and dropped. Each phase is timed.
  */
 import { performance } from 'node:perf_hooks';
 import { runAgent, type AgentSteps, type NetInfo, type StreamHooks } from '../../../init/agent/main.ts';
@@ -22,7 +22,7 @@ import { EventReporter } from '../../../init/agent/reporter.ts';
 import type { Console } from '../../../init/agent/sys.ts';
 import { dhcpExchangeOffThread as dhcpExchange } from './dhcp.ts';
 import { tftpFetch } from './tftp.ts';
-import { httpGet, machineAgent, postJsonFrom } from './http.ts';
+import { HttpConnection, machineAgent, postJsonFrom } from './http.ts';
 import nodeHttp from 'node:http';
 import { createHash } from 'node:crypto';
 import { fetchBufferWith, fetchChunks, HeldChunks, newStats, servePeers, type PeerServer } from '../../../init/agent/steps/peers.ts';
@@ -106,10 +106,10 @@ export async function bootMachine(m: MachineSpec, t0: number, o: BootOptions = {
     const ipxe = await timed('dhcp-ipxe', () => dhcpExchange(m.iface, m.mac, 'ipxe'));
     r.dhcpRetransmits += ipxe.retransmits;
     if (!/^https?:\/\//.test(ipxe.file)) throw new Error(`iPXE DHCP answer without an HTTP boot script: "${ipxe.file}"`);
-    const ipxeHttp = machineAgent(m.ip, true);
+    const ipxeHttp = new HttpConnection(m.ip);
     let cmdline = '';
     try {
-      const script = await timed('script', () => httpGet(expand(ipxe.file, m.mac), ipxeHttp, { keep: true }));
+      const script = await timed('script', () => ipxeHttp.get(expand(ipxe.file, m.mac), { keep: true }));
       if (script.status !== 200) throw new Error(`boot script: HTTP ${script.status}`);
       const text = script.body!.toString();
       const kernel = /^\s*kernel\s+(\S+)\s*(.*)$/m.exec(text);
@@ -117,7 +117,8 @@ export async function bootMachine(m: MachineSpec, t0: number, o: BootOptions = {
       if (!kernel || !initrd) throw new Error(`boot script has no kernel/initrd line:\n${text.slice(0, 400)}`);
       cmdline = expand(kernel[2], m.mac);
       for (const [p, url] of [['kernel', kernel[1]], ['initrd', initrd[1]]] as const) {
-        const g = await timed(p, () => httpGet(expand(url, m.mac), ipxeHttp));
+        // counted, not hashed (iPXE checks neither): the parser holds the server to its Content-Length
+        const g = await timed(p, () => ipxeHttp.get(expand(url, m.mac)));
         if (g.status !== 200) throw new Error(`${p} ${url}: HTTP ${g.status}`);
         r.httpBytes += g.bytes;
       }
@@ -182,7 +183,9 @@ export async function bootMachine(m: MachineSpec, t0: number, o: BootOptions = {
             return { device: '/dev/vda' };
           } finally { toServer.destroy(); toPeers.destroy(); }
         }
-        const g = await httpGet(spec.image.url, http, { token: cfg.token!, onData: (n) => hooks.progress(Math.floor((n / size) * rawSize), rawSize) });
+        const disk = new HttpConnection(m.ip);
+        const g = await disk.get(spec.image.url, { token: cfg.token!, hash: true, onData: (n) => hooks.progress(Math.floor((n / size) * rawSize), rawSize) })
+          .finally(() => disk.destroy());
         if (g.status !== 200) throw new Error(`GET ${spec.image.url}: HTTP ${g.status}`);
         hooks.verifying();
         if (g.bytes !== size || g.sha256 !== want) throw new Error(`disk stream: ${g.bytes} bytes sha256 ${g.sha256}, the workflow says ${size} bytes ${want}`);
