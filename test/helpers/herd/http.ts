@@ -16,6 +16,23 @@ import type { PostJson } from '../../../init/agent/reporter.ts';
 export const machineAgent = (localAddress: string, keepAlive: boolean): http.Agent =>
   new http.Agent({ keepAlive, maxSockets: keepAlive ? 1 : 8, localAddress } as http.AgentOptions);
 
+export interface GetOptions {
+  /** Keep the body (else it is counted, hashed if asked, and dropped). */
+  keep?: boolean;
+  /**
+   * With keep: the bytes the caller expects (a chunk this process already verified). Compared as they arrive;
+   * when every byte matches, that very buffer is the body (no allocation: 500 machines' copies of one disk need
+   * not each take memory); from the first difference on, the body is a copy of what really came.
+   */
+  expect?: Buffer;
+  /** Refuse a body longer than this. */
+  maxBytes?: number;
+  hash?: boolean;
+  headers?: Record<string, string>;
+  token?: string;
+  onData?: (n: number) => void;
+}
+
 export interface GetResult { status: number; bytes: number; sha256: string | null; body: Buffer | null; headers: Record<string, string> }
 
 /** One read buffer for every connection of this process: onread callbacks run one at a time, each consumes its bytes before returning. */
@@ -26,6 +43,12 @@ interface Pending {
   resolve: (r: GetResult) => void;
   reject: (e: Error) => void;
   keep: boolean;
+  expect: Buffer | null;
+  /** Whether every byte so far equals `expect`'s. */
+  matching: boolean;
+  /** The copy (keep without expect, or expect after a difference), preallocated to Content-Length when known. */
+  copy: Buffer | null;
+  maxBytes: number;
   hash: Hash | null;
   onData?: (n: number) => void;
   head: Buffer[];
@@ -49,7 +72,7 @@ export class HttpConnection {
 
   constructor(readonly localAddress: string, readonly timeoutMs = 60_000) {}
 
-  get(url: string, o: { keep?: boolean; hash?: boolean; token?: string; onData?: (n: number) => void } = {}): Promise<GetResult> {
+  get(url: string, o: GetOptions = {}): Promise<GetResult> {
     if (this.p) return Promise.reject(new Error(`GET ${url}: the connection is busy with ${this.p.url}`));
     const u = new URL(url);
     if (u.protocol !== 'http:') return Promise.reject(new Error(`GET ${url}: only http:// is fetched by the herd`));
@@ -57,19 +80,22 @@ export class HttpConnection {
     if (this.sock && (this.host !== u.hostname || this.port !== port)) this.destroy();
     return new Promise<GetResult>((resolve, reject) => {
       this.p = {
-        url, resolve, reject, keep: !!o.keep, hash: o.hash ? createHash('sha256') : null, onData: o.onData,
+        url, resolve, reject, keep: !!o.keep, expect: o.expect ?? null, matching: !!o.expect, copy: null, maxBytes: o.maxBytes ?? Infinity,
+        hash: o.hash ? createHash('sha256') : null, onData: o.onData,
         head: [], headBytes: 0, status: 0, headers: {}, body: 'head', remaining: 0, chunk: { size: 0, line: '', state: 'size' }, bytes: 0, kept: [],
       };
       const req = `GET ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\nUser-Agent: ironboot-herd\r\n`
-        + `${o.token ? `Authorization: Bearer ${o.token}\r\n` : ''}\r\n`;
+        + `${o.token ? `Authorization: Bearer ${o.token}\r\n` : ''}${Object.entries(o.headers ?? {}).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`;
       if (!this.sock) this.open(u.hostname, port);
       this.sock!.write(req);
     });
   }
 
+  /** Closes the connection; a request still under way fails. */
   destroy(): void {
     this.sock?.destroy();
     this.sock = null;
+    if (this.p) this.fail(new Error('connection destroyed'));
   }
 
   private open(host: string, port: number): void {
@@ -92,7 +118,8 @@ export class HttpConnection {
   private fail(e: Error): void {
     const p = this.p;
     this.p = null;
-    this.destroy();
+    this.sock?.destroy();
+    this.sock = null;
     if (p) p.reject(new Error(`GET ${p.url}: ${e.message}`));
   }
 
@@ -101,7 +128,13 @@ export class HttpConnection {
     this.p = null;
     const headers = p.headers;
     if (this.sock && (headers.connection?.toLowerCase() === 'close')) this.destroy();
-    p.resolve({ status: p.status, bytes: p.bytes, sha256: p.hash ? p.hash.digest('hex') : null, body: p.keep ? Buffer.concat(p.kept) : null, headers });
+    let body: Buffer | null = null;
+    if (p.keep) {
+      if (p.matching && p.expect && p.bytes === p.expect.length) body = p.expect;
+      else if (p.copy) body = p.copy.length === p.bytes ? p.copy : p.copy.subarray(0, p.bytes);
+      else body = Buffer.concat(p.kept);
+    }
+    p.resolve({ status: p.status, bytes: p.bytes, sha256: p.hash ? p.hash.digest('hex') : null, body, headers });
   }
 
   private onBytes(buf: Buffer, n: number): void {
@@ -130,6 +163,8 @@ export class HttpConnection {
       if (/chunked/i.test(p.headers['transfer-encoding'] ?? '')) p.body = 'chunked';
       else if (p.headers['content-length'] !== undefined) { p.body = 'length'; p.remaining = Number(p.headers['content-length']); }
       else p.body = 'close';
+      if (p.body === 'length' && p.remaining > p.maxBytes) return this.fail(new Error(`more than ${p.maxBytes} bytes`));
+      if (p.keep && p.body === 'length' && (!p.expect || p.expect.length !== p.remaining)) { p.matching = false; p.copy = Buffer.allocUnsafe(p.remaining); }
       data = all.subarray(end + 4);
       if (p.body === 'length' && p.remaining === 0) return this.finish();
     }
@@ -138,9 +173,23 @@ export class HttpConnection {
 
   private take(p: Pending, d: Buffer): void {
     if (!d.length) return;
+    const at = p.bytes;
     p.bytes += d.length;
+    if (p.bytes > p.maxBytes) return this.fail(new Error(`more than ${p.maxBytes} bytes`));
     p.hash?.update(d);
-    if (p.keep) p.kept.push(Buffer.from(d));
+    if (p.keep) {
+      if (p.matching && p.expect!.length >= p.bytes && p.expect!.compare(d, 0, d.length, at, p.bytes) === 0) { /* still the expected bytes */ } else {
+        if (p.matching) { // the first difference: what came so far was the expected bytes
+          p.matching = false;
+          p.copy = Buffer.allocUnsafe(Math.max(p.body === 'length' ? at + p.remaining : 0, p.bytes));
+          p.expect!.copy(p.copy, 0, 0, at);
+        }
+        if (p.copy) {
+          if (p.copy.length < p.bytes) { const g = Buffer.allocUnsafe(Math.max(p.bytes, p.copy.length * 2)); p.copy.copy(g, 0, 0, at); p.copy = g; }
+          d.copy(p.copy, at);
+        } else p.kept.push(Buffer.from(d));
+      }
+    }
     p.onData?.(p.bytes);
   }
 
@@ -197,4 +246,44 @@ export function postJsonFrom(agent: http.Agent): PostJson {
     req.on('error', reject);
     req.end(data);
   });
+}
+
+/**
+ * Keep-alive HttpConnections from one address, at most `maxPerHost` to each host:port (as an http.Agent's
+ * maxSockets), each used by one request at a time; a connection the server closed is replaced.
+ */
+export class HttpPool {
+  private idle = new Map<string, HttpConnection[]>();
+  private busy = new Map<string, number>();
+  private queue = new Map<string, (() => void)[]>();
+  private all = new Set<HttpConnection>();
+
+  constructor(readonly localAddress: string, readonly maxPerHost: number) {}
+
+  async get(url: string, o: GetOptions & { deadlineMs?: number } = {}): Promise<GetResult> {
+    const key = new URL(url).host;
+    while ((this.busy.get(key) ?? 0) >= this.maxPerHost) await new Promise<void>((r) => this.queue.set(key, [...(this.queue.get(key) ?? []), r]));
+    this.busy.set(key, (this.busy.get(key) ?? 0) + 1);
+    const c = this.idle.get(key)?.pop() ?? new HttpConnection(this.localAddress);
+    this.all.add(c);
+    // a whole-request deadline (init/agent/steps/peers.ts's: a peer that trickles is as bad as one that stalls)
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = o.deadlineMs === undefined ? null : new Promise<never>((_r, reject) => {
+      timer = setTimeout(() => { c.destroy(); reject(new Error(`GET ${url}: not done within ${o.deadlineMs} ms`)); }, o.deadlineMs);
+    });
+    try {
+      const r = await (deadline ? Promise.race([c.get(url, o), deadline]) : c.get(url, o));
+      (this.idle.get(key) ?? this.idle.set(key, []).get(key)!).push(c);
+      return r;
+    } catch (e) {
+      c.destroy(); this.all.delete(c);
+      throw e;
+    } finally {
+      clearTimeout(timer);
+      this.busy.set(key, this.busy.get(key)! - 1);
+      this.queue.get(key)?.shift()?.();
+    }
+  }
+
+  destroy(): void { for (const c of this.all) c.destroy(); this.all.clear(); this.idle.clear(); }
 }

@@ -22,14 +22,47 @@ import { EventReporter } from '../../../init/agent/reporter.ts';
 import type { Console } from '../../../init/agent/sys.ts';
 import { dhcpExchangeOffThread as dhcpExchange } from './dhcp.ts';
 import { tftpFetch } from './tftp.ts';
-import { HttpConnection, machineAgent, postJsonFrom } from './http.ts';
-import nodeHttp from 'node:http';
+import { HttpConnection, HttpPool, machineAgent, postJsonFrom } from './http.ts';
 import { createHash } from 'node:crypto';
-import { fetchBufferWith, fetchChunks, HeldChunks, newStats, servePeers, type PeerServer } from '../../../init/agent/steps/peers.ts';
+import { fetchChunks, HeldChunks, newStats, servePeers, type FetchBuffer, type PeerServer } from '../../../init/agent/steps/peers.ts';
 import type { ChunkManifest } from '../../../server/agent/api.ts';
 
+/**
+ * Chunks this process's machines verified, one copy per chunk (key: file sha256 / chunk number). Every machine
+ * still receives and verifies every byte of its disk; what it keeps to serve its peers is this one copy (500
+ * copies of one disk would be gigabytes of the simulator's memory, and allocating them its CPU).
+ */
+const verifiedChunks = new Map<string, Buffer>();
+
+/** A machine's held chunks, kept as the process's one verified copy of each. */
+class SharedHeldChunks extends HeldChunks {
+  override put(n: number, b: Buffer, verified: string): void {
+    const key = `${this.manifest.file}/${n}`;
+    if (verified === this.manifest.chunks[n] && !verifiedChunks.has(key)) verifiedChunks.set(key, b);
+    super.put(n, verifiedChunks.get(key) ?? b, verified);
+  }
+}
+
+/**
+ * init/agent/steps/peers.ts's FetchBuffer over an HttpPool: a chunk (a peer's /p2p/<file>/<n> or a Range of the
+ * server's file) is compared as it arrives with the verified copy, if there is one (HttpConnection `expect`); the
+ * agent's code then verifies its sha256 as always.
+ */
+function poolFetch(pool: HttpPool, manifest: ChunkManifest | null): FetchBuffer {
+  return async (url, headers, timeoutMs, maxBytes) => {
+    let n: number | null = null;
+    const peer = /\/p2p\/([0-9a-f]{64})\/(\d+)$/.exec(url);
+    const range = /^bytes=(\d+)-/.exec(headers.range ?? '');
+    if (manifest && peer && peer[1] === manifest.file) n = Number(peer[2]);
+    else if (manifest && range && Number(range[1]) % manifest.chunkSize === 0) n = Number(range[1]) / manifest.chunkSize;
+    const expect = manifest && n !== null ? verifiedChunks.get(`${manifest.file}/${n}`) : undefined;
+    const r = await pool.get(url, { keep: true, expect, maxBytes, headers, deadlineMs: timeoutMs });
+    return { status: r.status, body: r.body!, headers: r.headers };
+  };
+}
+
 /** A peer that serves every chunk with one byte flipped (what a broken or hostile machine would send). */
-class CorruptChunks extends HeldChunks {
+class CorruptChunks extends SharedHeldChunks {
   override async get(n: number, ms: number): Promise<Buffer | null> {
     const b = await super.get(n, ms);
     if (!b) return b;
@@ -151,26 +184,27 @@ export async function bootMachine(m: MachineSpec, t0: number, o: BootOptions = {
         const { compressedSize: size, compressedSha256: want, rawSize } = spec.image;
         if (spec.image.chunksUrl) {
           // the agent's own chunk fetcher, from this machine's address; a socket pool for the server, one for peers
-          const toServer = new nodeHttp.Agent({ keepAlive: true, maxSockets: 4, localAddress: m.ip } as nodeHttp.AgentOptions);
-          const toPeers = new nodeHttp.Agent({ keepAlive: true, maxSockets: 8, localAddress: m.ip } as nodeHttp.AgentOptions);
+          const toServer = new HttpPool(m.ip, 4);
+          const toPeers = new HttpPool(m.ip, 8);
+          const reports = machineAgent(m.ip, true); // the chunk reports' posts (node:http, as the agent's)
           try {
-            const timedFetch = (f: ReturnType<typeof fetchBufferWith>): ReturnType<typeof fetchBufferWith> => async (u, h, t, mx) => {
+            const timedFetch = (f: FetchBuffer): FetchBuffer => async (u, h, t, mx) => {
               const s0 = performance.now();
               try { return await f(u, h, t, mx); } finally { if (process.env.HERD_P2P_LOG) process.stderr.write(`${m.mac} T ${(performance.now() - t0).toFixed(0)} ${(performance.now() - s0).toFixed(0)}ms ${u.replace(/[0-9a-f]{64}/, 'F')}\n`); }
             };
-            const fetch = timedFetch(fetchBufferWith({ http: toServer }));
-            const mr = await fetch(spec.image.chunksUrl, { authorization: `Bearer ${cfg.token!}` }, 60_000, 16 << 20);
+            const mr = await timedFetch(poolFetch(toServer, null))(spec.image.chunksUrl, { authorization: `Bearer ${cfg.token!}` }, 60_000, 16 << 20);
             if (mr.status !== 200) throw new Error(`GET ${spec.image.chunksUrl}: HTTP ${mr.status} ${mr.body.toString().slice(0, 200)}`);
             const manifest = JSON.parse(mr.body.toString()) as ChunkManifest;
-            const chunks = o.corruptPeer ? new CorruptChunks(manifest) : new HeldChunks(manifest);
+            const fetch = timedFetch(poolFetch(toServer, manifest));
+            const chunks = o.corruptPeer ? new CorruptChunks(manifest) : new SharedHeldChunks(manifest);
             const ps = await servePeers(new Map([[manifest.file, chunks]]), { host: m.ip, port: manifest.port });
             peerServers.push(ps);
             const stats = newStats();
             const whole = createHash('sha256');
             let got = 0;
             for await (const b of fetchChunks({
-              manifest, fileUrl: spec.image.url, server: cfg.server!, token: cfg.token!, fetch, fetchPeer: timedFetch(fetchBufferWith({ http: toPeers })),
-              post: postJsonFrom(toServer), hold: { chunks, port: ps.port }, log: (x) => { cons.say(x); if (process.env.HERD_P2P_LOG) process.stderr.write(`${m.mac} ${x}\n`); },
+              manifest, fileUrl: spec.image.url, server: cfg.server!, token: cfg.token!, fetch, fetchPeer: timedFetch(poolFetch(toPeers, manifest)),
+              post: postJsonFrom(reports), hold: { chunks, port: ps.port }, log: (x) => { cons.say(x); if (process.env.HERD_P2P_LOG) process.stderr.write(`${m.mac} ${x}\n`); },
             }, stats)) {
               whole.update(b); got += b.length;
               hooks.progress(Math.floor((got / size) * rawSize), rawSize);
@@ -181,7 +215,7 @@ export async function bootMachine(m: MachineSpec, t0: number, o: BootOptions = {
             r.diskBytes += got; r.httpBytes += stats.serverBytes;
             r.serverDiskBytes = stats.serverBytes; r.peerDiskBytes = stats.peerBytes; r.badPeers = stats.badPeers; r.chunkSources = stats.sources;
             return { device: '/dev/vda' };
-          } finally { toServer.destroy(); toPeers.destroy(); }
+          } finally { toServer.destroy(); toPeers.destroy(); reports.destroy(); }
         }
         const disk = new HttpConnection(m.ip);
         const g = await disk.get(spec.image.url, { token: cfg.token!, hash: true, onData: (n) => hooks.progress(Math.floor((n / size) * rawSize), rawSize) })
