@@ -15,7 +15,7 @@ import { WorkflowService } from './workflows/service.ts';
 import { FleetEvents } from './workflows/fleet-events.ts';
 import { loadAdminToken } from './http/auth.ts';
 import { buildApp, plainHttpHandler, PLAIN_HTTP_PATHS, IPXE_HTTPS_PLAIN_PATHS, type AppDeps } from './http/app.ts';
-import { createMetricsRegistry } from './metrics.ts';
+import { createMetricsRegistry, watchEventLoopDelay } from './metrics.ts';
 import { httpExtras, startNetworkServices, prepareArtifacts, agentUrlFor, selectIpxe } from './services.ts';
 import { ConfigError } from './config.ts';
 import type { ArtifactStore, ArtifactStoreError } from './images/artifact-store.ts';
@@ -68,6 +68,7 @@ export async function startDaemon(givenConfig: ServeConfig, log: Logger): Promis
       if (weak) log.warn({ source: token.source }, `the admin token is weak: ${weak}; anyone on the network who guesses it controls every machine. Use e.g. \`openssl rand -base64 32\``);
     }
     const registry = createMetricsRegistry();
+    closers.push(watchEventLoopDelay(registry));
     const workflows = new WorkflowService(store, log.child({ svc: 'workflows' }));
     if (store.dialect === 'postgres' && config.store) {
       // several daemons on one PostgreSQL: the live stream shows every daemon's events (README "Several daemons")

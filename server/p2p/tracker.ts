@@ -54,6 +54,8 @@ interface Holder {
   coming: Map<number, { until: number; depth: number }>;
   /** asker → (chunk → until, ms): the assignments this holder is serving. */
   uploads: Map<string, Map<number, number>>;
+  /** No assignment in `uploads` ends before this (ms): until then counting them needs no sweep. */
+  uploadsSweepAt: number;
   /** chunk → holder id (or null: the server), what this agent was sent to, so a report can release it. */
   sources: Map<number, string | null>;
   seen: number;
@@ -100,17 +102,24 @@ export class PeerTracker {
       return h;
     }
     if (f.holders.size >= this.limits.maxHoldersPerFile) return null;
-    h = { id, addr: addr && !f.banned.has(addr) ? addr : null, have: new Uint8Array(f.chunkCount), coming: new Map(), uploads: new Map(), sources: new Map(), seen: this.now(), lastAssigned: 0, suspendedUntil: 0 };
+    h = { id, addr: addr && !f.banned.has(addr) ? addr : null, have: new Uint8Array(f.chunkCount), coming: new Map(), uploads: new Map(), uploadsSweepAt: Infinity, sources: new Map(), seen: this.now(), lastAssigned: 0, suspendedUntil: 0 };
     f.holders.set(id, h);
     return h;
   }
 
-  /** The askers this holder serves now (expired assignments forgotten). */
+  /**
+   * The askers this holder serves now (expired assignments forgotten). Asked for every candidate holder of every
+   * chunk of every query (500 holders × 8 chunks a query in a rack), so the sweep runs only once an assignment
+   * can have expired.
+   */
   private liveUploads(h: Holder, t: number): number {
+    if (t < h.uploadsSweepAt) return h.uploads.size;
+    let next = Infinity;
     for (const [asker, chunks] of h.uploads) {
-      for (const [c, until] of chunks) if (until <= t) chunks.delete(c);
+      for (const [c, until] of chunks) if (until <= t) chunks.delete(c); else if (until < next) next = until;
       if (!chunks.size) h.uploads.delete(asker);
     }
+    h.uploadsSweepAt = next;
     return h.uploads.size;
   }
 
@@ -157,6 +166,7 @@ export class PeerTracker {
         const ups = best.uploads.get(asker) ?? new Map<number, number>();
         ups.set(chunk, t + this.limits.assignmentTtlMs);
         best.uploads.set(asker, ups);
+        best.uploadsSweepAt = Math.min(best.uploadsSweepAt, t + this.limits.assignmentTtlMs);
         best.lastAssigned = t;
         if (me) me.sources.set(chunk, best.id);
         out.push({ chunk, peer: best.addr, holder: best.id, why: best.have[chunk] === 1 ? 'has-it' : 'fetching-it' });

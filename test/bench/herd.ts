@@ -60,6 +60,7 @@ function print(ib: StackRun, ref: StackRun): void {
   row('HTTP MB/s (kernel…disk window)', fmt(a.httpBytesPerSecond / MB), fmt(b.httpBytesPerSecond / MB), ratio(a.httpBytesPerSecond, b.httpBytesPerSecond));
   row('disk MB/s under the herd', fmt(a.diskBytesPerSecond / MB), fmt(b.diskBytesPerSecond / MB), ratio(a.diskBytesPerSecond, b.diskBytesPerSecond));
   row('server RSS max (MiB)', fmt(ib.rss.maxBytes / MB, 0), fmt(ref.rss.maxBytes / MB, 0), ratio(ib.rss.maxBytes, ref.rss.maxBytes));
+  row('event-loop lag p99, whole herd (ms)', fmt(a.lagP99RunMs), '—', '');
   row('event-loop lag p99, worst 0.5 s (ms)', fmt(a.lagP99MaxMs), '—', '');
   row('event-loop lag max (ms)', fmt(a.lagMaxMs), '—', '');
   row('server egress / (N × disk size)', fmt(a.egressRatio, 2), fmt(b.egressRatio, 2), '');
@@ -69,7 +70,8 @@ function print(ib: StackRun, ref: StackRun): void {
   const lags = ib.report.samples.map((x) => x.lagP99Seconds ?? 0).sort((x, y) => x - y);
   console.log(`ironboot event-loop lag p99 per 0.5 s sample: median ${fmt(lags[Math.floor(lags.length / 2)] * 1000)} ms over ${lags.length} samples`);
   console.log(`goals: 500 machines ${N >= 500 ? 'run' : `not run (N=${N})`}; no DHCP drop ${a.dhcpDrops === 0 ? 'met' : 'NOT met'}; no failed workflow `
-    + `${a.failed.length === 0 && ib.report.finalStates.succeeded === N ? 'met' : 'NOT met'}; lag p99 < 50 ms ${(a.lagP99MaxMs ?? Infinity) < 50 ? 'met' : 'NOT met'}; `
+    + `${a.failed.length === 0 && ib.report.finalStates.succeeded === N ? 'met' : 'NOT met'}; lag p99 < 50 ms over the herd ${(a.lagP99RunMs ?? Infinity) < 50 ? 'met' : 'NOT met'}, `
+    + `in every 0.5 s ${(a.lagP99MaxMs ?? Infinity) < 50 ? 'met' : 'NOT met'}; `
     + `disk ≥ 90 % of nginx ${a.diskBytesPerSecond >= 0.9 * b.diskBytesPerSecond ? 'met' : 'NOT met'} (${fmt((100 * a.diskBytesPerSecond) / b.diskBytesPerSecond, 0)} %)`);
 }
 
@@ -84,8 +86,10 @@ try {
     const p = run.summary;
     console.log(`simulator's own event-loop delay: p99 ${fmt(run.report.runnerLag.p99Ms)} ms, max ${fmt(run.report.runnerLag.maxMs)} ms`);
     console.log(`peers ${peers} only: ${p.succeeded}/${p.machines}, egress ${fmt(p.egressRatio, 3)}, disk p50/p99 ${fmt(p.phases.disk.p50, 0)}/${fmt(p.phases.disk.p99, 0)} ms, `
-      + `span ${fmt(p.spanMs / 1000, 2)} s, refused ${p.badPeerChunks} ${JSON.stringify(p.badPeerReasons)}, lag p99 worst 0.5 s ${fmt(p.lagP99MaxMs)} ms`);
+      + `span ${fmt(p.spanMs / 1000, 2)} s, refused ${p.badPeerChunks} ${JSON.stringify(p.badPeerReasons)}, DHCP drops ${p.dhcpDrops}, `
+      + `lag p99 over the herd ${fmt(p.lagP99RunMs)} ms, worst 0.5 s ${fmt(p.lagP99MaxMs)} ms`);
     for (const f of p.failed.slice(0, 5)) console.log(`peers ${peers} FAILED ${f.mac}: ${f.error}`);
+    if (process.env.HERD_JSON) console.log(JSON.stringify({ ironboot: p, samples: run.report.samples }));
   } else {
   const ib = await herd.runIronboot(sizes, { serveArgs: ['--no-p2p'] });
   const img = ib.report.image!;
@@ -111,6 +115,7 @@ try {
     row('disk bytes from peers / server (MiB)', `${fmt(p.peerDiskBytes / MB, 0)}/${fmt(p.serverDiskBytesClient / MB, 0)}`, `0/${fmt(a.serverDiskBytesClient / MB, 0)}`, '');
     row('peer chunks refused (hash/error/late)', String(p.badPeerChunks), '', '');
     row('server RSS max (MiB)', fmt(p2p.rss.maxBytes / MB, 0), fmt(ib.rss.maxBytes / MB, 0), fmt(ref.rss.maxBytes / MB, 0));
+    row('event-loop lag p99, whole herd (ms)', fmt(p.lagP99RunMs), fmt(a.lagP99RunMs), '—');
     row('event-loop lag p99, worst 0.5 s (ms)', fmt(p.lagP99MaxMs), fmt(a.lagP99MaxMs), '—');
     for (const f of p.failed.slice(0, 5)) console.log(`peers on FAILED ${f.mac}: ${f.error}`);
   }

@@ -269,7 +269,7 @@ export class HttpPool {
     // a whole-request deadline (init/agent/steps/peers.ts's: a peer that trickles is as bad as one that stalls)
     let timer: NodeJS.Timeout | undefined;
     const deadline = o.deadlineMs === undefined ? null : new Promise<never>((_r, reject) => {
-      timer = setTimeout(() => { c.destroy(); reject(new Error(`GET ${url}: not done within ${o.deadlineMs} ms`)); }, o.deadlineMs);
+      timer = setTimeout(() => { reject(new Error(`GET ${url}: not done within ${o.deadlineMs} ms`)); c.destroy(); }, o.deadlineMs);
     });
     try {
       const r = await (deadline ? Promise.race([c.get(url, o), deadline]) : c.get(url, o));

@@ -172,7 +172,9 @@ export class Herd {
     const { artifacts, oci } = this.prepare(sizes);
     const token = randomBytes(18).toString('base64url');
     const url = `http://${SERVER_IP}:8080`;
-    const serve = this.srv.spawn(process.execPath, [...(o.nodeArgs ?? []), CLI, 'serve', '--data-dir', join(this.dir.path, o.dataDir ?? 'data'), '--dhcp-interface', 'br0',
+    // HERD_SERVE_NODE_ARGS: node flags for the daemon (e.g. "--cpu-prof --cpu-prof-dir=/tmp/serve-prof")
+    const nodeArgs = o.nodeArgs ?? (process.env.HERD_SERVE_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const serve = this.srv.spawn(process.execPath, [...nodeArgs, CLI, 'serve', '--data-dir', join(this.dir.path, o.dataDir ?? 'data'), '--dhcp-interface', 'br0',
       '--http-listen', `${SERVER_IP}:8080`, '--tftp-listen', `${SERVER_IP}:69`, '--public-url', url,
       '--artifacts-dir', artifacts, '--no-build-artifacts', ...(o.serveArgs ?? [])],
     { env: { ...process.env, IRONBOOT_TOKEN: token, CI: '1', ...o.env } });

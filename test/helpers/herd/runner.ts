@@ -31,6 +31,8 @@ export interface RunnerReport {
   finalStates: Record<string, number>;
   image: { id: string; compressedSize: number; compressedSha256: string; rawSize: number } | null;
   daemonMetrics: string | null;
+  /** The daemon's /metrics just before the herd started. */
+  daemonMetricsAtStart: string | null;
   /** The simulator's own event-loop delay while the herd booted (ms): a late client is the simulator's doing. */
   runnerLag: { p99Ms: number; maxMs: number };
 }
@@ -72,7 +74,8 @@ export async function runHerdInNamespace(cfg: RunnerConfig): Promise<RunnerRepor
   const samples: MetricsSample[] = [];
   let sampling = true;
   // prom-client resets its event-loop histogram at each scrape: one scrape now, so the samples cover the herd only
-  if (cfg.metricsUrl) await fetch(cfg.metricsUrl).then((r) => r.text()).catch(() => null);
+  // and the daemon's cumulative histograms as they were before the herd (the difference at the end covers the herd)
+  const daemonMetricsAtStart = cfg.metricsUrl ? await fetch(cfg.metricsUrl).then((r) => r.text()).catch(() => null) : null;
   const t0 = performance.now();
   const runnerLag = monitorEventLoopDelay({ resolution: 10 });
   runnerLag.enable();
@@ -131,7 +134,7 @@ export async function runHerdInNamespace(cfg: RunnerConfig): Promise<RunnerRepor
     for (const r of results) finalStates[r.serverState ?? 'unknown'] = (finalStates[r.serverState ?? 'unknown'] ?? 0) + 1;
   }
   const daemonMetrics = cfg.metricsUrl ? await (await fetch(cfg.metricsUrl)).text().catch(() => null) : null;
-  return { results, wallMs, samples, finalStates, image, daemonMetrics, runnerLag: { p99Ms: runnerLag.percentile(99) / 1e6, maxMs: runnerLag.max / 1e6 } };
+  return { results, wallMs, samples, finalStates, image, daemonMetrics, daemonMetricsAtStart, runnerLag: { p99Ms: runnerLag.percentile(99) / 1e6, maxMs: runnerLag.max / 1e6 } };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

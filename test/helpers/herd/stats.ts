@@ -23,8 +23,11 @@ export interface HerdSummary {
   httpBytesPerSecond: number;
   /** Disk bytes over the time from the first disk GET to the last disk byte. */
   diskBytesPerSecond: number;
+  /** The worst per-scrape p99 (scrapes every ~0.5 s): the strictest reading of "lag p99". */
   lagP99MaxMs: number | null;
   lagMaxMs: number | null;
+  /** The p99 of the event-loop delay over the whole herd (ironboot_event_loop_delay_seconds, end minus start). */
+  lagP99RunMs: number | null;
   rssMaxBytes: number | null;
   /**
    * Container-disk bytes the server sent over N × the compressed disk's size: from the daemon's own counter
@@ -47,6 +50,34 @@ export function metricSum(text: string, name: string, labels = ''): number | nul
     sum = (sum ?? 0) + Number(m[2]);
   }
   return sum;
+}
+
+/** A Prometheus histogram's cumulative buckets (le → count) in `text`. */
+export function histogramBuckets(text: string, name: string): Map<number, number> {
+  const b = new Map<number, number>();
+  for (const m of text.matchAll(new RegExp(`^${name}_bucket\\{le="([^"]+)"\\} ([\\d.eE+-]+)$`, 'gm'))) b.set(m[1] === '+Inf' ? Infinity : Number(m[1]), Number(m[2]));
+  return b;
+}
+
+/**
+ * The q-quantile of the observations between two scrapes of one histogram, as Prometheus' histogram_quantile
+ * computes it (linear within the bucket it falls in); null without observations.
+ */
+export function quantileBetween(before: string | null, after: string, name: string, q: number): number | null {
+  const a = histogramBuckets(after, name);
+  const b = before ? histogramBuckets(before, name) : new Map<number, number>();
+  const les = [...a.keys()].sort((x, y) => x - y);
+  const count = (le: number) => (a.get(le) ?? 0) - (b.get(le) ?? 0);
+  const total = les.length ? count(les[les.length - 1]) : 0;
+  if (!total) return null;
+  const rank = q * total;
+  let lower = 0; let below = 0;
+  for (const le of les) {
+    const c = count(le);
+    if (c >= rank) return le === Infinity ? lower : lower + ((le - lower) * (rank - below)) / Math.max(1, c - below);
+    lower = le; below = c;
+  }
+  return lower;
 }
 
 export function summarize(r: RunnerReport): HerdSummary {
@@ -81,6 +112,10 @@ export function summarize(r: RunnerReport): HerdSummary {
     diskBytesPerSecond: diskBytes / span('disk', 'disk'),
     lagP99MaxMs: lags.length ? Math.max(...lags) * 1000 : null,
     lagMaxMs: maxes.length ? Math.max(...maxes) * 1000 : null,
+    lagP99RunMs: (() => {
+      const v = r.daemonMetrics ? quantileBetween(r.daemonMetricsAtStart ?? null, r.daemonMetrics, 'ironboot_event_loop_delay_seconds', 0.99) : null;
+      return v === null ? null : v * 1000;
+    })(),
     rssMaxBytes: rss.length ? Math.max(...rss) : null,
     egressRatio: (() => {
       const size = r.image?.compressedSize ?? (ok[0] ? ok[0].diskBytes : 0);
