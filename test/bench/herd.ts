@@ -75,14 +75,18 @@ function print(ib: StackRun, ref: StackRun): void {
     + `disk ≥ 90 % of nginx ${a.diskBytesPerSecond >= 0.9 * b.diskBytesPerSecond ? 'met' : 'NOT met'} (${fmt((100 * a.diskBytesPerSecond) / b.diskBytesPerSecond, 0)} %)`);
 }
 
+// sized for the rack, as the reference is (dnsmasq tftp-max=5000): the default cap of 256 concurrent TFTP transfers
+// would leave the rest of 500 machines to retry their request a second later
+const rackArgs = ['--tftp-max-transfers', String(Math.max(256, N))];
+
 const herd = await Herd.create(N);
 try {
-  console.log(`herd: ${N} machines; kernel ${sizes.kernelBytes / MB} MiB, initramfs ${sizes.initrdBytes / MB} MiB, disk payload ${sizes.diskPayloadBytes / MB} MiB`);
+  console.log(`herd: ${N} machines; kernel ${sizes.kernelBytes / MB} MiB, initramfs ${sizes.initrdBytes / MB} MiB, disk payload ${sizes.diskPayloadBytes / MB} MiB; ironboot serve ${rackArgs.join(' ')}`);
   if (process.env.HERD_P2P === 'only' || process.env.HERD_P2P === 'off-only') {
     // one ironboot run alone (no reference, not the other mode): what a tuning change does
     const peers = process.env.HERD_P2P === 'only' ? 'on' : 'off';
     const chunk = Number(process.env.HERD_P2P_CHUNK_KB ?? 512) * 1024;
-    const run = await herd.runIronboot(sizes, { serveArgs: peers === 'on' ? ['--p2p-chunk-size', String(chunk)] : ['--no-p2p'] });
+    const run = await herd.runIronboot(sizes, { serveArgs: [...(peers === 'on' ? ['--p2p-chunk-size', String(chunk)] : ['--no-p2p']), ...rackArgs] });
     const p = run.summary;
     console.log(`simulator's own event-loop delay: p99 ${fmt(run.report.runnerLag.p99Ms)} ms, max ${fmt(run.report.runnerLag.maxMs)} ms`);
     console.log(`peers ${peers} only: ${p.succeeded}/${p.machines}, egress ${fmt(p.egressRatio, 3)}, disk p50/p99 ${fmt(p.phases.disk.p50, 0)}/${fmt(p.phases.disk.p99, 0)} ms, `
@@ -91,7 +95,7 @@ try {
     for (const f of p.failed.slice(0, 5)) console.log(`peers ${peers} FAILED ${f.mac}: ${f.error}`);
     if (process.env.HERD_JSON) console.log(JSON.stringify({ ironboot: p, samples: run.report.samples }));
   } else {
-  const ib = await herd.runIronboot(sizes, { serveArgs: ['--no-p2p'] });
+  const ib = await herd.runIronboot(sizes, { serveArgs: ['--no-p2p', ...rackArgs] });
   const img = ib.report.image!;
   const file = find(join(herd.dir.path, 'data'), `${img.id}.ext4.zst`);
   if (!file) throw new Error('the built disk file is missing from the data dir');
@@ -101,7 +105,7 @@ try {
   let p2p: StackRun | null = null;
   if (process.env.HERD_P2P !== '0') {
     const chunk = Number(process.env.HERD_P2P_CHUNK_KB ?? 512) * 1024;
-    p2p = await herd.runIronboot(sizes, { dataDir: 'data-p2p', serveArgs: ['--p2p-chunk-size', String(chunk)] });
+    p2p = await herd.runIronboot(sizes, { dataDir: 'data-p2p', serveArgs: ['--p2p-chunk-size', String(chunk), ...rackArgs] });
     const a = ib.summary; const p = p2p.summary; const r = ref.summary;
     const chunks = Math.ceil(img.compressedSize / chunk);
     console.log(`\npeer-to-peer fetching (${chunk / 1024} KiB chunks, ${chunks} per disk):`);
