@@ -566,7 +566,7 @@ export class TftpServer {
       const t = Date.now();
       if (t - this.busyLoggedAt >= 10_000) {
         this.log.warn({ dropped: this.busyDropped, limit: maxTotal, inUse: this.slotsInUse, why: room ? 'all slots busy' : 'unanswered share full' },
-          `tftp: ${this.busyDropped} requests left unanswered so their clients retry: ${room ? `all ${maxTotal} transfer slots busy (--tftp-max-transfers to raise it)` : 'the slots for clients that have not answered yet are full (a rack booting at once, or spoofed requests)'}`);
+          `tftp: ${this.busyDropped} requests left unanswered so their clients retry: ${room ? `all ${maxTotal} transfer slots busy (--tftp-max-transfers to raise it)` : `the ${Math.max(1, Math.floor(maxTotal / 2))} slots for clients that have not answered yet are full (a rack booting at once, or spoofed requests; half of --tftp-max-transfers may be unanswered, so for N machines powering on together set it to 2 × N)`}`);
         this.busyDropped = 0;
         this.busyLoggedAt = t;
       }

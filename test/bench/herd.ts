@@ -75,9 +75,10 @@ function print(ib: StackRun, ref: StackRun): void {
     + `disk ≥ 90 % of nginx ${a.diskBytesPerSecond >= 0.9 * b.diskBytesPerSecond ? 'met' : 'NOT met'} (${fmt((100 * a.diskBytesPerSecond) / b.diskBytesPerSecond, 0)} %)`);
 }
 
-// sized for the rack, as the reference is (dnsmasq tftp-max=5000): the default cap of 256 concurrent TFTP transfers
-// would leave the rest of 500 machines to retry their request a second later
-const rackArgs = ['--tftp-max-transfers', String(Math.max(256, N))];
+// sized for the rack, as the reference is (dnsmasq tftp-max=5000): at most half of --tftp-max-transfers (default
+// 256) may be transfers whose client has not answered yet (the spoofing guard, server/tftp/server.ts), so N machines
+// requesting at the same moment need 2 × N; with less, the rest are left unanswered and retry a second later
+const rackArgs = ['--tftp-max-transfers', String(Math.max(256, 2 * N))];
 
 const herd = await Herd.create(N);
 try {
@@ -90,7 +91,7 @@ try {
     const p = run.summary;
     console.log(`simulator's own event-loop delay: p99 ${fmt(run.report.runnerLag.p99Ms)} ms, max ${fmt(run.report.runnerLag.maxMs)} ms`);
     console.log(`peers ${peers} only: ${p.succeeded}/${p.machines}, egress ${fmt(p.egressRatio, 3)}, disk p50/p99 ${fmt(p.phases.disk.p50, 0)}/${fmt(p.phases.disk.p99, 0)} ms, `
-      + `span ${fmt(p.spanMs / 1000, 2)} s, refused ${p.badPeerChunks} ${JSON.stringify(p.badPeerReasons)}, DHCP drops ${p.dhcpDrops}, `
+      + `span ${fmt(p.spanMs / 1000, 2)} s, refused ${p.badPeerChunks} ${JSON.stringify(p.badPeerReasons)}, DHCP drops ${p.dhcpDrops}, TFTP retransmissions ${p.tftpRetransmits}, `
       + `lag p99 over the herd ${fmt(p.lagP99RunMs)} ms, worst 0.5 s ${fmt(p.lagP99MaxMs)} ms`);
     for (const f of p.failed.slice(0, 5)) console.log(`peers ${peers} FAILED ${f.mac}: ${f.error}`);
     if (process.env.HERD_JSON) console.log(JSON.stringify({ ironboot: p, samples: run.report.samples }));
