@@ -389,8 +389,12 @@ void threadMain(Transfer* t) {
   }
   close(t->fileFd);
   t->fileFd = -1;
-  napi_call_threadsafe_function(t->tsfn, t, napi_tsfn_blocking);
-  napi_release_threadsafe_function(t->tsfn, napi_tsfn_release);
+  // deliver() frees t on the JS thread, possibly before napi_call_threadsafe_function has returned here: t must not
+  // be touched after the call. Reading t->tsfn for the release did; a herd of 500 crashed the daemon (SIGSEGV) in its
+  // TFTP transfers, and test/integration/tftp-native-stress.test.ts crashed in 2 runs of 7 with it.
+  napi_threadsafe_function tsfn = t->tsfn;
+  napi_call_threadsafe_function(tsfn, t, napi_tsfn_blocking);
+  napi_release_threadsafe_function(tsfn, napi_tsfn_release);
 }
 
 #define CHECK(call)                                                   \

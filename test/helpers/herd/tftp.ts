@@ -8,14 +8,14 @@ import { decodePacket, encodeAck, encodeRequest } from '../../../server/tftp/pac
 
 export interface TftpResult { bytes: number; sha256: string; retransmits: number; duplicates: number }
 
-export async function tftpFetch(localAddress: string, server: string, file: string, o: { timeoutMs?: number; attempts?: number } = {}): Promise<TftpResult> {
+export async function tftpFetch(localAddress: string, server: string, file: string, o: { timeoutMs?: number; attempts?: number; port?: number } = {}): Promise<TftpResult> {
   const sock = dgram.createSocket('udp4');
   await new Promise<void>((resolve, reject) => { sock.once('error', reject); sock.bind(0, localAddress, () => resolve()); });
   const hash = createHash('sha256');
   let bytes = 0; let retransmits = 0; let duplicates = 0;
   try {
     return await new Promise<TftpResult>((resolve, reject) => {
-      let last: { data: Buffer; port: number } = { data: encodeRequest('rrq', file, 'octet', { blksize: '1432', tsize: '0' }), port: 69 };
+      let last: { data: Buffer; port: number } = { data: encodeRequest('rrq', file, 'octet', { blksize: '1432', tsize: '0' }), port: o.port ?? 69 };
       let peerPort = -1; let blksize = 512; let expected = 1; let silent = 0;
       let timer: NodeJS.Timeout;
       const send = () => { sock.send(last.data, last.port, server); };
