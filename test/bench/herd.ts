@@ -78,7 +78,8 @@ function print(ib: StackRun, ref: StackRun): void {
 // sized for the rack, as the reference is (dnsmasq tftp-max=5000): at most half of --tftp-max-transfers (default
 // 256) may be transfers whose client has not answered yet (the spoofing guard, server/tftp/server.ts), so N machines
 // requesting at the same moment need 2 × N; with less, the rest are left unanswered and retry a second later
-const rackArgs = ['--tftp-max-transfers', String(Math.max(256, 2 * N))];
+// HERD_SERVE_ARGS: more `ironboot serve` flags for every ironboot run (e.g. "--log-level warn")
+const rackArgs = ['--tftp-max-transfers', String(Math.max(256, 2 * N)), ...(process.env.HERD_SERVE_ARGS ?? '').split(' ').filter(Boolean)];
 
 const herd = await Herd.create(N);
 try {
