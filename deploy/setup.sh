@@ -13,7 +13,7 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 
 # Debian packages. The daemon: iPXE binaries, the kernel it boots machines with, and what the initramfs and the
 # container-disk builder are made of.
-DEB_SERVE=(ipxe linux-image-amd64 busybox-static zstd e2fsprogs kmod cpio iproute2 binutils util-linux python3 isal libisal-dev libzstd-dev
+DEB_SERVE=(ipxe linux-image-amd64 busybox-static zstd lz4 e2fsprogs kmod cpio iproute2 binutils util-linux python3 isal libisal-dev libzstd-dev
   grub-common grub-pc-bin grub-efi-amd64-bin dosfstools mtools fdisk)
 # `ironboot artifacts ipxe` (iPXE with HTTPS and the operator's CA, from Debian's source package): the build tools.
 # Installed with --test (test/e2e/lab-ipxe-tls.test.ts builds it) or IRONBOOT_IPXE_BUILD=1; keep in step with

@@ -5,11 +5,12 @@ import { buildIpxe, IpxeBuildError, DEBIAN_MIRROR } from '../boot/ipxe-build.ts'
 import { parseArgs, str } from './args.ts';
 import { CliError } from './client.ts';
 
-export const ARTIFACTS_HELP = `ironboot artifacts build [--out DIR] [--kernel PATH] [--all-drivers] [--tls-ca FILE] [--json]
+export const ARTIFACTS_HELP = `ironboot artifacts build [--out DIR] [--kernel PATH] [--all-drivers] [--tls-ca FILE] [--initramfs-compression lz4|zstd] [--json]
   Builds vmlinuz and initramfs into DIR (default: DATA_DIR/artifacts, DATA_DIR from --data-dir or IRONBOOT_DATA_DIR,
   else ./var). The kernel is the host's Debian linux-image-amd64 unless --kernel names one; --all-drivers includes
   every network and storage driver for real hardware; --tls-ca builds in the CA the agent verifies HTTPS against
-  (the same file as ironboot serve --tls-ca).
+  (the same file as ironboot serve --tls-ca). The initramfs is lz4-compressed (the kernel unpacks it faster than
+  zstd) unless the kernel's config lacks RD_LZ4 or --initramfs-compression zstd asks for the smaller file.
 
 ironboot artifacts ipxe --trust CA.pem [--out DIR] [--cache DIR] [--mirror URL] [--version V] [--dsc-sha256 HEX] [--jobs N] [--json]
   Builds iPXE (undionly.kpxe, ipxe.efi, snponly.efi) from Debian's source package of the installed ipxe version with
@@ -22,17 +23,19 @@ ironboot artifacts ipxe --trust CA.pem [--out DIR] [--cache DIR] [--mirror URL] 
 
 export async function artifactsCommand(argv: string[], out: (s: string) => void): Promise<number> {
   if (argv[0] === 'ipxe') return ipxeCommand(argv.slice(1), out);
-  const a = parseArgs(argv, { bool: ['all-drivers'], known: ['out', 'kernel', 'all-drivers', 'data-dir', 'tls-ca'] });
+  const a = parseArgs(argv, { bool: ['all-drivers'], known: ['out', 'kernel', 'all-drivers', 'data-dir', 'tls-ca', 'initramfs-compression'] });
   if (a.positionals[0] !== 'build' || a.flags.help) {
     out(ARTIFACTS_HELP);
     return a.flags.help ? 0 : 2;
   }
   const dataDir = resolve(str(a.flags, 'data-dir') ?? process.env.IRONBOOT_DATA_DIR ?? './var');
   const outDir = resolve(str(a.flags, 'out') ?? join(dataDir, 'artifacts'));
+  const compression = str(a.flags, 'initramfs-compression') ?? 'lz4';
+  if (compression !== 'lz4' && compression !== 'zstd') throw new CliError(`--initramfs-compression ${compression}: want lz4 or zstd`, 2);
   const started = Date.now();
   try {
     const r = await buildArtifacts({
-      outDir, kernel: str(a.flags, 'kernel'), allDrivers: a.flags['all-drivers'] === true, caFile: str(a.flags, 'tls-ca') ?? null,
+      outDir, kernel: str(a.flags, 'kernel'), allDrivers: a.flags['all-drivers'] === true, caFile: str(a.flags, 'tls-ca') ?? null, compression,
       log: (msg) => process.stderr.write(`artifacts: ${msg}\n`),
     });
     if (a.flags.json) out(JSON.stringify(r.report, null, 2) + '\n');

@@ -4,7 +4,8 @@
  * chroot into its entrypoint) with nothing else.
  */
 import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { decompressInitramfs } from '../../init/build/index.ts';
 import { readCpio, writeCpio, type CpioEntry } from '../../init/build/cpio.ts';
 
 export const SHELL_INIT = `#!/bin/sh
@@ -20,7 +21,7 @@ exec chroot /mnt /entry.sh
 
 /** The seed flow's reference initramfs: ours (busybox, modules) without node, zstd, resize2fs and the agent, and SHELL_INIT as /init. */
 export function referenceInitramfs(ours: string, out: string): void {
-  const cpio = readCpio(execFileSync('zstd', ['-d', '-c', ours], { maxBuffer: 1 << 30 }));
+  const cpio = readCpio(decompressInitramfs(ours));
   const keep = cpio.filter((e) => /^(bin|dev|lib\/modules|etc\/(passwd|group)|sbin|usr|proc|sys|run|tmp|mnt)(\/|$)/.test(e.name) && !/^bin\/(node|zstd|resize2fs)$/.test(e.name));
   const entries: CpioEntry[] = keep.map((e) => {
     const type = e.mode & 0o170000;
@@ -30,5 +31,8 @@ export function referenceInitramfs(ours: string, out: string): void {
     return { path: e.name, type: 'file', mode: e.mode & 0o7777, data: Buffer.from(e.data) };
   });
   entries.push({ path: 'init', type: 'file', mode: 0o755, data: Buffer.from(SHELL_INIT) });
-  writeFileSync(out, execFileSync('zstd', ['-q', '-12', '-T0', '-c'], { input: writeCpio(entries), maxBuffer: 1 << 30 }));
+  // compressed as ours is (the codec changes how long the kernel unpacks it: the comparison is of what is inside)
+  const lz4 = readFileSync(ours).subarray(0, 4).equals(Buffer.from([0x02, 0x21, 0x4c, 0x18]));
+  const [cmd, args] = lz4 ? ['lz4', ['-q', '-l', '-9', '-c']] : ['zstd', ['-q', '-12', '-T0', '-c']];
+  writeFileSync(out, execFileSync(cmd, args, { input: writeCpio(entries), maxBuffer: 1 << 30 }));
 }

@@ -23,7 +23,7 @@ export function artifactsKey(): string {
     h.update(f).update(readFileSync(f));
   }
   const k = findKernel();
-  for (const p of [k.path, `${k.modulesDir}/modules.dep`, process.execPath, '/usr/bin/busybox', '/usr/bin/zstd']) {
+  for (const p of [k.path, `${k.modulesDir}/modules.dep`, process.execPath, '/usr/bin/busybox', '/usr/bin/zstd', '/usr/bin/lz4']) {
     const s = existsSync(p) ? statSync(p) : null;
     h.update(`${p}:${s?.size}:${s?.mtimeMs}`);
   }

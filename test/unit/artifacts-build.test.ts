@@ -6,10 +6,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildArtifacts, formatReport, CA_STAMP } from '../../init/build/index.ts';
+import { buildArtifacts, formatReport, CA_STAMP, decompressInitramfs, initramfsCompressionFor } from '../../init/build/index.ts';
 import { readCpio } from '../../init/build/cpio.ts';
 import { findKernel } from '../../init/build/kernel.ts';
 import { librariesOf } from '../../init/build/ldd.ts';
@@ -17,14 +17,17 @@ import { testArtifacts } from '../helpers/agent-artifacts.ts';
 import { have } from '../helpers/netns.ts';
 
 const skip = (() => {
-  for (const c of ['zstd', 'depmod', 'strip', 'ldd', 'busybox']) if (!have(c)) return `${c} is not installed`;
+  for (const c of ['zstd', 'lz4', 'depmod', 'strip', 'ldd', 'busybox']) if (!have(c)) return `${c} is not installed`;
   try { findKernel(); } catch (e) { return (e as Error).message; }
   return false;
 })();
 
 test('the initramfs: busybox init as PID 1, the agent, node with its libraries, tools, modules', { skip, timeout: 240_000 }, async () => {
   const art = await testArtifacts();
-  const cpio = execFileSync('zstd', ['-d', '-c', art.initramfs], { maxBuffer: 1 << 30 });
+  // lz4's legacy frame by default (the host kernel has RD_LZ4): the kernel unpacks it faster than zstd
+  assert.deepEqual([...readFileSync(art.initramfs).subarray(0, 4)], [0x02, 0x21, 0x4c, 0x18]);
+  assert.equal(art.report.initramfs.compression, 'lz4 -l -9');
+  const cpio = decompressInitramfs(art.initramfs);
   const recs = new Map(readCpio(cpio).map((r) => [r.name, r]));
   const k = findKernel();
   const link = (p: string) => recs.get(p)?.data.toString();
@@ -48,7 +51,7 @@ test('the initramfs: busybox init as PID 1, the agent, node with its libraries, 
   assert.equal(r.initramfs.bytes, readFileSync(art.initramfs).length);
   assert.equal(r.initramfs.entries, recs.size);
   assert.ok(r.groups.node.bytes > 50e6 && r.groups.modules.files > 50);
-  assert.match(formatReport(r), /initramfs .* MB +\(zstd -\d+/);
+  assert.match(formatReport(r), /initramfs .* MB +\(lz4 -l -9/);
 });
 
 test('same inputs, same bytes: a second build is identical', { skip, timeout: 240_000 }, async () => {
@@ -72,11 +75,34 @@ test('--tls-ca: the operator CA goes in as /etc/ironboot/ca.pem (the agent verif
     execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'ca.key'),
       '-out', ca, '-days', '1', '-subj', '/CN=iba-ca'], { stdio: 'ignore' });
     const out = join(dir, 'out');
-    const r = await buildArtifacts({ outDir: out, caFile: ca, zstdLevel: 1 });
-    const recs = new Map(readCpio(execFileSync('zstd', ['-d', '-c', r.initramfs], { maxBuffer: 1 << 30 })).map((x) => [x.name, x]));
+    // zstd at level 1 (quick; and the other format the builder writes)
+    const r = await buildArtifacts({ outDir: out, caFile: ca, compression: 'zstd', zstdLevel: 1 });
+    assert.equal(r.report.initramfs.compression, 'zstd -1');
+    assert.deepEqual([...readFileSync(r.initramfs).subarray(0, 4)], [0x28, 0xb5, 0x2f, 0xfd]);
+    const recs = new Map(readCpio(decompressInitramfs(r.initramfs)).map((x) => [x.name, x]));
     assert.deepEqual(recs.get('etc/ironboot/ca.pem')!.data, readFileSync(ca));
     assert.equal(readFileSync(join(out, CA_STAMP), 'utf8').trim(), createHash('sha256').update(readFileSync(ca)).digest('hex'));
-    await assert.rejects(buildArtifacts({ outDir: out, caFile: join(dir, 'ca.key'), zstdLevel: 1 }), /holds no PEM certificate/);
+    await assert.rejects(buildArtifacts({ outDir: out, caFile: join(dir, 'ca.key'), compression: 'zstd', zstdLevel: 1 }), /holds no PEM certificate/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('initramfs compression follows the kernel: lz4 when its config has RD_LZ4, else zstd, else a clear error', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'iba-rd-'));
+  try {
+    const kernel = join(dir, 'vmlinuz-9.9.9-test');
+    const config = (lines: string) => writeFileSync(join(dir, 'config-9.9.9-test'), lines);
+    const said: string[] = [];
+    config('CONFIG_RD_LZ4=y\nCONFIG_RD_ZSTD=y\n');
+    assert.equal(initramfsCompressionFor(kernel, '9.9.9-test', 'lz4', (m) => said.push(m)), 'lz4');
+    config('# CONFIG_RD_LZ4 is not set\nCONFIG_RD_ZSTD=y\n');
+    assert.equal(initramfsCompressionFor(kernel, '9.9.9-test', 'lz4', (m) => said.push(m)), 'zstd');
+    assert.match(said.join('\n'), /cannot unpack a lz4 initramfs \(no CONFIG_RD_LZ4 in .*config-9\.9\.9-test\): using zstd/);
+    config('CONFIG_RD_GZIP=y\n');
+    assert.throws(() => initramfsCompressionFor(kernel, '9.9.9-test', 'lz4', () => {}), /unpacks neither lz4 nor zstd/);
+    rmSync(join(dir, 'config-9.9.9-test'));
+    assert.equal(initramfsCompressionFor(kernel, '9.9.9-test', 'zstd', () => {}), 'zstd', 'no config to read: as asked');
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
