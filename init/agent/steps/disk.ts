@@ -12,7 +12,7 @@ import { blockDeviceSize, streamDisk } from './stream.ts';
 import { Value } from '@sinclair/typebox/value';
 import { ChunkManifest } from '../../../server/agent/api.ts';
 import { postJson } from '../reporter.ts';
-import { fetchBufferWith, fetchChunks, HeldChunks, keepChunksCap, newStats, servePeers, type ChunkFetchStats, type PeerServer } from './peers.ts';
+import { fetchBufferWith, fetchChunks, HeldChunks, keepChunksCap, newStats, PEER_CONNECT_TIMEOUT_MS, servePeers, type ChunkFetchStats, type PeerServer } from './peers.ts';
 
 /** The chunks this agent serves to peers, for as long as it runs (the entrypoint keeps it running). */
 const served = new Map<string, HeldChunks>();
@@ -54,7 +54,10 @@ async function peerChunks(spec: WorkflowSpec, cfg: AgentConfig, url: string, say
     say(`the disk (${manifest.size} bytes) is over what this machine keeps to serve peers (${cap} bytes); fetching without serving`);
   }
   say(`fetching ${manifest.chunks.length} chunks of ${manifest.chunkSize} bytes from peers or the server${hold ? `; serving them on port ${hold.port}` : ''}`);
-  return fetchChunks({ manifest, fileUrl: url, server: cfg.server, token: cfg.token, fetch, post: postJson, hold, log: say }, stats);
+  return fetchChunks({
+    manifest, fileUrl: url, server: cfg.server, token: cfg.token, fetch, fetchPeer: fetchBufferWith({ connectTimeoutMs: PEER_CONNECT_TIMEOUT_MS }),
+    post: postJson, hold, log: say,
+  }, stats);
 }
 
 const read = (p: string) => readFile(p, 'utf8').then((s) => s.trim()).catch(() => '');

@@ -24,7 +24,16 @@ export interface FetchReply { status: number; body: Buffer; headers: http.Incomi
 /** GET url → the whole body (at most `maxBytes`, else an error); `agent` for the source address (the herd) or TLS. */
 export type FetchBuffer = (url: string, headers: Record<string, string>, timeoutMs: number, maxBytes: number) => Promise<FetchReply>;
 
-export function fetchBufferWith(agents: { http?: http.Agent; https?: https.Agent } = {}): FetchBuffer {
+/**
+ * How long a peer gets to accept the connection. A peer that is gone (powered off, rebooted into its OS) still
+ * holds chunks in the tracker until its workflow ends; on a LAN its address then fails only after the kernel's ARP
+ * tries (3 s), which a single machine's whole disk phase measured (test/bench/boot.ts: stream 1.0 → 4.0 s). A
+ * live peer on the same segment accepts in well under this even under a rack's load; one that does not is
+ * reported (suspended, not banned) and the chunk comes from the server.
+ */
+export const PEER_CONNECT_TIMEOUT_MS = 750;
+
+export function fetchBufferWith(agents: { http?: http.Agent; https?: https.Agent; connectTimeoutMs?: number } = {}): FetchBuffer {
   const once = fetchOnce(agents);
   // a server chunk under --images-redirect: a 307 to a presigned S3 URL (init/agent/redirect.ts)
   return async (url, headers, timeoutMs, maxBytes) => {
@@ -38,7 +47,7 @@ export function fetchBufferWith(agents: { http?: http.Agent; https?: https.Agent
   };
 }
 
-function fetchOnce(agents: { http?: http.Agent; https?: https.Agent }): FetchBuffer {
+function fetchOnce(agents: { http?: http.Agent; https?: https.Agent; connectTimeoutMs?: number }): FetchBuffer {
   return (url, headers, timeoutMs, maxBytes) => new Promise((resolve, reject) => {
     const tls = url.startsWith('https:');
     const req = (tls ? https : http).get(url, { headers, agent: tls ? agents.https : agents.http }, (res) => {
@@ -54,6 +63,15 @@ function fetchOnce(agents: { http?: http.Agent; https?: https.Agent }): FetchBuf
     });
     // a whole-request deadline, not an idle one: a peer that trickles is as bad as one that stalls
     const deadline = setTimeout(() => req.destroy(new Error(`GET ${url}: not done within ${timeoutMs} ms`)), timeoutMs);
+    const connectMs = agents.connectTimeoutMs;
+    if (connectMs) {
+      req.on('socket', (sock) => {
+        if (!sock.connecting) return; // a kept-alive connection
+        const t = setTimeout(() => req.destroy(new Error(`GET ${url}: no connection within ${connectMs} ms`)), connectMs);
+        sock.once('connect', () => clearTimeout(t));
+        sock.once('close', () => clearTimeout(t));
+      });
+    }
     req.on('error', (e) => { clearTimeout(deadline); reject(e); });
   });
 }

@@ -124,6 +124,8 @@ export async function runHerdInNamespace(cfg: RunnerConfig): Promise<RunnerRepor
   runnerLag.disable();
   sampling = false;
   await sampler;
+  // the daemon's counters as the herd left them (before the 500 API reads below, which are not part of it)
+  const daemonMetrics = cfg.metricsUrl ? await fetch(cfg.metricsUrl).then((r) => r.text()).catch(() => null) : null;
   const finalStates: Record<string, number> = {};
   if (cfg.api) {
     for (const id of wfIds) {
@@ -133,7 +135,6 @@ export async function runHerdInNamespace(cfg: RunnerConfig): Promise<RunnerRepor
   } else {
     for (const r of results) finalStates[r.serverState ?? 'unknown'] = (finalStates[r.serverState ?? 'unknown'] ?? 0) + 1;
   }
-  const daemonMetrics = cfg.metricsUrl ? await (await fetch(cfg.metricsUrl)).text().catch(() => null) : null;
   return { results, wallMs, samples, finalStates, image, daemonMetrics, daemonMetricsAtStart, runnerLag: { p99Ms: runnerLag.percentile(99) / 1e6, maxMs: runnerLag.max / 1e6 } };
 }
 
