@@ -81,6 +81,9 @@ async function ironbootRun(env: LabEnv, n: number): Promise<Milestones> {
     running: consoleLineAt(vm, /ironboot\[[\d.]+\]: state running/) ?? at('running'),
   };
   await vm.stop();
+  // the machine is gone: its workflow ends as an operator retiring it would end it, so the next run's machine is not
+  // sent to it for disk chunks (a gone peer costs PEER_CONNECT_TIMEOUT_MS per chunk window: p2p-peer-gone.test.ts)
+  await env.api('POST', `/workflows/${wfId}/cancel`);
   return m;
 }
 
