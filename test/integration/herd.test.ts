@@ -5,7 +5,8 @@
  * kernel, initramfs → DHCP (agent) → hello → the container disk (sha256 checked) → events → succeeded.
  * Every workflow must reach succeeded and no DHCP request may go unanswered. Peer-to-peer fetching is on (64 KiB
  * chunks, so the small disk spans many): the machines take chunks from each other, and the server's container-disk
- * bytes (its own counter) stay well below N disks. No timings are asserted (test/bench/herd.ts measures them).
+ * bytes (its own counter) stay well below N disks. A second herd runs with peers off: every machine takes and hashes
+ * the whole disk. No timings are asserted (test/bench/herd.ts measures them).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -36,4 +37,20 @@ test(`herd: ${N} machines provision at once against ironboot serve`, { skip, tim
   assert.equal(s.peerDiskBytes + s.serverDiskBytesClient, N * disk.compressedSize);
   // the daemon's own counters agree: every workflow went through every state, none left active
   assert.match(run.report.daemonMetrics ?? '', /ironboot_nodejs_eventloop_lag_p99_seconds/);
+});
+
+test(`herd: ${N} machines with peer-to-peer off: every machine takes the whole disk from the server`, { skip, timeout: 300_000 }, async (t) => {
+  const herd = await Herd.create(N);
+  t.after(() => herd.destroy());
+  const run = await herd.runIronboot({ kernelBytes: 1 << 20, initrdBytes: 2 << 20, diskPayloadBytes: 1 << 20 }, { serveArgs: ['--no-p2p'] });
+  const s = run.summary;
+  t.diagnostic(`span ${(s.spanMs / 1000).toFixed(2)} s, DHCP drops ${s.dhcpDrops}, lag p99 over the herd ${s.lagP99RunMs?.toFixed(1)} ms`);
+  assert.deepEqual(s.failed, [], `machines failed:\n${s.failed.map((f) => `${f.mac}: ${f.error}`).join('\n')}\n--- daemon (tail) ---\n${run.log.slice(-3000)}`);
+  assert.deepEqual(run.report.finalStates, { succeeded: N });
+  assert.equal(s.dhcpDrops, 0);
+  const disk = run.report.image!;
+  // the simulator's own HTTP client (test/helpers/herd/http.ts) hashed each machine's whole disk: the workflow's sha256
+  assert.equal(run.report.results.reduce((n, r) => n + r.serverDiskBytes, 0), N * disk.compressedSize);
+  assert.ok(Math.abs(s.egressRatio - 1) < 0.01, `the daemon's own counter: ${s.egressRatio} disks per machine`);
+  assert.ok(s.lagP99RunMs !== null, 'the daemon exports ironboot_event_loop_delay_seconds');
 });
