@@ -106,12 +106,23 @@ function compressor(c: InitramfsCompression, zstdLevel: number): { cmd: string; 
 const LZ4_LEGACY_MAGIC = Buffer.from([0x02, 0x21, 0x4c, 0x18]);
 const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 
-/** The cpio inside an initramfs this builder wrote (lz4 legacy or zstd, told by its magic). */
-export function decompressInitramfs(file: string): Buffer {
+/** How an initramfs this builder wrote is compressed, told by its magic. */
+export function initramfsCompressionOf(file: string): InitramfsCompression {
   const head = readFileSync(file).subarray(0, 4);
-  if (head.equals(LZ4_LEGACY_MAGIC)) return execFileSync('lz4', ['-d', '-c', file], { maxBuffer: 1 << 30 });
-  if (head.equals(ZSTD_MAGIC)) return execFileSync('zstd', ['-d', '-c', file], { maxBuffer: 1 << 30 });
+  if (head.equals(LZ4_LEGACY_MAGIC)) return 'lz4';
+  if (head.equals(ZSTD_MAGIC)) return 'zstd';
   throw new Error(`${file}: neither an lz4 (legacy) nor a zstd initramfs (magic ${head.toString('hex')})`);
+}
+
+/** The cpio inside an initramfs this builder wrote. */
+export function decompressInitramfs(file: string): Buffer {
+  return execFileSync(initramfsCompressionOf(file), ['-d', '-c', file], { maxBuffer: 1 << 30 });
+}
+
+/** An initramfs of `cpio` compressed as `c` (what the builder does, for others that write one: the boot bench's reference). */
+export function compressInitramfs(cpio: Buffer, c: InitramfsCompression): Buffer {
+  const how = compressor(c, 12);
+  return execFileSync(how.cmd, how.args, { input: cpio, maxBuffer: 1 << 30 });
 }
 
 /**

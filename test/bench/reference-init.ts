@@ -3,9 +3,8 @@
  * modules as ironboot's initramfs, and a shell /init doing the same work (mounts, module coldplug, mount the disk,
  * chroot into its entrypoint) with nothing else.
  */
-import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { decompressInitramfs } from '../../init/build/index.ts';
+import { writeFileSync } from 'node:fs';
+import { compressInitramfs, decompressInitramfs, initramfsCompressionOf } from '../../init/build/index.ts';
 import { readCpio, writeCpio, type CpioEntry } from '../../init/build/cpio.ts';
 
 export const SHELL_INIT = `#!/bin/sh
@@ -32,7 +31,5 @@ export function referenceInitramfs(ours: string, out: string): void {
   });
   entries.push({ path: 'init', type: 'file', mode: 0o755, data: Buffer.from(SHELL_INIT) });
   // compressed as ours is (the codec changes how long the kernel unpacks it: the comparison is of what is inside)
-  const lz4 = readFileSync(ours).subarray(0, 4).equals(Buffer.from([0x02, 0x21, 0x4c, 0x18]));
-  const [cmd, args] = lz4 ? ['lz4', ['-q', '-l', '-9', '-c']] : ['zstd', ['-q', '-12', '-T0', '-c']];
-  writeFileSync(out, execFileSync(cmd, args, { input: writeCpio(entries), maxBuffer: 1 << 30 }));
+  writeFileSync(out, compressInitramfs(writeCpio(entries), initramfsCompressionOf(ours)));
 }
