@@ -46,7 +46,10 @@ class SharedHeldChunks extends HeldChunks {
 /**
  * init/agent/steps/peers.ts's FetchBuffer over an HttpPool: a chunk (a peer's /p2p/<file>/<n> or a Range of the
  * server's file) is compared as it arrives with the verified copy, if there is one (HttpConnection `expect`); the
- * agent's code then verifies its sha256 as always.
+ * agent's code then verifies its sha256 as always. Unlike the agent's (init/agent/steps/disk.ts), peer fetches here
+ * have no connect timeout (PEER_CONNECT_TIMEOUT_MS): every peer server of the herd runs on this process's one thread,
+ * which answers late under 500 machines (its own loop lag is printed by the bench), while in a rack a live peer
+ * accepts on its own CPU. The gone-peer case is test/integration/p2p-peer-gone.test.ts's.
  */
 function poolFetch(pool: HttpPool, manifest: ChunkManifest | null): FetchBuffer {
   return async (url, headers, timeoutMs, maxBytes) => {
