@@ -125,6 +125,24 @@ export function compressInitramfs(cpio: Buffer, c: InitramfsCompression): Buffer
   return execFileSync(how.cmd, how.args, { input: cpio, maxBuffer: 1 << 30 });
 }
 
+/** Whether `cmd` is an executable file in one of PATH's directories. */
+export function onPath(cmd: string, path = process.env.PATH ?? ''): boolean {
+  return path.split(':').filter(Boolean).some((d) => {
+    try { return statSync(join(d, cmd)).isFile() && (statSync(join(d, cmd)).mode & 0o111) !== 0; } catch { return false; }
+  });
+}
+
+/**
+ * What was asked for, or lz4 by default; the default falls back to zstd (with a log line) where lz4 is not installed,
+ * so a machine set up before lz4 was the default still builds. An explicit lz4 without the tool is compress()'s error.
+ */
+export function requestedCompression(asked: InitramfsCompression | undefined, lz4Installed: boolean, log: (m: string) => void): InitramfsCompression {
+  if (asked) return asked;
+  if (lz4Installed) return 'lz4';
+  log('lz4 is not installed (Debian package lz4): compressing the initramfs with zstd, which the kernel unpacks more slowly');
+  return 'zstd';
+}
+
 /**
  * The compression to use for this kernel: lz4 unless the kernel's config (/boot/config-VERSION next to it, when there
  * is one) says it cannot unpack lz4 (then zstd, if it can).
@@ -262,7 +280,8 @@ export async function buildArtifacts(opts: BuildOptions): Promise<{ kernel: stri
   // --- archive, compress, write ---
   const normalised = normaliseEntries(entries);
   const uncompressed = [...cpioChunks(normalised)].reduce((n, b) => n + b.length, 0);
-  const how = compressor(initramfsCompressionFor(k.path, k.version, opts.compression ?? 'lz4', log), opts.zstdLevel ?? 12);
+  const asked = requestedCompression(opts.compression, onPath('lz4'), log);
+  const how = compressor(initramfsCompressionFor(k.path, k.version, asked, log), opts.zstdLevel ?? 12);
   const tc = Date.now();
   const initramfs = await compress(cpioChunks(normalised), how);
   const compressSeconds = (Date.now() - tc) / 1000;

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildArtifacts, formatReport, CA_STAMP, decompressInitramfs, initramfsCompressionFor } from '../../init/build/index.ts';
+import { buildArtifacts, formatReport, CA_STAMP, decompressInitramfs, initramfsCompressionFor, onPath, requestedCompression } from '../../init/build/index.ts';
 import { readCpio } from '../../init/build/cpio.ts';
 import { findKernel } from '../../init/build/kernel.ts';
 import { librariesOf } from '../../init/build/ldd.ts';
@@ -106,4 +106,24 @@ test('initramfs compression follows the kernel: lz4 when its config has RD_LZ4, 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('the default compression is lz4 where the lz4 tool is installed, else zstd with a log line; an explicit choice stands', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'iba-path-'));
+  try {
+    writeFileSync(join(dir, 'lz4'), '#!/bin/sh\n', { mode: 0o755 });
+    writeFileSync(join(dir, 'notexec'), '', { mode: 0o644 });
+    assert.equal(onPath('lz4', `/nonexistent:${dir}`), true);
+    assert.equal(onPath('notexec', dir), false, 'not executable');
+    assert.equal(onPath('lz4', '/nonexistent'), false);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const said: string[] = [];
+  assert.equal(requestedCompression(undefined, true, (m) => said.push(m)), 'lz4');
+  assert.equal(said.length, 0, 'nothing to say');
+  assert.equal(requestedCompression(undefined, false, (m) => said.push(m)), 'zstd');
+  assert.match(said[0], /lz4 is not installed \(Debian package lz4\): compressing the initramfs with zstd/);
+  assert.equal(requestedCompression('lz4', false, () => {}), 'lz4', 'asked for: compress() says what is missing');
+  assert.equal(requestedCompression('zstd', true, () => {}), 'zstd');
 });
