@@ -18,7 +18,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync, copyFileSync, lstatSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, realpathSync, renameSync, rmSync, statSync, writeFileSync, copyFileSync, lstatSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { UDHCPC_SCRIPT } from '../agent/steps/net.ts';
@@ -36,8 +36,8 @@ export interface BuildOptions {
   allDrivers?: boolean;
   log?: (msg: string) => void;
   /**
-   * How the initramfs is compressed: 'lz4' (default; falls back to zstd when the kernel's config says it has no
-   * RD_LZ4) or 'zstd'.
+   * How the initramfs is compressed: 'lz4' or 'zstd'. Unset: lz4, or zstd where the lz4 tool is not installed or the
+   * kernel's config says it has no RD_LZ4 (requestedCompression, initramfsCompressionFor).
    */
   compression?: InitramfsCompression;
   /** zstd level (default 12: see the report in the issue note; 19 is ~5x slower for ~4 % less). */
@@ -108,7 +108,9 @@ const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 
 /** How an initramfs this builder wrote is compressed, told by its magic. */
 export function initramfsCompressionOf(file: string): InitramfsCompression {
-  const head = readFileSync(file).subarray(0, 4);
+  const head = Buffer.alloc(4);
+  const fd = openSync(file, 'r');
+  try { readSync(fd, head, 0, 4, 0); } finally { closeSync(fd); }
   if (head.equals(LZ4_LEGACY_MAGIC)) return 'lz4';
   if (head.equals(ZSTD_MAGIC)) return 'zstd';
   throw new Error(`${file}: neither an lz4 (legacy) nor a zstd initramfs (magic ${head.toString('hex')})`);
@@ -128,7 +130,7 @@ export function compressInitramfs(cpio: Buffer, c: InitramfsCompression): Buffer
 /** Whether `cmd` is an executable file in one of PATH's directories. */
 export function onPath(cmd: string, path = process.env.PATH ?? ''): boolean {
   return path.split(':').filter(Boolean).some((d) => {
-    try { return statSync(join(d, cmd)).isFile() && (statSync(join(d, cmd)).mode & 0o111) !== 0; } catch { return false; }
+    try { const s = statSync(join(d, cmd)); return s.isFile() && (s.mode & 0o111) !== 0; } catch { return false; }
   });
 }
 

@@ -10,7 +10,8 @@ export const ARTIFACTS_HELP = `ironboot artifacts build [--out DIR] [--kernel PA
   else ./var). The kernel is the host's Debian linux-image-amd64 unless --kernel names one; --all-drivers includes
   every network and storage driver for real hardware; --tls-ca builds in the CA the agent verifies HTTPS against
   (the same file as ironboot serve --tls-ca). The initramfs is lz4-compressed (the kernel unpacks it faster than
-  zstd) unless the kernel's config lacks RD_LZ4 or --initramfs-compression zstd asks for the smaller file.
+  zstd) unless the lz4 tool is missing, the kernel's config lacks RD_LZ4, or --initramfs-compression zstd asks for
+  the smaller file.
 
 ironboot artifacts ipxe --trust CA.pem [--out DIR] [--cache DIR] [--mirror URL] [--version V] [--dsc-sha256 HEX] [--jobs N] [--json]
   Builds iPXE (undionly.kpxe, ipxe.efi, snponly.efi) from Debian's source package of the installed ipxe version with
@@ -30,8 +31,8 @@ export async function artifactsCommand(argv: string[], out: (s: string) => void)
   }
   const dataDir = resolve(str(a.flags, 'data-dir') ?? process.env.IRONBOOT_DATA_DIR ?? './var');
   const outDir = resolve(str(a.flags, 'out') ?? join(dataDir, 'artifacts'));
-  const compression = str(a.flags, 'initramfs-compression') ?? 'lz4';
-  if (compression !== 'lz4' && compression !== 'zstd') throw new CliError(`--initramfs-compression ${compression}: want lz4 or zstd`, 2);
+  const compression = str(a.flags, 'initramfs-compression');
+  if (compression !== undefined && compression !== 'lz4' && compression !== 'zstd') throw new CliError(`--initramfs-compression ${compression}: want lz4 or zstd`, 2);
   const started = Date.now();
   try {
     const r = await buildArtifacts({

@@ -34,10 +34,13 @@ function packet(flavour: DhcpFlavour, mac: string, type: 1 | 3, xid: number, off
 
 type Waiter = (p: ReturnType<typeof parseDhcpPacket>) => void;
 
+/** Where the rack's DHCP replies arrive (index.ts steerDhcp redirects them there) and the reply listener reads them. */
+export const REPLY_IFACE = 'dhr0';
+
 /**
  * Replies are broadcast, so a socket on port 68 per machine would get every machine's replies (N² datagrams: at
  * 500 machines the simulator, not the server, dropped them). One listener on the interface the rack's replies are
- * steered into (index.ts steerDhcp: dhr0, SO_BINDTODEVICE) hands each reply to the machine waiting for its xid.
+ * steered into (REPLY_IFACE, SO_BINDTODEVICE) hands each reply to the machine waiting for its xid.
  */
 class ReplyListener {
   private static instance: Promise<ReplyListener> | null = null;
@@ -68,7 +71,7 @@ class ReplyListener {
  * replies come through the listener on replyIface. Retransmits after 1, 2, 4, 4… s (at most `attempts` sends).
  */
 export async function dhcpExchange(iface: string, mac: string, flavour: DhcpFlavour, o: { attempts?: number; replyIface?: string } = {}): Promise<DhcpLease> {
-  const listener = await ReplyListener.get(o.replyIface ?? 'dhr0');
+  const listener = await ReplyListener.get(o.replyIface ?? REPLY_IFACE);
   const sock = dgram.createSocket({ type: 'udp4' });
   const macHex = mac.replaceAll(':', '').toLowerCase();
   let xid = (Math.random() * 0xffffffff) >>> 0;
@@ -108,7 +111,7 @@ let worker: Promise<{ w: import('node:worker_threads').Worker; pending: Map<numb
 let nextId = 0;
 
 /** dhcpExchange on the DHCP thread (dhcp-worker.ts); the herd's machines use this one. */
-export async function dhcpExchangeOffThread(iface: string, mac: string, flavour: DhcpFlavour, replyIface = 'dhr0'): Promise<DhcpLease> {
+export async function dhcpExchangeOffThread(iface: string, mac: string, flavour: DhcpFlavour, replyIface = REPLY_IFACE): Promise<DhcpLease> {
   worker ??= (async () => {
     const { Worker } = await import('node:worker_threads');
     const w = new Worker(new URL('./dhcp-worker.mjs', import.meta.url));

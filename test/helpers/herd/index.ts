@@ -21,6 +21,7 @@ import { buildImage, busyboxLayer, writeOciLayout, type TarSpec } from '../image
 import type { MachineSpec } from './machine.ts';
 import type { RunnerConfig, RunnerReport } from './runner.ts';
 import { summarize, type HerdSummary } from './stats.ts';
+import { REPLY_IFACE } from './dhcp.ts';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const CLI = join(ROOT, 'server', 'cli', 'ironboot.mjs');
@@ -28,8 +29,6 @@ const RUNNER = join(ROOT, 'test', 'helpers', 'herd', 'runner.ts');
 const STANDIN = join(ROOT, 'test', 'helpers', 'herd', 'agent-standin.ts');
 export const SERVER_IP = '10.91.0.1';
 const PREFIX = 16;
-/** Where the rack's DHCP replies are read (steerDhcp). */
-export const REPLY_IFACE = 'dhr0';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export interface HerdSizes { kernelBytes: number; initrdBytes: number; diskPayloadBytes: number }
