@@ -33,6 +33,22 @@ export interface CreateWorkflowInput {
   targetSize?: number;
 }
 
+/**
+ * Group commit (see WorkflowService.commitSoon): how much queued work one transaction takes before the event loop
+ * gets its turn again. A rack of agents reporting at once would otherwise hold the main thread, which also
+ * answers TFTP and the HTTP downloads, for as long as the whole burst's transactions take.
+ */
+export interface GroupCommitLimits {
+  /** Stop taking jobs into the open transaction once it has run this long (ms). */
+  budgetMs: number;
+  /** At most this many jobs per transaction. */
+  maxJobs: number;
+}
+
+export const DEFAULT_GROUP_COMMIT: GroupCommitLimits = { budgetMs: 4, maxJobs: 64 };
+
+interface QueuedWrite { fn: () => unknown; resolve: (v: unknown) => void; reject: (err: unknown) => void }
+
 /** Told of every event inside the transaction that appends it (server/workflows/fleet-events.ts on PostgreSQL). */
 export interface EventAnnouncer { announce(ev: WorkflowEvent): void }
 
@@ -54,8 +70,72 @@ export class WorkflowService {
   /** Several daemons on one PostgreSQL: announces each event to the others (set by the composition root). */
   announcer: EventAnnouncer | null = null;
 
-  constructor(private store: Store, private log: Logger) {
+  /** Work waiting for the next group commit (commitSoon), oldest first. */
+  private readonly queued: QueuedWrite[] = [];
+  private flushScheduled = false;
+
+  constructor(private store: Store, private log: Logger, readonly groupCommit: GroupCommitLimits = DEFAULT_GROUP_COMMIT) {
     this.events.setMaxListeners(0);
+  }
+
+  /**
+   * Runs fn as part of a group commit: the writes of requests that arrive together (a rack's agents reporting, its
+   * boot scripts) share one SQLite transaction, each job in a savepoint of its own, so a job that throws undoes only
+   * its own writes and rejects only its own promise. The group runs after the current I/O callbacks (setImmediate);
+   * it takes jobs until `groupCommit.budgetMs` or `maxJobs` is reached, commits, then publishes the logs and live
+   * events of the jobs that succeeded, and settles their promises; what is left waits for the next turn of the
+   * event loop, so timers and other sockets are served between groups. A commit that fails rejects every job of
+   * its group. On PostgreSQL fn runs at once in a transaction of its own (a group would hold one daemon's row
+   * locks across its jobs while other daemons wait on them).
+   */
+  commitSoon<T>(fn: () => T): Promise<T> {
+    if (!this.store.sqlite) {
+      try { return Promise.resolve(this.batch(fn)); } catch (err) { return Promise.reject(err); }
+    }
+    return new Promise<T>((resolve, reject) => {
+      this.queued.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      this.scheduleFlush();
+    });
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => this.flush());
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (!this.queued.length) return;
+    const { budgetMs, maxJobs } = this.groupCommit;
+    const started = performance.now();
+    const settled: { job: QueuedWrite; ok: boolean; value: unknown }[] = [];
+    const after: (() => void)[] = [];
+    this.deferred = after;
+    try {
+      this.tx(() => {
+        while (this.queued.length && settled.length < maxJobs && (settled.length === 0 || performance.now() - started < budgetMs)) {
+          const job = this.queued.shift()!;
+          const mark = after.length;
+          try {
+            settled.push({ job, ok: true, value: this.store.tx(job.fn) });
+          } catch (err) {
+            after.length = mark; // its savepoint is rolled back: nothing of it is published
+            settled.push({ job, ok: false, value: err });
+          }
+        }
+      });
+    } catch (err) {
+      // the commit itself failed: nothing of the group was written
+      after.length = 0;
+      for (const s of settled) { s.ok = false; s.value = err; }
+      this.log.error({ jobs: settled.length, err: (err as Error).message }, 'group commit failed; its requests are refused');
+    } finally {
+      this.deferred = null;
+    }
+    if (this.queued.length) this.scheduleFlush();
+    for (const f of after) f();
+    for (const s of settled) (s.ok ? s.job.resolve : s.job.reject)(s.value);
   }
 
   /**

@@ -126,8 +126,9 @@ const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, wor
           throw new ApiError(409, 'image', reason);
         }
       }
-      // the exchange and agent-online in one transaction; a refusal writes nothing but its own event (below)
-      const r = store.tx(() => {
+      // the exchange and agent-online in one transaction (of a group commit: WorkflowService.commitSoon); a refusal
+      // writes nothing but its own event (below)
+      const r = await workflows.commitSoon(() => {
         const r = tokens.exchangeBoot(bearer(req.headers.authorization), req.body.workflowId, ip, (wf) => {
           if (!mac) return refuse(400 as never, 'mac', `"${req.body.mac}" is not a MAC address`);
           if (mac !== wf.machineMac) {
@@ -195,8 +196,11 @@ const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, wor
     async (req) => {
       // a finished workflow's session still reaches applyAgentBatch, which acknowledges a retried final report (its
       // event ids were already accepted) and refuses anything new with 409: no event lands after the final status
-      const wf = authorizeSession(store, workflows, log, req, req.body.workflowId, { finished: 'retries-only' });
-      const r = applyAgentBatch(store, workflows, wf.id, req.body.events, agentEventLimits);
+      // one group commit with the batches of other agents reporting at the same time (WorkflowService.commitSoon)
+      const { wf, r } = await workflows.commitSoon(() => {
+        const wf = authorizeSession(store, workflows, log, req, req.body.workflowId, { finished: 'retries-only' });
+        return { wf, r: applyAgentBatch(store, workflows, wf.id, req.body.events, agentEventLimits) };
+      });
       if (r.duplicates) log.info({ mac: wf.machineMac, workflow: wf.id, duplicates: r.duplicates }, 'agent resent events the server already has (acknowledged, not written again)');
       if (r.dropped) log.warn({ mac: wf.machineMac, workflow: wf.id, dropped: r.dropped }, 'agent output over the workflow cap dropped');
       return r;

@@ -71,10 +71,11 @@ const bootRoutes: FastifyPluginAsync<BootRouteOptions> = async (app, opts) => {
       return `#!ipxe\necho ironboot: ${stem === 'boot' ? 'entry script' : `"${stem}" is not a MAC address`}, chaining to the script for \${mac}\n`
         + `chain --autofree ${server}/boot/\${mac}.ipxe\n`;
     }
-    const out = serveBootScript({
+    // its token and the move to booting in one group commit with the scripts other machines ask for meanwhile
+    const out = await workflows.commitSoon(() => serveBootScript({
       mac, sourceIp: req.ip, via: req.protocol === 'https' ? 'https' : 'http', userAgent: req.headers['user-agent'] ?? null,
       urls: { publicUrl: server, agentUrl: opts.agentUrl?.(server) },
-    });
+    }));
     served.inc({ kind: out.auth && !out.auth.allow ? 'refused' : out.kind });
     return out.script;
   });
