@@ -157,9 +157,10 @@ export class WorkflowRepository {
   /**
    * Sets the state. With `expected`, a compare-and-set: the row changes only while its state is still `expected`
    * (PostgreSQL re-checks the condition on the row as committed by a concurrent writer), so of two daemons moving
-   * one workflow from the state they both read, one wins. Returns whether the row changed.
+   * one workflow from the state they both read, one wins. Returns the workflow as changed (RETURNING: no second
+   * read), or null when no row changed.
    */
-  setState(id: string, state: WorkflowState, fields: { reason?: string | null; exitCode?: number | null; final?: boolean; started?: boolean; expected?: WorkflowState } = {}): boolean {
+  setState(id: string, state: WorkflowState, fields: { reason?: string | null; exitCode?: number | null; final?: boolean; started?: boolean; expected?: WorkflowState } = {}): Workflow | null {
     const now = new Date().toISOString();
     const sql = `UPDATE workflows SET state = @state, updated_at = @now,
       reason = CASE WHEN @setReason = 1 THEN @reason ELSE reason END,
@@ -167,12 +168,14 @@ export class WorkflowRepository {
       started_at = CASE WHEN @started = 1 AND started_at IS NULL THEN @now ELSE started_at END,
       finished_at = CASE WHEN @final = 1 THEN @now ELSE finished_at END
       WHERE id = @id`;
+    const returning = ' RETURNING *, (SELECT m.mac FROM machines m WHERE m.id = machine_id) AS mac';
     const expected = fields.expected !== undefined ? { expected: fields.expected } : {};
-    return this.db.prepare(fields.expected !== undefined ? `${sql} AND state = @expected` : sql).run({
+    const r = this.db.prepare(`${fields.expected !== undefined ? `${sql} AND state = @expected` : sql}${returning}`).get({
       id, state, now, ...expected,
       setReason: fields.reason !== undefined ? 1 : 0, reason: fields.reason ?? null,
       setExit: fields.exitCode !== undefined ? 1 : 0, exitCode: fields.exitCode ?? null,
       started: fields.started ? 1 : 0, final: fields.final ? 1 : 0,
-    }).changes > 0;
+    }) as Row | undefined;
+    return r ? fromRow(r) : null;
   }
 }

@@ -43,10 +43,15 @@ function freshEvents(store: Store, wf: Workflow, events: AgentEvent[]): AgentEve
   return out;
 }
 
-export function applyAgentBatch(store: Store, workflows: WorkflowService, workflowId: string, events: AgentEvent[],
+/**
+ * `workflow`: its id, or the workflow itself as the caller read it inside the transaction this batch joins (the
+ * events route reads it when it checks the session token), so it is not read twice.
+ */
+export function applyAgentBatch(store: Store, workflows: WorkflowService, workflow: string | Workflow, events: AgentEvent[],
   limits: AgentEventLimits = DEFAULT_AGENT_EVENT_LIMITS): BatchResult {
   return workflows.batch(() => {
-    let wf = store.workflows.get(workflowId);
+    const workflowId = typeof workflow === 'string' ? workflow : workflow.id;
+    let wf = typeof workflow === 'string' ? store.workflows.get(workflowId) : workflow;
     if (!wf) throw new WorkflowError(404, 'workflowId', `no workflow ${workflowId}`);
     const fresh = freshEvents(store, wf, events);
     const duplicates = events.length - fresh.length;
@@ -120,7 +125,7 @@ function applyOne(workflows: WorkflowService, ev: AgentEvent, wf: Workflow, usag
     return workflows.transition(wf.id, to, {
       message: ev.message, reason, exitCode: ev.exitCode,
       payload: { ...(ev.payload ?? {}), ...(ev.bytesDone !== undefined ? { bytesDone: ev.bytesDone, bytesTotal: ev.bytesTotal } : {}) },
-    });
+    }, wf);
   }
   if (!ev.log?.length && ev.bytesDone === undefined && take(workflows, wf, usage, limits, 64 + textBytes(ev.message) + textBytes(JSON.stringify(ev.payload ?? {})))) {
     workflows.record({ workflowId: wf.id, kind: 'info', state: wf.state, message: ev.message ?? null, payload: ev.payload ?? {} });

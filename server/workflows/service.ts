@@ -244,13 +244,14 @@ export class WorkflowService {
    * Moves a workflow to `to` if the state machine allows it. Returns the updated workflow, or throws a
    * 409 WorkflowError naming the current state. The change is a compare-and-set on the state it read: when another
    * daemon changed the workflow in between, this one is refused (409 with the state the other set) and records
-   * nothing, so of two racing changes exactly one wins and leaves one event.
+   * nothing, so of two racing changes exactly one wins and leaves one event. `current`: the workflow as the caller
+   * read it in its own enclosing transaction (not read again); a stale one is refused by the compare-and-set.
    */
-  transition(id: string, to: WorkflowState, detail: { message?: string; reason?: string; exitCode?: number; payload?: Record<string, unknown> } = {}): Workflow {
+  transition(id: string, to: WorkflowState, detail: { message?: string; reason?: string; exitCode?: number; payload?: Record<string, unknown> } = {}, current?: Workflow): Workflow {
     let ev: WorkflowEvent;
     let wf: Workflow;
     this.tx(() => {
-      const cur = this.store.workflows.get(id);
+      const cur = current?.id === id ? current : this.store.workflows.get(id);
       if (!cur) throw new WorkflowError(404, 'id', `no workflow ${id}`);
       if (!canTransition(cur.state, to)) {
         throw new WorkflowError(409, 'state', `workflow ${id} is ${cur.state}; it cannot become ${to}`);
@@ -271,7 +272,7 @@ export class WorkflowService {
         payload: { from: cur.state, ...(detail.exitCode !== undefined ? { exitCode: detail.exitCode } : {}), ...(detail.payload ?? {}) },
       });
       this.announcer?.announce(ev);
-      wf = this.store.workflows.get(id)!;
+      wf = changed;
     });
     this.publish(() => {
       this.log.info({ mac: wf!.machineMac, workflow: id, from: ev!.payload.from, state: to, reason: detail.reason }, `workflow ${to}`);

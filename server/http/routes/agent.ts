@@ -199,7 +199,7 @@ const agentRoutes: FastifyPluginAsyncTypebox<AppDeps> = async (app, { store, wor
       // one group commit with the batches of other agents reporting at the same time (WorkflowService.commitSoon)
       const { wf, r } = await workflows.commitSoon(() => {
         const wf = authorizeSession(store, workflows, log, req, req.body.workflowId, { finished: 'retries-only' });
-        return { wf, r: applyAgentBatch(store, workflows, wf.id, req.body.events, agentEventLimits) };
+        return { wf, r: applyAgentBatch(store, workflows, wf, req.body.events, agentEventLimits) };
       });
       if (r.duplicates) log.info({ mac: wf.machineMac, workflow: wf.id, duplicates: r.duplicates }, 'agent resent events the server already has (acknowledged, not written again)');
       if (r.dropped) log.warn({ mac: wf.machineMac, workflow: wf.id, dropped: r.dropped }, 'agent output over the workflow cap dropped');
