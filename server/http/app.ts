@@ -15,7 +15,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { Store } from '../store/index.ts';
-import type { WorkflowService } from '../workflows/service.ts';
+import { registerGroupCommitMetrics, type WorkflowService } from '../workflows/service.ts';
 import type { AgentEventLimits } from '../workflows/agent-events.ts';
 import type { P2pService } from '../p2p/service.ts';
 import { errorHandler, ApiError } from './errors.ts';
@@ -102,6 +102,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
+  registerGroupCommitMetrics(deps.registry, deps.workflows);
   app.setErrorHandler(errorHandler as never);
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: 'Not Found', message: `no route ${req.method} ${req.url.split('?')[0]}` }));
   app.addSchema(ErrorReply);

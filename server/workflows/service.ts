@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { Counter, type Registry } from 'prom-client';
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Store } from '../store/index.ts';
@@ -70,6 +71,9 @@ export class WorkflowService {
   /** Several daemons on one PostgreSQL: announces each event to the others (set by the composition root). */
   announcer: EventAnnouncer | null = null;
 
+  /** Group commits so far and the jobs they carried (ironboot_group_commits_total, ironboot_group_commit_jobs_total). */
+  readonly groupCommitStats = { groups: 0, jobs: 0 };
+
   /** Work waiting for the next group commit (commitSoon), oldest first. */
   private readonly queued: QueuedWrite[] = [];
   private flushScheduled = false;
@@ -133,6 +137,8 @@ export class WorkflowService {
     } finally {
       this.deferred = null;
     }
+    this.groupCommitStats.groups++;
+    this.groupCommitStats.jobs += settled.length;
     if (this.queued.length) this.scheduleFlush();
     for (const f of after) f();
     for (const s of settled) (s.ok ? s.job.resolve : s.job.reject)(s.value);
@@ -331,4 +337,18 @@ export class WorkflowService {
     }
     return n;
   }
+}
+
+/** The group commit's counters on the daemon's registry: jobs / groups is how many requests shared a transaction. */
+export function registerGroupCommitMetrics(registry: Registry, workflows: WorkflowService): void {
+  if (registry.getSingleMetric('ironboot_group_commits_total')) return;
+  const stats = workflows.groupCommitStats;
+  new Counter({
+    name: 'ironboot_group_commits_total', help: 'SQLite transactions that carried queued agent reports, hellos and boot scripts (group commits)', registers: [registry],
+    collect() { this.reset(); this.inc(stats.groups); },
+  });
+  new Counter({
+    name: 'ironboot_group_commit_jobs_total', help: 'Requests whose writes went into a group commit (agent event batches, hellos, HTTP boot scripts)', registers: [registry],
+    collect() { this.reset(); this.inc(stats.jobs); },
+  });
 }

@@ -128,3 +128,31 @@ test('wipe, targetSerial and targetSize go from POST /api/v1/workflows to the ag
   assert.deepEqual([r.wipe, r.targetSerial, r.targetSize], [true, 'S1', 68719476736]);
 });
 });
+
+test('batches of several agents arriving together share group commits (SQLite), counted in /metrics', async (t) => {
+  const ctx = await inProcessApp();
+  t.after(() => ctx.close());
+  ctx.store.images.insert(readyImage({ id: 'img1' }));
+  const agents = Array.from({ length: 12 }, (_, i) => {
+    const mac = `52:54:00:12:35:${i.toString(16).padStart(2, '0')}`;
+    ctx.store.machines.create({ mac });
+    const wf = ctx.workflows.create({ mac, image: 'img1', target: 'ram' });
+    for (const s of ['booting', 'agent-online', 'streaming'] as const) ctx.workflows.transition(wf.id, s);
+    return { wf, session: agentSession(ctx.store, wf.id) };
+  });
+  const counters = async () => {
+    const text = (await ctx.app.inject({ method: 'GET', url: '/metrics' })).body;
+    const v = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(text)?.[1] ?? NaN);
+    return { groups: v('ironboot_group_commits_total'), jobs: v('ironboot_group_commit_jobs_total') };
+  };
+  const before = await counters();
+  const replies = await Promise.all(agents.map(({ wf, session }, i) => ctx.app.inject({
+    method: 'POST', url: '/agent/v1/events', headers: { authorization: `Bearer ${session}` },
+    payload: { workflowId: wf.id, events: [{ id: `e-${i}`, log: [{ stream: 'stdout', line: `agent ${i}` }] }, { id: `s-${i}`, state: 'verifying' }] },
+  })));
+  for (const r of replies) assert.equal(r.statusCode, 200, r.body);
+  for (const { wf } of agents) assert.equal(ctx.store.workflows.get(wf.id)!.state, 'verifying');
+  const after = await counters();
+  assert.equal(after.jobs - before.jobs, 12, 'every batch went through the group commit');
+  assert.ok(after.groups - before.groups < 12, `12 batches sent together took ${after.groups - before.groups} transactions`);
+});
