@@ -126,6 +126,9 @@ export class WorkflowService {
           } catch (err) {
             after.length = mark; // its savepoint is rolled back: nothing of it is published
             settled.push({ job, ok: false, value: err });
+            // an I/O or disk-full error can make SQLite roll back the whole transaction: take no more jobs into
+            // autocommit; the commit below then fails and refuses the group
+            if (!this.store.sqlite!.inTransaction) break;
           }
         }
       });

@@ -108,6 +108,18 @@ test('a commit that fails refuses every job of its group and publishes nothing',
   assert.equal((await svc.commitSoon(() => svc.transition(ids[0], 'booting'))).state, 'booting');
 });
 
+test('a job after which SQLite has rolled the whole transaction back ends its group there: the group is refused, later jobs run in the next one', async (t) => {
+  const { svc, ids, stateSeenByOther, store } = fleet(t, sqlite, 3);
+  const results = await Promise.allSettled([
+    svc.commitSoon(() => svc.transition(ids[0], 'booting')),
+    // as SQLite does by itself on some I/O and disk-full errors
+    svc.commitSoon(() => { store.db.exec('ROLLBACK'); throw new Error('disk I/O error'); }),
+    svc.commitSoon(() => svc.transition(ids[2], 'booting')),
+  ]);
+  assert.deepEqual(results.map((r) => r.status), ['rejected', 'rejected', 'fulfilled']);
+  assert.deepEqual(ids.map(stateSeenByOther), ['pending', 'pending', 'booting'], 'nothing of the broken group was left written in autocommit');
+});
+
 test('on PostgreSQL a job runs at once in its own transaction', async (t) => {
   const { svc, ids, stateSeenByOther } = fleet(t, postgres, 2);
   const p = svc.commitSoon(() => svc.transition(ids[0], 'booting'));
