@@ -63,6 +63,7 @@ function print(ib: StackRun, ref: StackRun): void {
   row('event-loop lag p99, whole herd (ms)', fmt(a.lagP99RunMs), '—', '');
   row('event-loop lag p99, worst 0.5 s (ms)', fmt(a.lagP99MaxMs), '—', '');
   row('event-loop lag max (ms)', fmt(a.lagMaxMs), '—', '');
+  if (a.groupCommit) row('agent/script requests per SQLite commit', `${fmt(a.groupCommit.jobs / Math.max(1, a.groupCommit.groups), 1)} (${a.groupCommit.jobs}/${a.groupCommit.groups})`, '—', '');
   row('server egress / (N × disk size)', fmt(a.egressRatio, 2), fmt(b.egressRatio, 2), '');
   for (const [name, s] of [['ironboot', a], ['reference', b]] as const) {
     for (const f of s.failed.slice(0, 5)) console.log(`${name} FAILED ${f.mac}: ${f.error}`);
@@ -93,7 +94,8 @@ try {
     console.log(`simulator's own event-loop delay: p99 ${fmt(run.report.runnerLag.p99Ms)} ms, max ${fmt(run.report.runnerLag.maxMs)} ms`);
     console.log(`peers ${peers} only: ${p.succeeded}/${p.machines}, egress ${fmt(p.egressRatio, 3)}, disk p50/p99 ${fmt(p.phases.disk.p50, 0)}/${fmt(p.phases.disk.p99, 0)} ms, `
       + `span ${fmt(p.spanMs / 1000, 2)} s, refused ${p.badPeerChunks} ${JSON.stringify(p.badPeerReasons)}, DHCP drops ${p.dhcpDrops}, TFTP retransmissions ${p.tftpRetransmits}, `
-      + `lag p99 over the herd ${fmt(p.lagP99RunMs)} ms, worst 0.5 s ${fmt(p.lagP99MaxMs)} ms`);
+      + `lag p99 over the herd ${fmt(p.lagP99RunMs)} ms, worst 0.5 s ${fmt(p.lagP99MaxMs)} ms`
+      + (p.groupCommit ? `, ${p.groupCommit.jobs} requests in ${p.groupCommit.groups} SQLite commits` : ''));
     for (const f of p.failed.slice(0, 5)) console.log(`peers ${peers} FAILED ${f.mac}: ${f.error}`);
     if (process.env.HERD_JSON) console.log(JSON.stringify({ ironboot: p, samples: run.report.samples }));
   } else {

@@ -44,7 +44,8 @@ test(`herd: ${N} machines with peer-to-peer off: every machine takes the whole d
   t.after(() => herd.destroy());
   const run = await herd.runIronboot({ kernelBytes: 1 << 20, initrdBytes: 2 << 20, diskPayloadBytes: 1 << 20 }, { serveArgs: ['--no-p2p'] });
   const s = run.summary;
-  t.diagnostic(`span ${(s.spanMs / 1000).toFixed(2)} s, DHCP drops ${s.dhcpDrops}, lag p99 over the herd ${s.lagP99RunMs?.toFixed(1)} ms`);
+  t.diagnostic(`span ${(s.spanMs / 1000).toFixed(2)} s, DHCP drops ${s.dhcpDrops}, lag p99 over the herd ${s.lagP99RunMs?.toFixed(1)} ms, ` +
+    `group commits ${s.groupCommit?.jobs} requests in ${s.groupCommit?.groups} transactions`);
   assert.deepEqual(s.failed, [], `machines failed:\n${s.failed.map((f) => `${f.mac}: ${f.error}`).join('\n')}\n--- daemon (tail) ---\n${run.log.slice(-3000)}`);
   assert.deepEqual(run.report.finalStates, { succeeded: N });
   assert.equal(s.dhcpDrops, 0);
@@ -53,4 +54,9 @@ test(`herd: ${N} machines with peer-to-peer off: every machine takes the whole d
   assert.equal(run.report.results.reduce((n, r) => n + r.serverDiskBytes, 0), N * disk.compressedSize);
   assert.ok(Math.abs(s.egressRatio - 1) < 0.01, `the daemon's own counter: ${s.egressRatio} disks per machine`);
   assert.ok(s.lagP99RunMs !== null, 'the daemon exports ironboot_event_loop_delay_seconds');
+  // every machine's boot script, hello and event batches went through the group commit, and a rack's requests
+  // arriving together shared transactions (WorkflowService.commitSoon)
+  assert.ok(s.groupCommit, 'the daemon exports ironboot_group_commit{s,_jobs}_total');
+  assert.ok(s.groupCommit.jobs >= 3 * N, `${s.groupCommit.jobs} group-committed requests for ${N} machines`);
+  assert.ok(s.groupCommit.groups < s.groupCommit.jobs, `${s.groupCommit.jobs} requests took ${s.groupCommit.groups} transactions`);
 });

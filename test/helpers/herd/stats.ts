@@ -29,6 +29,8 @@ export interface HerdSummary {
   /** The p99 of the event-loop delay over the whole herd (ironboot_event_loop_delay_seconds, end minus start). */
   lagP99RunMs: number | null;
   rssMaxBytes: number | null;
+  /** The daemon's group commits during the herd (ironboot_group_commit{s,_jobs}_total, end minus start); null without them. */
+  groupCommit: { groups: number; jobs: number } | null;
   /**
    * Container-disk bytes the server sent over N × the compressed disk's size: from the daemon's own counter
    * (ironboot_image_bytes_sent_total) when it has one, else what the machines got from the server (the reference).
@@ -117,6 +119,13 @@ export function summarize(r: RunnerReport): HerdSummary {
       return v === null ? null : v * 1000;
     })(),
     rssMaxBytes: rss.length ? Math.max(...rss) : null,
+    groupCommit: (() => {
+      const at = (text: string | null | undefined, name: string) => (text ? metricSum(text, name) : null);
+      const groups = at(r.daemonMetrics, 'ironboot_group_commits_total');
+      const jobs = at(r.daemonMetrics, 'ironboot_group_commit_jobs_total');
+      if (groups === null || jobs === null) return null;
+      return { groups: groups - (at(r.daemonMetricsAtStart, 'ironboot_group_commits_total') ?? 0), jobs: jobs - (at(r.daemonMetricsAtStart, 'ironboot_group_commit_jobs_total') ?? 0) };
+    })(),
     egressRatio: (() => {
       const size = r.image?.compressedSize ?? (ok[0] ? ok[0].diskBytes : 0);
       const daemon = r.daemonMetrics ? metricSum(r.daemonMetrics, 'ironboot_image_bytes_sent_total', 'kind="zst"') : null;
