@@ -1,6 +1,6 @@
 /**
  * WorkflowService.commitSoon: the writes of requests that arrive together share one transaction (a savepoint
- * each), the event loop gets its turn between groups, a failing job undoes and publishes only nothing of its own,
+ * each), the event loop gets its turn between groups, a failing job undoes its own writes and publishes nothing,
  * and a failed commit refuses its whole group. On PostgreSQL a job runs at once in its own transaction.
  */
 import { test } from 'node:test';
