@@ -14,19 +14,24 @@ import { nativeTransferLoop, nativeLoopUnavailable } from '../../server/tftp/nat
 import { tftpFetch } from './herd/tftp.ts';
 
 const [rounds, concurrency] = [Number(process.argv[2] ?? 30), Number(process.argv[3] ?? 400)];
+// addresses of its own in 127/8 (all of it is loopback on Linux): on 127.0.0.1 a client port just freed by another
+// test's TFTP client was taken by one of these clients, which then got that test's still-retransmitting transfer
+// (tftp-protocol's 300 000-byte file) instead of its own, as TFTP's first-packet TID rule allows
+const SERVER = '127.77.0.1';
+const CLIENT = '127.77.0.2';
 if (!nativeTransferLoop()) { console.error(`native transfer loop unavailable: ${nativeLoopUnavailable()}`); process.exit(2); }
 const dir = mkdtempSync(join(tmpdir(), 'ibt-tftp-stress-'));
 mkdirSync(join(dir, 'root'));
 writeFileSync(join(dir, 'root', 'f'), randomBytes(3000));
 const server = await createTftpServer({
-  log: pino({ level: 'error' }), registry: new Registry(), host: '127.0.0.1', port: 0, roots: [{ dir: join(dir, 'root') }],
+  log: pino({ level: 'error' }), registry: new Registry(), host: SERVER, port: 0, roots: [{ dir: join(dir, 'root') }],
   transferLoop: 'auto', maxTransfers: 10 * concurrency, maxTransfersPerClient: 10 * concurrency,
 });
 const port = server.address().port;
 let n = 0;
 try {
   for (let r = 0; r < rounds; r++) {
-    await Promise.all(Array.from({ length: concurrency }, () => tftpFetch('127.0.0.1', '127.0.0.1', 'f', { port }).then((x) => {
+    await Promise.all(Array.from({ length: concurrency }, () => tftpFetch(CLIENT, SERVER, 'f', { port }).then((x) => {
       if (x.bytes !== 3000) throw new Error(`got ${x.bytes} bytes`);
       n++;
     })));
