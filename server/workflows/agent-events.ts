@@ -44,15 +44,13 @@ function freshEvents(store: Store, wf: Workflow, events: AgentEvent[]): AgentEve
 }
 
 /**
- * `workflow`: its id, or the workflow itself as the caller read it inside the transaction this batch joins (the
- * events route reads it when it checks the session token), so it is not read twice.
+ * `workflow`: as the caller read it inside the transaction this batch joins (the events route reads it when it
+ * checks the session token), so it is not read twice.
  */
-export function applyAgentBatch(store: Store, workflows: WorkflowService, workflow: string | Workflow, events: AgentEvent[],
+export function applyAgentBatch(store: Store, workflows: WorkflowService, workflow: Workflow, events: AgentEvent[],
   limits: AgentEventLimits = DEFAULT_AGENT_EVENT_LIMITS): BatchResult {
   return workflows.batch(() => {
-    const workflowId = typeof workflow === 'string' ? workflow : workflow.id;
-    let wf = typeof workflow === 'string' ? store.workflows.get(workflowId) : workflow;
-    if (!wf) throw new WorkflowError(404, 'workflowId', `no workflow ${workflowId}`);
+    let wf = workflow;
     const fresh = freshEvents(store, wf, events);
     const duplicates = events.length - fresh.length;
     if (isFinal(wf.state)) {

@@ -6,7 +6,7 @@
 import { mkdtempSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { Registry } from 'prom-client';
 import pino from 'pino';
 import { createTftpServer } from '../../server/tftp/server.ts';
@@ -22,7 +22,9 @@ const CLIENT = '127.77.0.2';
 if (!nativeTransferLoop()) { console.error(`native transfer loop unavailable: ${nativeLoopUnavailable()}`); process.exit(2); }
 const dir = mkdtempSync(join(tmpdir(), 'ibt-tftp-stress-'));
 mkdirSync(join(dir, 'root'));
-writeFileSync(join(dir, 'root', 'f'), randomBytes(3000));
+const content = randomBytes(3000);
+const sha256 = createHash('sha256').update(content).digest('hex');
+writeFileSync(join(dir, 'root', 'f'), content);
 const server = await createTftpServer({
   log: pino({ level: 'error' }), registry: new Registry(), host: SERVER, port: 0, roots: [{ dir: join(dir, 'root') }],
   transferLoop: 'auto', maxTransfers: 10 * concurrency, maxTransfersPerClient: 10 * concurrency,
@@ -32,7 +34,7 @@ let n = 0;
 try {
   for (let r = 0; r < rounds; r++) {
     await Promise.all(Array.from({ length: concurrency }, () => tftpFetch(CLIENT, SERVER, 'f', { port }).then((x) => {
-      if (x.bytes !== 3000) throw new Error(`got ${x.bytes} bytes`);
+      if (x.bytes !== content.length || x.sha256 !== sha256) throw new Error(`got ${x.bytes} bytes, sha256 ${x.sha256} (want ${content.length}, ${sha256})`);
       n++;
     })));
   }

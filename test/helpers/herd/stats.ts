@@ -54,6 +54,12 @@ export function metricSum(text: string, name: string, labels = ''): number | nul
   return sum;
 }
 
+/** How much a counter grew between two scrapes (`before` null: from zero); null when `after` lacks it. */
+export function counterBetween(before: string | null | undefined, after: string | null | undefined, name: string): number | null {
+  const end = after ? metricSum(after, name) : null;
+  return end === null ? null : end - ((before ? metricSum(before, name) : null) ?? 0);
+}
+
 /** A Prometheus histogram's cumulative buckets (le → count) in `text`. */
 export function histogramBuckets(text: string, name: string): Map<number, number> {
   const b = new Map<number, number>();
@@ -120,11 +126,9 @@ export function summarize(r: RunnerReport): HerdSummary {
     })(),
     rssMaxBytes: rss.length ? Math.max(...rss) : null,
     groupCommit: (() => {
-      const at = (text: string | null | undefined, name: string) => (text ? metricSum(text, name) : null);
-      const groups = at(r.daemonMetrics, 'ironboot_group_commits_total');
-      const jobs = at(r.daemonMetrics, 'ironboot_group_commit_jobs_total');
-      if (groups === null || jobs === null) return null;
-      return { groups: groups - (at(r.daemonMetricsAtStart, 'ironboot_group_commits_total') ?? 0), jobs: jobs - (at(r.daemonMetricsAtStart, 'ironboot_group_commit_jobs_total') ?? 0) };
+      const groups = counterBetween(r.daemonMetricsAtStart, r.daemonMetrics, 'ironboot_group_commits_total');
+      const jobs = counterBetween(r.daemonMetricsAtStart, r.daemonMetrics, 'ironboot_group_commit_jobs_total');
+      return groups === null || jobs === null ? null : { groups, jobs };
     })(),
     egressRatio: (() => {
       const size = r.image?.compressedSize ?? (ok[0] ? ok[0].diskBytes : 0);
